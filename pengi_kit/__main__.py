@@ -1,0 +1,3 @@
+from pengi_kit.cli import main
+
+main()

@@ -1,0 +1,171 @@
+"""The ``pengi-kit`` command. It only parses arguments and calls the public API."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from pengi_kit.errors import PengiKitError
+
+overrides_option = click.option("-s", "--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                                help="Override a recipe value, e.g. -s train.batch_size=8 (repeatable).")
+
+
+class _Group(click.Group):
+    """Errors a user can cause end in one line, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except PengiKitError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="pengi-kit")
+def main() -> None:
+    """pengi-kit: audio language models of the Pengi kind."""
+
+
+@main.command("list-components")
+@click.option("--kind", help="Only this kind (audio_encoder, text_encoder, mapper, causal_lm, dataset).")
+@click.option("--json", "as_json", is_flag=True, help="JSON lines instead of a table.")
+def list_components_cmd(kind: str | None, as_json: bool) -> None:
+    """List registered components (imports no torch)."""
+    from pengi_kit import list_components
+    from pengi_kit.registry import KINDS
+
+    if kind is not None and kind not in KINDS:
+        raise PengiKitError(f"--kind {kind!r} is not a kind; use one of {', '.join(KINDS)}")
+    rows = list_components(kind)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    width = max([len(r["name"]) for r in rows] + [4])
+    for r in rows:
+        click.echo(f"{r['kind']:<14} {r['name']:<{width}}  {r['plugin']:<10} {r['description']}")
+
+
+@main.command("plugins")
+@click.option("--json", "as_json", is_flag=True)
+def plugins_cmd(as_json: bool) -> None:
+    """List loaded plugins with their versions and hooks."""
+    from pengi_kit.plugins import state
+
+    rows = [vars(p) for p in state().plugins]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for p in rows:
+        status = f"FAILED: {p['error']}" if p["error"] else ", ".join(p["hooks"])
+        click.echo(f"{p['name']:<16} {p['distribution']} {p['version']:<10} {status}")
+
+
+@main.command("validate")
+@click.argument("recipe")
+@overrides_option
+def validate_cmd(recipe: str, overrides: tuple[str, ...]) -> None:
+    """Check a recipe: keys, types, component names and arguments. Loads no weights."""
+    from pengi_kit.recipe import load_recipe
+
+    resolved = load_recipe(recipe, overrides)
+    parts = ", ".join(f"{slot}={table['name']}" for slot, table in resolved["model"].items() if isinstance(table, dict))
+    click.echo(f"ok: {recipe} ({parts})")
+
+
+@main.command("show")
+@click.argument("recipe")
+@overrides_option
+def show_cmd(recipe: str, overrides: tuple[str, ...]) -> None:
+    """Print the fully resolved recipe as TOML."""
+    from pengi_kit.recipe import dumps, load_recipe
+
+    click.echo(dumps(load_recipe(recipe, overrides)), nl=False)
+
+
+@main.command("train")
+@click.argument("recipe")
+@overrides_option
+@click.option("--resume", is_flag=True, help="Continue from the newest intact checkpoint in the output directory.")
+@click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available).")
+def train_cmd(recipe: str, overrides: tuple[str, ...], resume: bool, device: str | None) -> None:
+    """Train a recipe."""
+    from pengi_kit.engine.trainer import Trainer
+    from pengi_kit.recipe import load_recipe
+
+    path = Trainer(load_recipe(recipe, overrides), resume=resume, device=device).fit()
+    click.echo(f"checkpoint: {path}")
+
+
+def _decoding_options(f: Any) -> Any:
+    for opt in reversed([
+        click.option("--method", type=click.Choice(["beam", "greedy", "sample"]), help="Decoding method."),
+        click.option("--beam-size", type=int), click.option("--max-new-tokens", type=int),
+        click.option("--temperature", type=float), click.option("--top-k", type=int),
+        click.option("--top-p", type=float), click.option("--seed", type=int, help="Seed for sampling."),
+    ]):
+        f = opt(f)
+    return f
+
+
+def _given(**options: Any) -> dict[str, Any]:
+    return {k: v for k, v in options.items() if v is not None}
+
+
+@main.command("generate")
+@click.argument("checkpoint")
+@click.argument("audio", nargs=-1, required=True)
+@click.option("--prompt", default="generate audio caption", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.option("--device", default="cpu", show_default=True)
+@_decoding_options
+def generate_cmd(checkpoint: str, audio: tuple[str, ...], prompt: str, as_json: bool, device: str,
+                 **decoding: Any) -> None:
+    """Generate text for audio files given a prompt."""
+    import pengi_kit
+
+    pengi = pengi_kit.load(checkpoint, device=device)
+    for path, text in zip(audio, pengi.generate(list(audio), prompt, **_given(**decoding))):
+        click.echo(json.dumps({"audio": path, "prompt": prompt, "text": text}) if as_json else f"{path}\t{text}")
+
+
+@main.command("demo")
+@click.option("--recipe", default="recipes/demo.toml", show_default=True)
+@overrides_option
+@click.option("--device", default=None)
+def demo_cmd(recipe: str, overrides: tuple[str, ...], device: str | None) -> None:
+    """Train the demo recipe offline on synthetic clips and score held-out clips."""
+    import time
+
+    import pengi_kit
+    from pengi_kit.data.dataset import synthetic_corpus
+    from pengi_kit.demo import evaluate_synthetic, report
+    from pengi_kit.engine.trainer import Trainer
+    from pengi_kit.recipe import load_recipe
+
+    resolved = load_recipe(recipe, overrides)
+    start = time.perf_counter()
+    path = Trainer(resolved, device=device).fit()
+    trained = time.perf_counter() - start
+    pengi = pengi_kit.load(path, device=device or "cpu")
+    held_out = synthetic_corpus(resolved, "valid", pengi.model.sample_rate, pengi.model.clip_seconds)
+    accuracy, samples = evaluate_synthetic(pengi, held_out)
+    click.echo(report(accuracy, samples))
+    click.echo(f"\ntrained in {trained:.0f} s, total {time.perf_counter() - start:.0f} s; checkpoint: {path}")
+    example = Path(path).parent.parent / "example.wav"
+    _write_example(held_out, example)
+    click.echo(f"try: pengi-kit generate {Path(path).parent.parent} {example} --prompt \"this is a sound of\"")
+
+
+def _write_example(corpus: Any, path: Path) -> None:
+    import soundfile as sf
+
+    sf.write(path, corpus.clip(0).audio, corpus.sample_rate)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""Shared plumbing for components built on transformers: offline-aware loading and
+the byte-level tokenizer used by models trained from scratch."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from pengi_kit.errors import WeightsError
+
+BYTE_TOKENIZER = "byte"
+EOS = "<|endoftext|>"
+
+
+def byte_tokenizer():
+    """A data-independent, offline tokenizer: one token per UTF-8 byte, plus end-of-text."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {ch: i for i, ch in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    vocab[EOS] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([EOS])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=EOS,
+                                   bos_token=EOS, unk_token=EOS)
+
+
+def hf_load(loader: Callable[..., Any], source: str, what: str, **kwargs: Any) -> Any:
+    """``loader(source)`` with an actionable one-line error when weights are unavailable."""
+    try:
+        return loader(source, **kwargs)
+    except (OSError, ValueError, EnvironmentError) as exc:
+        where = "local directory" if Path(source).exists() else "Hugging Face hub id"
+        raise WeightsError(
+            f"cannot load {what} '{source}' ({where}): {str(exc).splitlines()[0][:200]}. "
+            f"Download it where the hub is reachable (`hf download {source}`) so it is in the "
+            "Hugging Face cache (HF_HOME), or set `pretrained` to a local directory saved with "
+            "save_pretrained()") from exc
+
+
+def load_tokenizer(source: str):
+    """A tokenizer from ``"byte"``, a hub id or a local directory / tokenizer.json file."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    if source == BYTE_TOKENIZER:
+        return byte_tokenizer()
+    if source.endswith(".json") and Path(source).is_file():
+        return PreTrainedTokenizerFast(tokenizer_file=source)
+    return hf_load(AutoTokenizer.from_pretrained, source, "tokenizer")
+
+
+def reject_config_args(pretrained: str | None, component: str, **given: Any) -> None:
+    """Architecture arguments only make sense without pretrained weights: no dead flags."""
+    used = sorted(k for k, v in given.items() if v is not None)
+    if pretrained and used:
+        raise WeightsError(f"{component}: {', '.join(used)} only apply when pretrained is empty "
+                           f"(the architecture comes from '{pretrained}'); remove them or the pretrained source")

@@ -1,0 +1,38 @@
+"""The built-in zoo, registered through the same entry point group as third-party plugins.
+
+Factories are ``"module:attr"`` strings so that listing components imports no torch.
+"""
+from pengi_kit.hookspecs import hookimpl
+
+_TINY_HF = {"pretrained": "", "hidden_size": 16, "num_layers": 1, "num_heads": 2}
+_TINY_MAPPER = {"in_dim": 12, "out_dim": 16, "prefix_length": 3}
+
+BUILTIN = [  # kind, name, factory, description, example_args (a small offline instance)
+    ("audio_encoder", "cnn14", "pengi_kit.components.cnn14:cnn14",
+     "PANNs CNN14 over a 64-bin log-mel front-end; variants by width and sample rate (32k/16k)",
+     {"sample_rate": 16000, "width": 2, "clip_seconds": 0.5, "spec_augment": False}),
+    ("audio_encoder", "htsat", "pengi_kit.components.htsat:htsat",
+     "HTSAT Swin transformer (tiny/base/large) with token-semantic head, Pengi's audio encoder",
+     {"sample_rate": 16000, "clip_seconds": 1.0, "hop_size": 160, "window_size": 512, "fmax": 8000.0,
+      "spec_size": 64, "patch_embed_dim": 8, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 2, 2],
+      "attn_window_size": 2, "num_classes": 5, "spec_augment": False}),
+    ("text_encoder", "clip-text", "pengi_kit.components.hf_text:clip_text",
+     "CLIP text tower through transformers: pooled output through its text projection",
+     {**_TINY_HF, "projection_dim": 8}),
+    ("text_encoder", "roberta", "pengi_kit.components.hf_text:roberta",
+     "RoBERTa through transformers: first-token embedding", _TINY_HF),
+    ("mapper", "transformer", "pengi_kit.components.mappers:transformer",
+     "Pengi/ClipCap transformer mapper: linear to k tokens plus k learned constants",
+     {**_TINY_MAPPER, "num_layers": 1, "num_heads": 2}),
+    ("mapper", "mlp", "pengi_kit.components.mappers:mlp",
+     "ClipCap MLP mapper: in -> k*d/2 -> k*d with tanh", _TINY_MAPPER),
+    ("causal_lm", "gpt2", "pengi_kit.components.hf_causal_lm:gpt2",
+     "GPT-2 family through transformers (gpt2, distilgpt2, gpt2-medium, a local dir, or a small config)",
+     {"pretrained": "", "n_layer": 1, "n_embd": 16, "n_head": 2, "n_positions": 64}),
+]
+
+
+@hookimpl
+def register_components(register):
+    for kind, name, factory, description, example_args in BUILTIN:
+        register(kind, name, factory, description=description, example_args=example_args)

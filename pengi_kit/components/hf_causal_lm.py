@@ -1,0 +1,80 @@
+"""Causal LMs of the GPT-2 family through transformers."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from pengi_kit.components._hf import BYTE_TOKENIZER, hf_load, load_tokenizer, reject_config_args
+
+
+class HFCausalLM(nn.Module):
+    """Wraps a transformers causal LM behind the ``CausalLM`` contract.
+
+    The wrapped model lives in ``self.model`` (state-dict keys ``model.transformer.*``,
+    ``model.lm_head.*``), the tokenizer in ``self.tokenizer``.
+    """
+
+    def __init__(self, model: nn.Module, tokenizer: Any) -> None:
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.hidden_size = int(model.config.hidden_size)
+        self.eos_token_id = int(tokenizer.eos_token_id)
+        self.pad_token_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None
+                                else tokenizer.eos_token_id)
+        if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+            raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the LM only "
+                             f"{model.get_input_embeddings().num_embeddings} embeddings")
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model.get_input_embeddings()(input_ids)
+
+    def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+                past_key_values: Any = None, position_ids: torch.Tensor | None = None,
+                use_cache: bool = False) -> tuple[torch.Tensor, Any]:
+        out = self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                         past_key_values=past_key_values, position_ids=position_ids,
+                         use_cache=use_cache or past_key_values is not None)
+        return out.logits, out.past_key_values
+
+    def reorder_cache(self, past_key_values: Any, beam_idx: torch.Tensor) -> Any:
+        past_key_values.reorder_cache(beam_idx)
+        return past_key_values
+
+
+def gpt2(
+    pretrained: str | None = "gpt2",
+    tokenizer: str | None = None,
+    n_layer: int | None = None,
+    n_embd: int | None = None,
+    n_head: int | None = None,
+    n_positions: int | None = None,
+    dropout: float | None = None,
+) -> HFCausalLM:
+    """GPT-2 family LM.
+
+    ``pretrained``: a hub id (``gpt2``, ``distilgpt2``, ``gpt2-medium`` ...) or a local
+    directory; weights and tokenizer come from there. With ``pretrained = ""`` a fresh
+    model is built from the size arguments (defaults: GPT-2 base) with ``tokenizer``
+    (``"byte"`` by default: offline, one token per byte; or a hub id / local path).
+    """
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    sizes = dict(n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_positions=n_positions, resid_pdrop=dropout)
+    reject_config_args(pretrained, "gpt2", **sizes)
+    if pretrained:
+        model = hf_load(GPT2LMHeadModel.from_pretrained, pretrained, "GPT-2 weights")
+        tok = load_tokenizer(tokenizer or pretrained)
+    else:
+        tok = load_tokenizer(tokenizer or BYTE_TOKENIZER)
+        sizes = {k: v for k, v in sizes.items() if v is not None}
+        if dropout is not None:
+            sizes.update(embd_pdrop=dropout, attn_pdrop=dropout)
+        config = GPT2Config(vocab_size=len(tok), bos_token_id=tok.eos_token_id,
+                            eos_token_id=tok.eos_token_id, **sizes)
+        model = GPT2LMHeadModel(config)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token  # GPT-2 has none; padding is masked out anyway
+    return HFCausalLM(model, tok)

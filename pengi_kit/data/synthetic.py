@@ -1,0 +1,92 @@
+"""A seeded synthetic corpus for the offline demo: nothing is shipped as files.
+
+Each clip holds one to three events of a primary kind, optionally followed by one event
+of another kind, over faint noise. Every clip comes with a caption, a class label, a
+yes/no question and a counting question, so captioning, classification and question
+answering prompts are all exercised.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+KINDS = ("low tone", "high tone", "rising chirp", "falling chirp", "noise burst", "click train")
+PLURAL = {k: k + "s" for k in KINDS}
+NUMBERS = ("zero", "one", "two", "three")
+TASKS = ("caption", "classification", "yes/no", "count")
+
+
+@dataclass(frozen=True)
+class Clip:
+    audio: np.ndarray
+    primary: str
+    count: int
+    secondary: str | None
+    asked: str  # the kind the yes/no question asks about
+
+    @property
+    def caption(self) -> str:
+        head = f"a {self.primary}" if self.count == 1 else f"{NUMBERS[self.count]} {PLURAL[self.primary]}"
+        return head + (f" followed by a {self.secondary}" if self.secondary else "")
+
+    def examples(self) -> list[tuple[str, str, str]]:
+        """(task, prompt, target) for the four prompt types."""
+        present = self.asked in (self.primary, self.secondary)
+        return [
+            ("caption", "generate audio caption", self.caption),
+            ("classification", "this is a sound of", self.primary),
+            ("yes/no", f"question: is there a {self.asked}?", "yes" if present else "no"),
+            ("count", f"question: how many {PLURAL[self.primary]} are there?", NUMBERS[self.count]),
+        ]
+
+
+def _event(kind: str, n: int, sr: int, rng: np.random.Generator) -> np.ndarray:
+    t = np.arange(n) / sr
+    if kind == "low tone":
+        x = np.sin(2 * np.pi * rng.uniform(200, 400) * t)
+    elif kind == "high tone":
+        x = np.sin(2 * np.pi * rng.uniform(1500, 0.3 * sr) * t)
+    elif kind in ("rising chirp", "falling chirp"):
+        lo, hi = rng.uniform(200, 500), rng.uniform(0.15 * sr, 0.3 * sr)
+        f0, f1 = (lo, hi) if kind == "rising chirp" else (hi, lo)
+        x = np.sin(2 * np.pi * (f0 * t + (f1 - f0) * t ** 2 / (2 * t[-1])))
+    elif kind == "noise burst":
+        x = rng.uniform(-1, 1, n)
+    else:  # click train
+        x = np.zeros(n)
+        x[:: int(sr * rng.uniform(0.015, 0.03))] = 1.0
+    fade = min(n // 4, int(0.01 * sr))
+    env = np.ones(n)
+    env[:fade], env[n - fade:] = np.linspace(0, 1, fade), np.linspace(1, 0, fade)
+    return x * env * rng.uniform(0.4, 0.9)
+
+
+class SyntheticCorpus:
+    """``size`` clips, clip ``i`` a pure function of (seed, i): any worker, any order."""
+
+    def __init__(self, size: int, seed: int = 0, sample_rate: int = 16000, clip_seconds: float = 2.0) -> None:
+        self.size, self.seed, self.sample_rate, self.clip_seconds = size, seed, sample_rate, clip_seconds
+
+    def __len__(self) -> int:
+        return self.size
+
+    def clip(self, index: int) -> Clip:
+        rng = np.random.default_rng([self.seed, index])
+        sr = self.sample_rate
+        total = int(self.clip_seconds * sr)
+        primary = KINDS[rng.integers(len(KINDS))]
+        count = int(rng.integers(1, 4))
+        others = [k for k in KINDS if k != primary]
+        secondary = others[rng.integers(len(others))] if rng.random() < 0.5 else None
+        present = [primary] + ([secondary] if secondary else [])
+        absent = [k for k in KINDS if k not in present]
+        asked = present[rng.integers(len(present))] if rng.random() < 0.5 else absent[rng.integers(len(absent))]
+        kinds = [primary] * count + ([secondary] if secondary else [])
+        audio = rng.normal(0, 0.01, total)
+        slot = total // len(kinds)  # events in order, each in its own slot
+        for i, kind in enumerate(kinds):
+            n = int(rng.uniform(0.35, 0.7) * slot)
+            start = i * slot + int(rng.integers(0, slot - n))
+            audio[start:start + n] += _event(kind, n, sr, rng)
+        return Clip(np.clip(audio, -1, 1).astype(np.float32), primary, count, secondary, asked)

@@ -1,0 +1,188 @@
+"""Checkpoint directories (DESIGN.md section 6).
+
+::
+
+    step-00001200/
+      recipe.toml          the fully resolved recipe: rebuilds the architecture
+      model.safetensors    weights the recipe cannot rebuild from its pretrained sources
+      training_state.pt    optimiser, scheduler, step, sampler position (tensors only)
+      rng-rank0.pt ...     every RNG state, one file per rank
+      meta.json            versions, step, sha256 of every file
+
+Writes are atomic (temporary directory, fsync, rename). Loading verifies the hashes
+and never unpickles arbitrary objects (``torch.load(weights_only=True)``).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import random
+import shutil
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pengi_kit.errors import CheckpointError
+from pengi_kit.recipe import COMPONENT_SLOTS, dumps
+
+META = "meta.json"
+WEIGHTS = "model.safetensors"
+RECIPE = "recipe.toml"
+STATE = "training_state.pt"
+
+
+def referenced_slots(recipe: dict[str, Any]) -> list[str]:
+    """Frozen components with a pretrained source: the recipe reloads them, so they are not copied."""
+    if recipe["train"].get("save_frozen"):
+        return []
+    model = recipe["model"]
+    return [s for s in COMPONENT_SLOTS if s in model and not model[s]["trainable"] and model[s].get("pretrained")]
+
+
+def weights_to_save(model: torch.nn.Module, recipe: dict[str, Any]) -> dict[str, torch.Tensor]:
+    skip = tuple(f"{slot}." for slot in referenced_slots(recipe))
+    # clone: tied weights (GPT-2's lm_head and wte) must not share storage in safetensors
+    return {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items() if not k.startswith(skip)}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "numpy_rest": [np_state[2], np_state[3], np_state[4]], "python": _py_state_to_list(random.getstate()),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    rest = state["numpy_rest"]
+    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), rest[0], rest[1], rest[2]))
+    random.setstate((state["python"][0], tuple(state["python"][1]), state["python"][2]))
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _py_state_to_list(state: tuple) -> list:
+    return [state[0], list(state[1]), state[2]]
+
+
+def save_checkpoint(path: Path, model: torch.nn.Module, recipe: dict[str, Any],
+                    training_state: dict[str, Any] | None = None, rng: dict[int, dict] | None = None,
+                    meta: dict[str, Any] | None = None) -> Path:
+    """Write a checkpoint directory atomically; returns its path."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    (tmp / RECIPE).write_text(dumps(recipe), encoding="utf-8")
+    save_file(weights_to_save(model, recipe), str(tmp / WEIGHTS))
+    if training_state is not None:
+        torch.save(training_state, tmp / STATE)
+    for rank, state in (rng or {}).items():
+        torch.save(state, tmp / f"rng-rank{rank}.pt")
+    files = sorted(p.name for p in tmp.iterdir())
+    info = {"format": 1, "pengi_kit": _version(), "torch": torch.__version__, "python": platform.python_version(),
+            "referenced": referenced_slots(recipe), **(meta or {}),
+            "sha256": {name: _sha256(tmp / name) for name in files}}
+    (tmp / META).write_text(json.dumps(info, indent=2), encoding="utf-8")
+    for name in [*files, META]:
+        _fsync(tmp / name)
+    if path.exists():
+        shutil.rmtree(path)
+    os.replace(tmp, path)
+    _fsync(path.parent)
+    return path
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("pengi-kit")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def verify(path: Path) -> dict[str, Any]:
+    """Meta of a complete, uncorrupted checkpoint, else CheckpointError naming what is wrong."""
+    path = Path(path)
+    try:
+        meta = json.loads((path / META).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: not a checkpoint directory (no {META}); pass a directory "
+                              "written by `pengi-kit train` or `pengi-kit import`") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}/{META}: corrupted ({exc})") from exc
+    for name, digest in meta.get("sha256", {}).items():
+        if not (path / name).is_file():
+            raise CheckpointError(f"{path}: {name} is missing; the checkpoint is incomplete")
+        if _sha256(path / name) != digest:
+            raise CheckpointError(f"{path}/{name}: hash mismatch, the file is truncated or corrupted")
+    return meta
+
+
+def read_recipe(path: Path) -> dict[str, Any]:
+    return tomllib.loads((Path(path) / RECIPE).read_text(encoding="utf-8"))
+
+
+def load_weights(model: torch.nn.Module, path: Path, referenced: list[str]) -> None:
+    from safetensors.torch import load_file
+
+    state = load_file(str(Path(path) / WEIGHTS))
+    result = model.load_state_dict(state, strict=False)
+    skip = tuple(f"{slot}." for slot in referenced)
+    missing = [k for k in result.missing_keys if not k.startswith(skip)]
+    if missing or result.unexpected_keys:
+        raise CheckpointError(f"{path}: weights do not fit the recipe's model; missing {missing[:5]}, "
+                              f"unexpected {result.unexpected_keys[:5]}")
+
+
+def load_training_state(path: Path, rank: int = 0) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    path = Path(path)
+    state = torch.load(path / STATE, weights_only=True)
+    rng_file = path / f"rng-rank{rank}.pt"
+    return state, torch.load(rng_file, weights_only=True) if rng_file.exists() else None
+
+
+def checkpoints(run_dir: Path) -> list[Path]:
+    """Step checkpoints of a run, oldest first."""
+    folder = Path(run_dir) / "checkpoints"
+    return sorted(folder.glob("step-*")) if folder.is_dir() else []
+
+
+def resolve(path: str | Path) -> Path:
+    """A checkpoint directory, or a run directory -> its newest intact checkpoint."""
+    path = Path(path)
+    if (path / META).exists() or not (path / "checkpoints").is_dir():
+        verify(path)
+        return path
+    problems = []
+    for candidate in reversed(checkpoints(path)):
+        try:
+            verify(candidate)
+            return candidate
+        except CheckpointError as exc:
+            problems.append(str(exc))
+    raise CheckpointError(f"{path}: no intact checkpoint" + (f" ({'; '.join(problems)})" if problems else ""))

@@ -1,0 +1,313 @@
+"""The one trainer: any recipe, one process or many (torchrun / DDP)."""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
+
+from pengi_kit.data.dataset import build_dataset, collate
+from pengi_kit.engine import checkpoint as ckpt
+from pengi_kit.engine.distributed import Dist, all_reduce_sum, barrier, setup
+from pengi_kit.engine.optim import build_optimizer, build_scheduler
+from pengi_kit.errors import PengiKitError
+from pengi_kit.model import PengiModel, build_model
+
+
+class TrainingError(PengiKitError):
+    """Training cannot go on (bad data under the 'fail' policy, a diverging loss ...)."""
+
+
+class _Skip(Sampler):
+    """The sampler's order minus its first ``skip`` indices: resuming mid-epoch."""
+
+    def __init__(self, sampler: Sampler, skip: int) -> None:
+        self.sampler, self.skip = sampler, skip
+
+    def __iter__(self) -> Iterator[int]:
+        it = iter(self.sampler)
+        for _ in range(self.skip):
+            next(it, None)
+        return it
+
+    def __len__(self) -> int:
+        return max(0, len(self.sampler) - self.skip)  # type: ignore[arg-type]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    """Train the model a resolved recipe describes.
+
+    ``Trainer(recipe).fit()`` returns the final checkpoint directory. Metrics go to
+    ``<output_dir>/metrics.jsonl``; checkpoints to ``<output_dir>/checkpoints/step-N``.
+    ``validate_hook(model, step) -> dict`` adds task metrics to each validation.
+    """
+
+    def __init__(self, recipe: dict[str, Any], *, resume: bool = False, device: str | None = None,
+                 progress: bool = True, validate_hook: Callable[[PengiModel, int], dict] | None = None) -> None:
+        self.recipe, self.resume, self.progress, self.validate_hook = recipe, resume, progress, validate_hook
+        self.dist: Dist = setup(device)
+        self.out = Path(recipe["train"]["output_dir"])
+        seed_everything(recipe["seed"])
+        self.model = build_model(recipe).to(self.dist.device)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        if not self.params:
+            raise TrainingError("every component is frozen: set trainable = true on at least one [model.*] table")
+        self.module: torch.nn.Module = self.model
+        if self.dist.enabled:  # frozen parameters have requires_grad=False: DDP leaves them out
+            ids = [self.dist.device.index] if self.dist.device.type == "cuda" else None
+            self.module = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        seed_everything(recipe["seed"] + self.dist.rank)  # dropout and crops differ per rank
+        enc = self.model.audio_encoder
+        self.train_data = build_dataset(recipe, "train", enc.sample_rate, enc.clip_seconds)
+        self.valid_data = build_dataset(recipe, "valid", enc.sample_rate, enc.clip_seconds)
+        if self.train_data is None:
+            raise TrainingError("data.train is empty: name a manifest or 'synthetic'")
+        train = recipe["train"]
+        self.batch_size = train["batch_size"]
+        self.sampler = DistributedSampler(self.train_data, num_replicas=self.dist.world_size, rank=self.dist.rank,
+                                          shuffle=True, seed=recipe["seed"], drop_last=True)
+        self.steps_per_epoch = len(self.sampler) // self.batch_size
+        if self.steps_per_epoch == 0:
+            raise TrainingError(f"the training data has {len(self.train_data)} examples, fewer than one batch of "
+                                f"{self.batch_size} per process; lower train.batch_size")
+        self.total_steps = train["max_steps"] or train["epochs"] * self.steps_per_epoch
+        self.optimizer = build_optimizer(self.params, recipe["optim"], fused=self.dist.device.type == "cuda")
+        self.scheduler = build_scheduler(self.optimizer, recipe["optim"], self.total_steps)
+        precision = train["precision"]
+        if precision == "fp16" and self.dist.device.type != "cuda":
+            raise TrainingError("train.precision = 'fp16' needs a GPU; use 'bf16' or 'fp32' on the CPU")
+        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        self.scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+        self.step = self.epoch = self.batch_in_epoch = self.skipped_steps = 0
+        self.bad_examples: list[str] = []
+        if resume:
+            self._resume()
+
+    # ------------------------------------------------------------------ state
+    def _resume(self) -> None:
+        try:
+            path = ckpt.resolve(self.out)
+        except ckpt.CheckpointError as exc:
+            if not ckpt.checkpoints(self.out):
+                self._log_line(f"no checkpoint in {self.out}/checkpoints: starting from scratch")
+                return
+            raise
+        skipped = [p for p in ckpt.checkpoints(self.out) if p > path]
+        for bad in skipped:
+            self._log_line(f"ignoring damaged checkpoint {bad}")
+        meta = ckpt.verify(path)
+        ckpt.load_weights(self.model, path, meta.get("referenced", []))
+        state, rng = ckpt.load_training_state(path, self.dist.rank)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        self.skipped_steps = state.get("skipped_steps", 0)
+        if rng is not None and state.get("world_size", 1) == self.dist.world_size:
+            ckpt.set_rng_state(rng)
+        self._log_line(f"resumed from {path} at step {self.step}")
+
+    def save(self) -> Path:
+        """Write a checkpoint of the current step (rank 0 writes; every rank's RNG goes in)."""
+        states = [ckpt.rng_state()]
+        if self.dist.enabled:
+            gathered: list[Any] = [None] * self.dist.world_size
+            torch.distributed.all_gather_object(gathered, states[0])
+            states = gathered
+        path = self.out / "checkpoints" / f"step-{self.step:08d}"
+        if self.dist.is_main:
+            training_state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                              "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+                              "world_size": self.dist.world_size, "skipped_steps": self.skipped_steps}
+            ckpt.save_checkpoint(path, self.model, self.recipe, training_state, dict(enumerate(states)),
+                                 meta={"step": self.step, "epoch": self.epoch})
+            for old in ckpt.checkpoints(self.out)[: -self.recipe["train"]["keep_last"]]:
+                shutil.rmtree(old, ignore_errors=True)
+        barrier(self.dist)
+        return path
+
+    # ------------------------------------------------------------------ logging
+    def _log(self, record: dict[str, Any]) -> None:
+        if self.dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
+
+    def _log_line(self, text: str) -> None:
+        if self.dist.is_main:
+            print(f"pengi-kit: {text}", file=sys.stderr, flush=True)
+
+    def _report_bad(self, errors: list[str]) -> None:
+        if not errors:
+            return
+        if self.recipe["data"]["on_error"] == "fail":
+            raise TrainingError(f"{errors[0]} (data.on_error = 'fail'; set 'skip' to report and go on)")
+        self.bad_examples.extend(errors)
+        for error in errors:
+            self._log_line(f"skipped: {error}")
+        self._log({"event": "skipped_examples", "step": self.step, "errors": errors})
+
+    # ------------------------------------------------------------------ steps
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.dist.device.type, dtype=self.autocast_dtype)
+
+    def _inputs(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        dev = self.dist.device
+        prompts = self.model.tokenize_prompts(batch["prompts"])
+        targets = self.model.tokenize_targets(batch["texts"])
+        return {"audio": batch["audio"].to(dev, non_blocking=True),
+                "prompt_ids": prompts["input_ids"].to(dev), "prompt_mask": prompts["attention_mask"].to(dev),
+                "target_ids": targets["input_ids"].to(dev), "target_mask": targets["attention_mask"].to(dev)}
+
+    def train_step(self, batch: dict[str, Any]) -> float | None:
+        """One optimiser step over ``grad_accum`` micro-batches; the loss is the mean over
+        every target token of the global batch, on any number of processes."""
+        inputs = self._inputs(batch)
+        accum = self.recipe["train"]["grad_accum"]
+        tokens = all_reduce_sum(inputs["target_mask"].sum().double(), self.dist)
+        scale = self.dist.world_size / tokens.clamp(min=1)  # DDP averages gradients over ranks
+        n = inputs["audio"].shape[0]
+        bounds = [round(i * n / accum) for i in range(accum + 1)]
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.dist.device)
+        for i in range(accum):
+            part = {k: v[bounds[i]:bounds[i + 1]] for k, v in inputs.items()}
+            sync = i == accum - 1 or not self.dist.enabled
+            with (contextlib.nullcontext() if sync else self.module.no_sync()), self._autocast():
+                out = self.module(**part)
+                loss = out["loss_sum"] * scale.to(out["loss_sum"].dtype)
+            (self.scaler.scale(loss) if self.scaler else loss).backward()
+            loss_sum += out["loss_sum"].detach().double()
+        loss_mean = all_reduce_sum(loss_sum, self.dist) / tokens
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        clip = self.recipe["optim"]["grad_clip"]
+        norm = torch.nn.utils.clip_grad_norm_(self.params, clip if clip > 0 else math.inf)
+        if not (torch.isfinite(loss_mean) and torch.isfinite(norm)):
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.scaler:
+                self.scaler.update()
+            return None
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(loss_mean)
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        if self.valid_data is None:
+            return {}
+        self.model.eval()
+        sampler = DistributedSampler(self.valid_data, num_replicas=self.dist.world_size, rank=self.dist.rank,
+                                     shuffle=False)
+        loader = DataLoader(self.valid_data, batch_size=self.batch_size, sampler=sampler, collate_fn=collate,
+                            num_workers=self.recipe["data"]["num_workers"])
+        total = torch.zeros(2, dtype=torch.float64, device=self.dist.device)
+        for batch in loader:
+            if not batch["prompts"]:
+                continue
+            with self._autocast():
+                out = self.model(**self._inputs(batch))
+            total += torch.stack([out["loss_sum"].double(), out["tokens"].double()])
+        all_reduce_sum(total, self.dist)
+        metrics = {"valid_loss": float(total[0] / total[1].clamp(min=1))}
+        if self.validate_hook is not None:
+            metrics.update(self.validate_hook(self.model, self.step))
+        self.model.train()
+        return metrics
+
+    # ------------------------------------------------------------------ loop
+    def _loader(self) -> DataLoader:
+        self.sampler.set_epoch(self.epoch)
+        if hasattr(self.train_data, "set_epoch"):
+            self.train_data.set_epoch(self.epoch)
+        generator = torch.Generator().manual_seed(self.recipe["seed"] + self.epoch)  # global RNG stays untouched
+        return DataLoader(self.train_data, batch_size=self.batch_size,
+                          sampler=_Skip(self.sampler, self.batch_in_epoch * self.batch_size),
+                          collate_fn=collate, num_workers=self.recipe["data"]["num_workers"],
+                          pin_memory=self.dist.device.type == "cuda", drop_last=True, generator=generator)
+
+    def fit(self) -> Path:
+        from tqdm.auto import tqdm
+
+        train = self.recipe["train"]
+        self.model.train()
+        bar = tqdm(total=self.total_steps, initial=self.step, unit="step", dynamic_ncols=True,
+                   disable=not (self.progress and self.dist.is_main), mininterval=1.0)
+        bad_in_row, window_start, window_samples = 0, time.perf_counter(), 0
+        while self.step < self.total_steps:
+            for batch in self._loader():
+                self._report_bad(batch["errors"])
+                loss = self.train_step(batch) if batch["prompts"] else None
+                self.step += 1
+                self.batch_in_epoch += 1
+                window_samples += len(batch["prompts"]) * self.dist.world_size
+                bad_in_row = bad_in_row + 1 if loss is None else 0
+                if loss is None:
+                    self._nonfinite(bad_in_row)
+                bar.update(1)
+                if loss is not None and (self.step % train["log_every"] == 0 or self.step == self.total_steps):
+                    rate = window_samples / max(time.perf_counter() - window_start, 1e-9)
+                    bar.set_postfix(loss=f"{loss:.3f}", samples_s=f"{rate:.0f}")
+                    self._log({"step": self.step, "epoch": self.epoch, "loss": loss,
+                               "lr": self.scheduler.get_last_lr()[0], "samples_per_s": rate})
+                    window_start, window_samples = time.perf_counter(), 0
+                if train["eval_every"] and self.step % train["eval_every"] == 0:
+                    self._log({"step": self.step, **self.validate()})
+                if train["save_every"] and self.step % train["save_every"] == 0:
+                    self.save()
+                if self.step >= self.total_steps:
+                    break
+            if self.batch_in_epoch >= self.steps_per_epoch:
+                self._end_epoch(train)
+        bar.close()
+        if self.batch_in_epoch and not train["eval_every"]:  # max_steps ended mid-epoch
+            self._log({"step": self.step, **self.validate()})
+        path = self.out / "checkpoints" / f"step-{self.step:08d}"
+        if not path.exists():
+            path = self.save()
+        if self.bad_examples:
+            self._log_line(f"{len(self.bad_examples)} example(s) skipped in this run; see {self.out}/metrics.jsonl")
+        return path
+
+    def _nonfinite(self, in_row: int) -> None:
+        self.skipped_steps += 1
+        self._log_line(f"step {self.step}: non-finite loss or gradient, step skipped ({in_row} in a row)")
+        self._log({"event": "nonfinite", "step": self.step})
+        if in_row >= self.recipe["train"]["max_nonfinite_steps"]:
+            path = self.save()
+            raise TrainingError(f"{in_row} non-finite steps in a row at step {self.step}: the run diverged; "
+                                f"lower optim.lr or check the data. Checkpoint: {path}")
+
+    def _end_epoch(self, train: dict[str, Any]) -> None:
+        if self.bad_examples:
+            self._log_line(f"epoch {self.epoch}: {len(self.bad_examples)} example(s) skipped so far:")
+            for error in self.bad_examples:
+                self._log_line(f"  {error}")
+        self._log({"event": "epoch_end", "epoch": self.epoch, "step": self.step,
+                   "skipped_examples": len(self.bad_examples)})
+        if not train["eval_every"]:
+            self._log({"step": self.step, **self.validate()})
+        self.epoch += 1
+        self.batch_in_epoch = 0
+        if not train["save_every"]:
+            self.save()

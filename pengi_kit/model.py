@@ -1,0 +1,151 @@
+"""The composite prefix-LM model (DESIGN.md section 1), built from a resolved recipe."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pengi_kit.recipe import COMPONENT_SLOTS
+
+
+class Projection(nn.Module):
+    """Pengi's projection head: linear, GELU, linear, dropout, residual, LayerNorm."""
+
+    def __init__(self, d_in: int, d_out: int, dropout: float = 0.5) -> None:
+        super().__init__()
+        self.linear1 = nn.Linear(d_in, d_out, bias=False)
+        self.linear2 = nn.Linear(d_out, d_out, bias=False)
+        self.layer_norm = nn.LayerNorm(d_out)
+        self.drop = nn.Dropout(dropout)
+        nn.init.xavier_uniform_(self.linear1.weight)
+        nn.init.xavier_uniform_(self.linear2.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.linear1(x)
+        return self.layer_norm(h + self.drop(self.linear2(F.gelu(h))))
+
+
+class PengiModel(nn.Module):
+    """Audio + prompt -> prefix (B, 2k, D_lm) -> causal LM.
+
+    Without a text encoder, the prompt is embedded by the LM's own token embeddings and
+    reaches the LM through a sequence mapper (Pengi's ``base_no_text_enc``).
+    """
+
+    def __init__(self, audio_encoder: nn.Module, audio_mapper: nn.Module, text_mapper: nn.Module,
+                 lm: nn.Module, text_encoder: nn.Module | None = None, projection_dim: int = 1024,
+                 normalize: bool = True, prompt_length: int = 40, target_length: int = 77) -> None:
+        super().__init__()
+        self.audio_encoder, self.text_encoder, self.lm = audio_encoder, text_encoder, lm
+        self.audio_projection = Projection(audio_encoder.embed_dim, projection_dim)
+        self.text_projection = Projection(text_encoder.embed_dim, projection_dim) if text_encoder else None
+        self.audio_mapper, self.text_mapper = audio_mapper, text_mapper
+        self.normalize, self.prompt_length, self.target_length = normalize, prompt_length, target_length
+        self.prefix_length = audio_mapper.prefix_length + text_mapper.prefix_length
+        self.sample_rate = int(audio_encoder.sample_rate)
+        self.clip_seconds = audio_encoder.clip_seconds
+        self.recipe: dict[str, Any] | None = None
+        self.frozen: list[str] = []
+
+    # -------------------------------------------------------------- inputs
+    def tokenize_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        if self.text_encoder is not None:
+            return self.text_encoder.tokenize(prompts, self.prompt_length)
+        tok = self.lm.tokenizer
+        return dict(tok(list(prompts), padding="max_length", truncation=True,
+                        max_length=self.prompt_length, return_tensors="pt"))
+
+    def tokenize_targets(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """Target ids end with end-of-text; padding is masked out of the loss."""
+        tok, eos = self.lm.tokenizer, self.lm.eos_token_id
+        rows = [tok(t, add_special_tokens=False)["input_ids"][: self.target_length - 1] + [eos] for t in texts]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.lm.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = torch.tensor(row)
+            mask[i, : len(row)] = 1
+        return {"input_ids": ids, "attention_mask": mask}
+
+    # -------------------------------------------------------------- embeddings
+    def _maybe_normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x, dim=-1) if self.normalize else x
+
+    def embed_audio(self, audio: torch.Tensor) -> torch.Tensor:
+        """Projected audio embedding (B, d_proj), normalised if the recipe says so."""
+        return self._maybe_normalize(self.audio_projection(self.audio_encoder(audio)))
+
+    def embed_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if self.text_encoder is None:
+            raise ValueError("this model has no text encoder (its prompts go through the LM's embeddings)")
+        return self._maybe_normalize(self.text_projection(self.text_encoder(input_ids, attention_mask)))
+
+    def prefix(self, audio: torch.Tensor, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T) audio and tokenised prompts -> the LM prefix (B, 2k, D_lm)."""
+        audio_prefix = self.audio_mapper(self.embed_audio(audio))
+        if self.text_encoder is not None:
+            text_prefix = self.text_mapper(self.embed_text(prompt_ids, prompt_mask))
+        else:
+            text_prefix = self.text_mapper(self.lm.embed(prompt_ids), prompt_mask)
+        return torch.cat([audio_prefix, text_prefix], dim=1)
+
+    # -------------------------------------------------------------- training
+    def forward(self, audio: torch.Tensor, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                target_ids: torch.Tensor, target_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Summed cross-entropy over target tokens and their count (the trainer normalises)."""
+        prefix = self.prefix(audio, prompt_ids, prompt_mask)
+        embeds = torch.cat([prefix, self.lm.embed(target_ids).to(prefix.dtype)], dim=1)
+        mask = torch.cat([target_mask.new_ones(prefix.shape[:2]), target_mask], dim=1)
+        logits, _ = self.lm(embeds, mask)
+        k = prefix.shape[1]
+        logits = logits[:, k - 1: -1].float()  # position t predicts target token t
+        labels = target_ids.masked_fill(target_mask == 0, -100)
+        loss_sum = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                   ignore_index=-100, reduction="sum")
+        return {"loss_sum": loss_sum, "tokens": target_mask.sum()}
+
+    def set_trainable(self, flags: dict[str, bool]) -> None:
+        """Freeze or unfreeze each component. The projections always train, as in Pengi."""
+        self.requires_grad_(True)
+        self.frozen = [slot for slot, trainable in flags.items() if not trainable and getattr(self, slot, None)]
+        for slot in self.frozen:
+            getattr(self, slot).requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "PengiModel":
+        """Frozen components stay in eval mode: no dropout, no batch-norm statistics drift."""
+        super().train(mode)
+        for slot in self.frozen:
+            getattr(self, slot).eval()
+        return self
+
+
+def build_model(recipe: dict[str, Any], registry: Any | None = None) -> PengiModel:
+    """Build the composite model from a resolved recipe (``pengi_kit.recipe.load_recipe``)."""
+    if registry is None:
+        from pengi_kit.plugins import registry as get_registry
+        registry = get_registry()
+    cfg = recipe["model"]
+
+    def build(slot: str, **supplied: Any) -> nn.Module:
+        table = dict(cfg[slot])
+        name = table.pop("name")
+        table.pop("trainable")
+        factory = registry.get(COMPONENT_SLOTS[slot][0], name).load()
+        return factory(**supplied, **table)
+
+    audio_encoder = build("audio_encoder")
+    lm = build("lm")
+    text_encoder = build("text_encoder") if "text_encoder" in cfg else None
+    d_proj, d_lm = cfg["projection_dim"], lm.hidden_size
+    audio_mapper = build("audio_mapper", in_dim=d_proj, out_dim=d_lm)
+    if text_encoder is not None:
+        text_mapper = build("text_mapper", in_dim=d_proj, out_dim=d_lm)
+    else:
+        text_mapper = build("text_mapper", in_dim=d_lm, out_dim=d_lm, sequence=True)
+    model = PengiModel(audio_encoder, audio_mapper, text_mapper, lm, text_encoder, d_proj,
+                       cfg["normalize"], cfg["prompt_length"], cfg["target_length"])
+    model.set_trainable({slot: cfg[slot]["trainable"] for slot in COMPONENT_SLOTS if slot in cfg})
+    model.recipe = recipe
+    return model

@@ -1,0 +1,337 @@
+"""TOML recipes: schema, ``extends``, ``-s key=value`` overrides and validation.
+
+A recipe resolves to a plain dict in which every section and every key is present;
+component tables (``[model.audio_encoder]`` ...) carry ``name``, ``trainable`` and the
+arguments of the component's factory, checked against its signature before any weight
+is loaded.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import inspect
+import tomllib
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pengi_kit.errors import RecipeError
+
+
+@dataclass(frozen=True)
+class Field:
+    type: type | tuple[type, ...]
+    default: Any
+    help: str
+    choices: tuple[Any, ...] = ()
+
+
+COMPONENT_SLOTS = {
+    # slot: (kind, required, trainable by default, arguments the model builder supplies)
+    "audio_encoder": ("audio_encoder", True, True, ()),
+    "text_encoder": ("text_encoder", False, False, ()),
+    "audio_mapper": ("mapper", True, True, ("in_dim", "out_dim", "sequence")),
+    "text_mapper": ("mapper", True, True, ("in_dim", "out_dim", "sequence")),
+    "lm": ("causal_lm", True, False, ()),
+}
+
+SCHEMA: dict[str, dict[str, Field]] = {
+    "": {
+        "name": Field(str, "", "Run name; the output directory defaults to runs/<name>."),
+        "seed": Field(int, 0, "Seed for weights, data order, crops and sampling."),
+        "extends": Field(str, "", "A recipe this one starts from (name in the same folder or a path)."),
+    },
+    "model": {
+        "projection_dim": Field(int, 1024, "Width of the shared audio/text projection space (d_proj)."),
+        "normalize": Field(bool, True, "L2-normalise projected embeddings before the mappers."),
+        "prompt_length": Field(int, 40, "Prompt tokens given to the text encoder (or the sequence mapper)."),
+        "target_length": Field(int, 77, "Maximum target tokens, end-of-text included."),
+    },
+    "data": {
+        "train": Field(str, "synthetic", "Training manifest (JSONL/CSV), or 'synthetic' for the built-in demo corpus."),
+        "valid": Field(str, "synthetic", "Validation manifest, 'synthetic', or '' for none."),
+        "synthetic_train_size": Field(int, 4000, "Clips in the synthetic training split."),
+        "synthetic_valid_size": Field(int, 400, "Clips in the synthetic validation split."),
+        "train_crop": Field(str, "random", "How training clips longer than the encoder's clip are cut.",
+                            ("random", "start", "centre")),
+        "eval_crop": Field(str, "start", "How evaluation and inference clips are cut.", ("start", "centre")),
+        "on_error": Field(str, "skip", "A bad clip or manifest line: 'skip' (reported) or 'fail'.", ("skip", "fail")),
+        "num_workers": Field(int, 0, "DataLoader worker processes."),
+    },
+    "optim": {
+        "name": Field(str, "adamw", "Optimiser.", ("adam", "adamw")),
+        "lr": Field(float, 1e-4, "Peak learning rate."),
+        "weight_decay": Field(float, 0.0, "Decoupled weight decay (adamw) or L2 (adam)."),
+        "betas": Field(list, [0.9, 0.999], "Adam betas."),
+        "warmup_steps": Field(int, 2000, "Linear warm-up steps."),
+        "schedule": Field(str, "linear", "After warm-up: linear decay to 0, cosine, or constant.",
+                          ("linear", "cosine", "constant")),
+        "grad_clip": Field(float, 1.0, "Clip the global gradient norm to this; 0 disables."),
+    },
+    "train": {
+        "batch_size": Field(int, 32, "Clips per optimiser step (before gradient accumulation)."),
+        "epochs": Field(int, 1, "Passes over the training data (ignored when max_steps > 0)."),
+        "max_steps": Field(int, 0, "Optimiser steps to run; 0 means epochs decide."),
+        "grad_accum": Field(int, 1, "Micro-batches accumulated per optimiser step."),
+        "precision": Field(str, "fp32", "Autocast precision.", ("fp32", "bf16", "fp16")),
+        "log_every": Field(int, 20, "Steps between metric log lines."),
+        "eval_every": Field(int, 0, "Steps between validations; 0 means at the end of each epoch."),
+        "save_every": Field(int, 0, "Steps between checkpoints; 0 means at the end of each epoch."),
+        "keep_last": Field(int, 2, "Step checkpoints kept (the newest ones)."),
+        "max_nonfinite_steps": Field(int, 20, "Stop (with a checkpoint) after this many non-finite steps in a row."),
+        "save_frozen": Field(bool, False, "Also copy frozen pretrained components into checkpoints."),
+        "output_dir": Field(str, "", "Where checkpoints and logs go; default runs/<name>."),
+    },
+    "generate": {
+        "method": Field(str, "beam", "Decoding method.", ("beam", "greedy", "sample")),
+        "beam_size": Field(int, 5, "Beams per clip and prompt."),
+        "max_new_tokens": Field(int, 30, "Tokens generated at most."),
+        "min_new_tokens": Field(int, 0, "End-of-text is forbidden before this many tokens."),
+        "length_penalty": Field(float, 1.0, "Beam score = sum log p / length ** length_penalty."),
+        "temperature": Field(float, 1.0, "Logits are divided by this."),
+        "top_k": Field(int, 0, "Sampling: keep the k most likely tokens; 0 keeps all."),
+        "top_p": Field(float, 1.0, "Sampling: nucleus probability mass."),
+        "no_repeat_ngram_size": Field(int, 0, "Forbid repeating n-grams of this size; 0 disables."),
+        "stop": Field(list, [], "Strings that end generation (the stop string is cut)."),
+    },
+}
+SECTIONS = [s for s in SCHEMA if s] + ["model"]
+
+
+def _suggest(key: str, options: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(key, list(options), n=1, cutoff=0.5)
+    return f"did you mean '{close[0]}'?" if close else f"valid keys: {', '.join(sorted(options))}"
+
+
+def _type_name(t: Any) -> str:
+    if isinstance(t, tuple):
+        return " or ".join(_type_name(x) for x in t)
+    return {list: "array", dict: "table", str: "string", bool: "boolean", int: "integer",
+            float: "number"}.get(t, getattr(t, "__name__", str(t)))
+
+
+def _check_type(where: str, value: Any, expected: Any) -> Any:
+    allowed = expected if isinstance(expected, tuple) else (expected,)
+    if float in allowed and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    ok = any(isinstance(value, t) and not (t is int and isinstance(value, bool)) for t in allowed)
+    if not ok:
+        raise RecipeError(f"{where}: expected {_type_name(expected)}, got {_type_name(type(value))} {value!r}")
+    return value
+
+
+# ---------------------------------------------------------------- loading and merging
+
+def _find(ref: str, base: Path | None) -> Path:
+    path = Path(ref)
+    candidates = [path] if path.suffix else [path.with_suffix(".toml")]
+    if base is not None and not path.is_absolute():
+        for folder in [base, *list(base.parents)[:2]]:
+            candidates += [folder / c for c in list(candidates[:1])]
+            candidates += [folder / "recipes" / candidates[0]]
+    candidates.append(Path("recipes") / candidates[0])
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise RecipeError(f"recipe '{ref}' not found (looked in {', '.join(sorted({str(c.parent) for c in candidates}))}); "
+                      "give a path to a .toml file")
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise RecipeError(f"{path}: not valid TOML: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise RecipeError(f"{path}: not UTF-8 text ({exc.reason})") from exc
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any], path: str = "") -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        slot = path == "model." and key in COMPONENT_SLOTS
+        if slot and isinstance(value, dict) and value.get("name", out.get(key, {}).get("name")) != out.get(key, {}).get("name"):
+            out[key] = copy.deepcopy(value)  # another component: the old one's arguments do not apply
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value, f"{path}{key}.")
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _load_raw(ref: str | Path, base: Path | None = None, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    path = _find(str(ref), base).resolve()
+    if path in seen:
+        raise RecipeError(f"{path}: 'extends' loops back to itself ({' -> '.join(p.name for p in (*seen, path))})")
+    raw = _read(path)
+    parent = raw.pop("extends", "")
+    if parent:
+        raw = _merge(_load_raw(parent, path.parent, (*seen, path)), raw)
+    return raw
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"train.batch_size=8"`` -> (["train", "batch_size"], 8). Values are TOML, else strings."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise RecipeError(f"override '{text}' must look like section.key=value")
+    try:
+        parsed = tomllib.loads(f"v = {value.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value.strip()
+    return key.strip().split("."), parsed
+
+
+def apply_overrides(raw: dict[str, Any], overrides: typing.Sequence[str]) -> dict[str, Any]:
+    raw = copy.deepcopy(raw)
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = raw
+        for part in keys[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise RecipeError(f"override '{text}': '{part}' is not a table")
+        if len(keys) == 3 and keys[0] == "model" and keys[2] == "name" and node.get("name") not in (None, value):
+            node.clear()  # another component: the old one's arguments do not apply
+        node[keys[-1]] = value
+    return raw
+
+
+# ---------------------------------------------------------------- validation
+
+def _factory_params(factory: Any) -> tuple[dict[str, inspect.Parameter], dict[str, Any]]:
+    signature = inspect.signature(factory)
+    try:
+        hints = typing.get_type_hints(factory)
+    except Exception:  # unresolvable annotations: names are still checked
+        hints = {}
+    params = {n: p for n, p in signature.parameters.items()
+              if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    return params, hints
+
+
+def _hint_types(hint: Any) -> tuple[type, ...] | None:
+    """Plain runtime types from an annotation such as ``int``, ``str | None``; None if not simple."""
+    if hint is inspect.Parameter.empty or hint is Any:
+        return None
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        parts = [_hint_types(a) for a in typing.get_args(hint) if a is not type(None)]
+        if any(p is None for p in parts):
+            return None
+        return tuple(t for p in parts for t in p)  # type: ignore[union-attr]
+    if origin in (list, tuple, typing.Sequence):
+        return (list,)
+    if origin is dict:
+        return (dict,)
+    return (hint,) if isinstance(hint, type) else None
+
+
+def _validate_component(slot: str, table: Any, registry: Any) -> dict[str, Any]:
+    kind, _, trainable_default, supplied = COMPONENT_SLOTS[slot]
+    where = f"model.{slot}"
+    if not isinstance(table, dict):
+        raise RecipeError(f"{where}: expected a table with at least 'name'")
+    if "name" not in table:
+        raise RecipeError(f"{where}: missing 'name' (one of: {', '.join(registry.names(kind))})")
+    name = _check_type(f"{where}.name", table["name"], str)
+    spec = registry.get(kind, name, where=f"{where}.name")
+    factory = spec.load()
+    params, hints = _factory_params(factory)
+    out: dict[str, Any] = {"name": spec.name,
+                           "trainable": _check_type(f"{where}.trainable", table.get("trainable", trainable_default), bool)}
+    for key, value in table.items():
+        if key in ("name", "trainable"):
+            continue
+        if key in supplied:
+            raise RecipeError(f"{where}.{key}: set by the model from the neighbouring components; remove it")
+        if key not in params:
+            options = [p for p in params if p not in supplied] + ["name", "trainable"]
+            raise RecipeError(f"{where}.{key}: unknown argument of {kind} '{spec.name}'; {_suggest(key, options)}")
+        expected = _hint_types(hints.get(key, params[key].annotation))
+        out[key] = _check_type(f"{where}.{key}", value, expected) if expected else value
+    for key, param in params.items():
+        if key in supplied or key in out:
+            continue
+        if param.default is inspect.Parameter.empty:
+            raise RecipeError(f"{where}: {kind} '{spec.name}' needs '{key}'; add it to [{where}]")
+        if param.default is not None:
+            out[key] = param.default
+    return out
+
+
+def validate(raw: dict[str, Any], registry: Any | None = None) -> dict[str, Any]:
+    """Fill defaults and check every key, type and component argument."""
+    if registry is None:
+        from pengi_kit.plugins import registry as get_registry
+        registry = get_registry()
+    resolved: dict[str, Any] = {}
+    top_keys = set(SCHEMA[""]) | set(SECTIONS)
+    for key in raw:
+        if key not in top_keys:
+            raise RecipeError(f"unknown top-level key '{key}'; {_suggest(key, top_keys)}")
+    for key, field in SCHEMA[""].items():
+        if key != "extends":
+            resolved[key] = _check_type(key, raw.get(key, field.default), field.type)
+    for section in SECTIONS:
+        given = raw.get(section, {})
+        if not isinstance(given, dict):
+            raise RecipeError(f"[{section}]: expected a table")
+        fields = SCHEMA[section]
+        extra = set(COMPONENT_SLOTS) if section == "model" else set()
+        out: dict[str, Any] = {}
+        for key, value in given.items():
+            if key in extra:
+                continue
+            if key not in fields:
+                raise RecipeError(f"{section}.{key}: unknown key; {_suggest(key, set(fields) | extra)}")
+            field = fields[key]
+            out[key] = _check_type(f"{section}.{key}", value, field.type)
+            if field.choices and out[key] not in field.choices:
+                raise RecipeError(f"{section}.{key}: {value!r} is not one of {', '.join(map(repr, field.choices))}")
+        for key, field in fields.items():
+            out.setdefault(key, copy.deepcopy(field.default))
+        if section == "model":
+            for slot, (_, required, _, _) in COMPONENT_SLOTS.items():
+                if slot in given:
+                    out[slot] = _validate_component(slot, given[slot], registry)
+                elif required:
+                    raise RecipeError(f"model.{slot}: missing; add a [model.{slot}] table with a 'name'")
+        resolved[section] = out
+    if not resolved["name"]:
+        resolved["name"] = "run"
+    if not resolved["train"]["output_dir"]:
+        resolved["train"]["output_dir"] = f"runs/{resolved['name']}"
+    _check_consistency(resolved)
+    return resolved
+
+
+def _check_consistency(recipe: dict[str, Any]) -> None:
+    train = recipe["train"]
+    for key in ("batch_size", "grad_accum"):
+        if train[key] < 1:
+            raise RecipeError(f"train.{key}: must be at least 1, got {train[key]}")
+    if train["batch_size"] % train["grad_accum"]:
+        raise RecipeError(f"train.batch_size {train['batch_size']} is not divisible by train.grad_accum "
+                          f"{train['grad_accum']}; make it a multiple")
+    model = recipe["model"]
+    if "text_encoder" not in model and model["text_mapper"]["name"] == "mlp":
+        raise RecipeError("model.text_mapper: without a text encoder the prompt is a token sequence, which "
+                          "the 'mlp' mapper cannot take; use name = \"transformer\"")
+
+
+def load_recipe(ref: str | Path, overrides: typing.Sequence[str] = (), registry: Any | None = None) -> dict[str, Any]:
+    """Read, extend, override and validate a recipe; returns the resolved dict."""
+    return validate(apply_overrides(_load_raw(ref), overrides), registry)
+
+
+def from_dict(raw: dict[str, Any], overrides: typing.Sequence[str] = (), registry: Any | None = None) -> dict[str, Any]:
+    return validate(apply_overrides(raw, overrides), registry)
+
+
+def dumps(recipe: dict[str, Any]) -> str:
+    import tomli_w
+
+    return tomli_w.dumps(recipe)
