@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pengi_kit.errors import RecipeError
+from pengi_kit.errors import PengiKitError, RecipeError
 
 
 @dataclass(frozen=True)
@@ -237,8 +237,11 @@ def _validate_component(slot: str, table: Any, registry: Any) -> dict[str, Any]:
     if "name" not in table:
         raise RecipeError(f"{where}: missing 'name' (one of: {', '.join(registry.names(kind))})")
     name = _check_type(f"{where}.name", table["name"], str)
-    spec = registry.get(kind, name, where=f"{where}.name")
-    factory = spec.load()
+    try:
+        spec = registry.get(kind, name, where=f"{where}.name")
+        factory = spec.load()
+    except PengiKitError as exc:  # unknown or unloadable component: a recipe problem here
+        raise RecipeError(str(exc)) from exc
     params, hints = _factory_params(factory)
     out: dict[str, Any] = {"name": spec.name,
                            "trainable": _check_type(f"{where}.trainable", table.get("trainable", trainable_default), bool)}
@@ -295,6 +298,8 @@ def validate(raw: dict[str, Any], registry: Any | None = None) -> dict[str, Any]
             out.setdefault(key, copy.deepcopy(field.default))
         if section == "model":
             for slot, (_, required, _, _) in COMPONENT_SLOTS.items():
+                if not required and isinstance(given.get(slot), dict) and given[slot].get("name") == "none":
+                    continue  # an optional component switched off (e.g. by a recipe that extends another)
                 if slot in given:
                     out[slot] = _validate_component(slot, given[slot], registry)
                 elif required:

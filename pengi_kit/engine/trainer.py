@@ -70,7 +70,9 @@ class Trainer:
         self.module: torch.nn.Module = self.model
         if self.dist.enabled:  # frozen parameters have requires_grad=False: DDP leaves them out
             ids = [self.dist.device.index] if self.dist.device.type == "cuda" else None
-            self.module = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+            # encoders' classifier heads are outside the embedding path: their parameters get no gradient
+            self.module = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids,
+                                                                    find_unused_parameters=True)
         seed_everything(recipe["seed"] + self.dist.rank)  # dropout and crops differ per rank
         enc = self.model.audio_encoder
         self.train_data = build_dataset(recipe, "train", enc.sample_rate, enc.clip_seconds)
@@ -115,6 +117,9 @@ class Trainer:
         state, rng = ckpt.load_training_state(path, self.dist.rank)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        # the schedule follows this recipe (a run may be resumed with more steps): recompute the lr
+        for group, base, factor in zip(self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas):
+            group["lr"] = base * factor(self.scheduler.last_epoch)
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         self.skipped_steps = state.get("skipped_steps", 0)
         if rng is not None and state.get("world_size", 1) == self.dist.world_size:
@@ -212,10 +217,20 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return float(loss_mean)
 
-    @torch.no_grad()
     def validate(self) -> dict[str, float]:
+        """Validation loss (and the hook's metrics); training RNG streams are left as they were,
+        so that a run validated at other steps, or resumed, trains identically."""
         if self.valid_data is None:
             return {}
+        rng = ckpt.rng_state()
+        try:
+            return self._validate()
+        finally:
+            ckpt.set_rng_state(rng)
+            self.model.train()
+
+    @torch.no_grad()
+    def _validate(self) -> dict[str, float]:
         self.model.eval()
         sampler = DistributedSampler(self.valid_data, num_replicas=self.dist.world_size, rank=self.dist.rank,
                                      shuffle=False)
@@ -232,7 +247,6 @@ class Trainer:
         metrics = {"valid_loss": float(total[0] / total[1].clamp(min=1))}
         if self.validate_hook is not None:
             metrics.update(self.validate_hook(self.model, self.step))
-        self.model.train()
         return metrics
 
     # ------------------------------------------------------------------ loop
