@@ -15,22 +15,22 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from pengi_kit.data.synthetic import SyntheticCorpus
+from pengi_kit.data.synthetic import PROMPTS_PER_CLIP, SyntheticCorpus
 from pengi_kit.errors import PengiKitError
 
 
 class SyntheticDataset(Dataset):
-    """Every clip of a synthetic corpus with each of its four prompts."""
+    """Every clip of a synthetic corpus with each of its prompts."""
 
     def __init__(self, corpus: SyntheticCorpus) -> None:
         self.corpus = corpus
 
     def __len__(self) -> int:
-        return 4 * len(self.corpus)
+        return PROMPTS_PER_CLIP * len(self.corpus)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        clip = self.corpus.clip(index // 4)
-        task, prompt, text = clip.examples()[index % 4]
+        clip = self.corpus.clip(index // PROMPTS_PER_CLIP)
+        task, prompt, text = clip.examples()[index % PROMPTS_PER_CLIP]
         return {"audio": clip.audio, "prompt": prompt, "text": text, "task": task}
 
 

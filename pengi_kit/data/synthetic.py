@@ -1,9 +1,10 @@
 """A seeded synthetic corpus for the offline demo: nothing is shipped as files.
 
 Each clip holds one to three events of a primary kind, optionally followed by one event
-of another kind, over faint noise. Every clip comes with a caption, a class label, a
-yes/no question and a counting question, so captioning, classification and question
-answering prompts are all exercised.
+of another kind, over faint noise. Every clip comes with a caption, a class label, two
+yes/no questions (one about a kind it holds, one about a kind it lacks: the pair forces
+a model to read the question) and a counting question, so captioning, classification
+and question answering prompts are all exercised.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ KINDS = ("low tone", "high tone", "rising chirp", "falling chirp", "noise burst"
 PLURAL = {k: k + "s" for k in KINDS}
 NUMBERS = ("zero", "one", "two", "three")
 TASKS = ("caption", "classification", "yes/no", "count")
+PROMPTS_PER_CLIP = 5
 
 
 @dataclass(frozen=True)
@@ -23,7 +25,7 @@ class Clip:
     primary: str
     count: int
     secondary: str | None
-    asked: str  # the kind the yes/no question asks about
+    absent: str  # the kind the "no" question asks about
 
     @property
     def caption(self) -> str:
@@ -31,12 +33,13 @@ class Clip:
         return head + (f" followed by a {self.secondary}" if self.secondary else "")
 
     def examples(self) -> list[tuple[str, str, str]]:
-        """(task, prompt, target) for the four prompt types."""
-        present = self.asked in (self.primary, self.secondary)
+        """(task, prompt, target) for each of the clip's prompts."""
+        present = self.secondary if self.secondary and self.count % 2 else self.primary
         return [
             ("caption", "generate audio caption", self.caption),
             ("classification", "this is a sound of", self.primary),
-            ("yes/no", f"question: is there a {self.asked}?", "yes" if present else "no"),
+            ("yes/no", f"question: is there a {present}?", "yes"),
+            ("yes/no", f"question: is there a {self.absent}?", "no"),
             ("count", f"question: how many {PLURAL[self.primary]} are there?", NUMBERS[self.count]),
         ]
 
@@ -79,9 +82,7 @@ class SyntheticCorpus:
         count = int(rng.integers(1, 4))
         others = [k for k in KINDS if k != primary]
         secondary = others[rng.integers(len(others))] if rng.random() < 0.5 else None
-        present = [primary] + ([secondary] if secondary else [])
-        absent = [k for k in KINDS if k not in present]
-        asked = present[rng.integers(len(present))] if rng.random() < 0.5 else absent[rng.integers(len(absent))]
+        absent = [k for k in KINDS if k not in (primary, secondary)]
         kinds = [primary] * count + ([secondary] if secondary else [])
         audio = rng.normal(0, 0.01, total)
         slot = total // len(kinds)  # events in order, each in its own slot
@@ -89,4 +90,5 @@ class SyntheticCorpus:
             n = int(rng.uniform(0.35, 0.7) * slot)
             start = i * slot + int(rng.integers(0, slot - n))
             audio[start:start + n] += _event(kind, n, sr, rng)
-        return Clip(np.clip(audio, -1, 1).astype(np.float32), primary, count, secondary, asked)
+        return Clip(np.clip(audio, -1, 1).astype(np.float32), primary, count, secondary,
+                    absent[rng.integers(len(absent))])
