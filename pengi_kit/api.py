@@ -29,10 +29,12 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> PengiMod
     """A ``PengiModel`` from a checkpoint directory or a run directory (its newest intact checkpoint)."""
     from pengi_kit.engine import checkpoint as ckpt
     from pengi_kit.recipe import from_dict
+    from pengi_kit.sources import resolve_relative
 
     path = ckpt.resolve(path)
     meta = ckpt.verify(path)
-    model = build_model(from_dict(ckpt.read_recipe(path)))
+    # sources inside the checkpoint (an importer's lm/, text_encoder/) are relative to it
+    model = build_model(from_dict(resolve_relative(ckpt.read_recipe(path), path)))
     ckpt.load_weights(model, path, meta.get("referenced", []))
     return model.to(device).eval()
 

@@ -31,10 +31,12 @@ class PengiModel(nn.Module):
     """Audio + prompt -> prefix (B, 2k, D_lm) -> causal LM.
 
     Without a text encoder, the prompt is embedded by the LM's own token embeddings and
-    reaches the LM through a sequence mapper (Pengi's ``base_no_text_enc``).
+    reaches the LM through a sequence mapper (Pengi's ``base_no_text_enc``). Without a
+    text mapper too, there is no prompt branch: the prefix is the audio prefix alone
+    (a plain captioner such as Microsoft's CLAPCap) and prompts are ignored.
     """
 
-    def __init__(self, audio_encoder: nn.Module, audio_mapper: nn.Module, text_mapper: nn.Module,
+    def __init__(self, audio_encoder: nn.Module, audio_mapper: nn.Module, text_mapper: nn.Module | None,
                  lm: nn.Module, text_encoder: nn.Module | None = None, projection_dim: int = 1024,
                  normalize: bool = True, prompt_length: int = 40, target_length: int = 77) -> None:
         super().__init__()
@@ -43,7 +45,9 @@ class PengiModel(nn.Module):
         self.text_projection = Projection(text_encoder.embed_dim, projection_dim) if text_encoder else None
         self.audio_mapper, self.text_mapper = audio_mapper, text_mapper
         self.normalize, self.prompt_length, self.target_length = normalize, prompt_length, target_length
-        self.prefix_length = audio_mapper.prefix_length + text_mapper.prefix_length
+        if text_mapper is None and text_encoder is not None:
+            raise ValueError("a text encoder needs a text mapper")
+        self.prefix_length = audio_mapper.prefix_length + (text_mapper.prefix_length if text_mapper else 0)
         self.sample_rate = int(audio_encoder.sample_rate)
         self.clip_seconds = audio_encoder.clip_seconds
         self.recipe: dict[str, Any] | None = None
@@ -85,6 +89,8 @@ class PengiModel(nn.Module):
     def prefix(self, audio: torch.Tensor, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> torch.Tensor:
         """(B, T) audio and tokenised prompts -> the LM prefix (B, 2k, D_lm)."""
         audio_prefix = self.audio_mapper(self.embed_audio(audio))
+        if self.text_mapper is None:
+            return audio_prefix
         if self.text_encoder is not None:
             text_prefix = self.text_mapper(self.embed_text(prompt_ids, prompt_mask))
         else:
@@ -140,7 +146,9 @@ def build_model(recipe: dict[str, Any], registry: Any | None = None) -> PengiMod
     text_encoder = build("text_encoder") if "text_encoder" in cfg else None
     d_proj, d_lm = cfg["projection_dim"], lm.hidden_size
     audio_mapper = build("audio_mapper", in_dim=d_proj, out_dim=d_lm)
-    if text_encoder is not None:
+    if "text_mapper" not in cfg:
+        text_mapper = None
+    elif text_encoder is not None:
         text_mapper = build("text_mapper", in_dim=d_proj, out_dim=d_lm)
     else:
         text_mapper = build("text_mapper", in_dim=d_lm, out_dim=d_lm, sequence=True)

@@ -36,6 +36,9 @@ COMPONENT_SLOTS = {
     "text_mapper": ("mapper", True, True, ("in_dim", "out_dim", "sequence")),
     "lm": ("causal_lm", True, False, ()),
 }
+# Required slots that a recipe may still switch off with name = "none": without a text
+# mapper the model has no prompt branch (a plain captioner such as Microsoft's CLAPCap).
+SWITCHABLE_SLOTS = ("text_encoder", "text_mapper")
 
 SCHEMA: dict[str, dict[str, Field]] = {
     "": {
@@ -50,15 +53,20 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "target_length": Field(int, 77, "Maximum target tokens, end-of-text included."),
     },
     "data": {
-        "train": Field(str, "synthetic", "Training manifest (JSONL/CSV), or 'synthetic' for the built-in demo corpus."),
-        "valid": Field(str, "synthetic", "Validation manifest, 'synthetic', or '' for none."),
+        "train": Field((str, list), "synthetic",
+                       "Training data: a manifest (JSONL/CSV), a shard pattern or folder, 'synthetic' (the demo "
+                       "corpus), or a list of tables {manifest = ..., weight = 1.0, task = ..., templates = {...}} "
+                       "mixed by weight."),
+        "valid": Field((str, list), "synthetic", "Validation data, as data.train (weights ignored), or '' for none."),
         "synthetic_train_size": Field(int, 4000, "Clips in the synthetic training split."),
         "synthetic_valid_size": Field(int, 400, "Clips in the synthetic validation split."),
         "train_crop": Field(str, "random", "How training clips longer than the encoder's clip are cut.",
                             ("random", "start", "centre")),
         "eval_crop": Field(str, "start", "How evaluation and inference clips are cut.", ("start", "centre")),
         "on_error": Field(str, "skip", "A bad clip or manifest line: 'skip' (reported) or 'fail'.", ("skip", "fail")),
-        "num_workers": Field(int, 0, "DataLoader worker processes."),
+        "num_workers": Field(int, 0, "DataLoader worker processes (results are the same for any number)."),
+        "bucket_batches": Field(int, 50, "Batches per pool sorted by target-text length (less padding); 0: off."),
+        "max_seconds": Field(float, 3600.0, "A clip or segment longer than this is bad input (reported)."),
     },
     "optim": {
         "name": Field(str, "adamw", "Optimiser.", ("adam", "adamw")),
@@ -298,7 +306,7 @@ def validate(raw: dict[str, Any], registry: Any | None = None) -> dict[str, Any]
             out.setdefault(key, copy.deepcopy(field.default))
         if section == "model":
             for slot, (_, required, _, _) in COMPONENT_SLOTS.items():
-                if not required and isinstance(given.get(slot), dict) and given[slot].get("name") == "none":
+                if slot in SWITCHABLE_SLOTS and isinstance(given.get(slot), dict) and given[slot].get("name") == "none":
                     continue  # an optional component switched off (e.g. by a recipe that extends another)
                 if slot in given:
                     out[slot] = _validate_component(slot, given[slot], registry)
@@ -321,10 +329,58 @@ def _check_consistency(recipe: dict[str, Any]) -> None:
     if train["batch_size"] % train["grad_accum"]:
         raise RecipeError(f"train.batch_size {train['batch_size']} is not divisible by train.grad_accum "
                           f"{train['grad_accum']}; make it a multiple")
+    _check_data_sources(recipe)
     model = recipe["model"]
-    if "text_encoder" not in model and model["text_mapper"]["name"] == "mlp":
+    if "text_mapper" not in model:
+        if "text_encoder" in model:
+            raise RecipeError("model.text_mapper: a text encoder needs a text mapper; set its name, or switch "
+                              "the text encoder off too (name = \"none\")")
+    elif "text_encoder" not in model and model["text_mapper"]["name"] == "mlp":
         raise RecipeError("model.text_mapper: without a text encoder the prompt is a token sequence, which "
                           "the 'mlp' mapper cannot take; use name = \"transformer\"")
+
+
+DATA_SOURCE_KEYS = {"manifest": str, "weight": float, "task": str, "templates": dict}
+
+
+def _check_data_sources(recipe: dict[str, Any]) -> None:
+    """A list under data.train / data.valid: tables with a manifest, a positive weight, and
+    optionally the dataset's default task and its own templates ({task: "prompt {field}"})."""
+    from pengi_kit.data.templates import TemplateError, placeholders, template_fields
+
+    for split in ("train", "valid"):
+        entries = recipe["data"][split]
+        if isinstance(entries, str):
+            continue
+        if not entries:
+            raise RecipeError(f"data.{split}: empty list; name at least one {{manifest = \"...\"}}")
+        for i, entry in enumerate(entries):
+            where = f"data.{split}[{i}]"
+            if not isinstance(entry, dict):
+                raise RecipeError(f"{where}: expected a table like {{manifest = \"train.jsonl\", weight = 1.0}}, "
+                                  f"got {entry!r}")
+            for key, value in entry.items():
+                if key not in DATA_SOURCE_KEYS:
+                    raise RecipeError(f"{where}.{key}: unknown key; {_suggest(key, DATA_SOURCE_KEYS)}")
+                entry[key] = _check_type(f"{where}.{key}", value, DATA_SOURCE_KEYS[key])
+            if not entry.get("manifest"):
+                raise RecipeError(f"{where}: missing 'manifest' (a manifest path, shard pattern or 'synthetic')")
+            entry.setdefault("weight", 1.0)
+            if not entry["weight"] > 0:
+                raise RecipeError(f"{where}.weight: must be positive, got {entry['weight']}")
+            templates = entry.get("templates", {})
+            for task, template in templates.items():
+                if not isinstance(template, str) or not template.strip():
+                    raise RecipeError(f"{where}.templates.{task}: expected a prompt string, got {template!r}")
+                try:
+                    placeholders(template)
+                except TemplateError as exc:
+                    raise RecipeError(f"{where}.templates.{task}: {exc}") from None
+            if "task" in entry and entry["task"] not in templates:
+                try:
+                    template_fields(entry["task"])
+                except TemplateError as exc:
+                    raise RecipeError(f"{where}.task: {exc}") from None
 
 
 def load_recipe(ref: str | Path, overrides: typing.Sequence[str] = (), registry: Any | None = None) -> dict[str, Any]:

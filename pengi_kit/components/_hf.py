@@ -39,6 +39,19 @@ def hf_load(loader: Callable[..., Any], source: str, what: str, **kwargs: Any) -
             "save_pretrained()") from exc
 
 
+def hf_model(model_cls: Any, source: str, what: str, **kwargs: Any) -> Any:
+    """``model_cls.from_pretrained(source)``, or, for an architecture-only folder
+    (config and tokenizer, no weights; see :mod:`pengi_kit.sources`), a randomly
+    initialised ``model_cls`` of that config: the checkpoint that references the
+    folder supplies every weight, so none is downloaded only to be overwritten."""
+    from pengi_kit.sources import is_architecture_only
+
+    if is_architecture_only(source):
+        config = hf_load(model_cls.config_class.from_pretrained, source, f"{what} config")
+        return model_cls(config, **kwargs)
+    return hf_load(model_cls.from_pretrained, source, what, **kwargs)
+
+
 def load_tokenizer(source: str):
     """A tokenizer from ``"byte"``, a hub id or a local directory / tokenizer.json file."""
     from transformers import AutoTokenizer, PreTrainedTokenizerFast

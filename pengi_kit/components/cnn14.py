@@ -105,20 +105,33 @@ def cnn14(
     num_classes: int = 527,
     pretrained: str | None = None,
     spec_augment: bool = True,
+    window_size: int | None = None,
+    hop_size: int | None = None,
+    fmax: float | None = None,
 ) -> Cnn14:
     """Build Cnn14 (32 kHz: window 1024, hop 320, 50-14000 Hz) or Cnn14_16k (16 kHz:
     window 512, hop 160, 50-8000 Hz); 64 mel bins. ``width=64`` is the published
-    model (embed_dim 2048, about 80.8M parameters). ``pretrained`` is a local PANNs
-    checkpoint (``{"model": state_dict}``), loaded strictly.
+    model (embed_dim 2048, about 80.8M parameters). Other rates need ``window_size``,
+    ``hop_size`` and ``fmax`` (Microsoft CLAP 2022: 44100, 1024, 320, 14000), which
+    otherwise default to the published settings of the rate. ``pretrained`` is a local
+    PANNs checkpoint (``{"model": state_dict}``) or a folder written by ``pengi-kit
+    import`` (whose recorded build arguments must match these), loaded strictly.
     """
-    if sample_rate not in FRONTEND_SETTINGS:
-        raise ValueError(f"cnn14: sample_rate must be one of {sorted(FRONTEND_SETTINGS)}, got {sample_rate}")
     if width < 1:
         raise ValueError(f"cnn14: width must be a positive integer, got {width}")
-    window, hop, fmax = FRONTEND_SETTINGS[sample_rate]
-    model = Cnn14(sample_rate, window, hop, 50.0, fmax, width, num_classes, clip_seconds, spec_augment)
+    if sample_rate in FRONTEND_SETTINGS:
+        window, hop, top = FRONTEND_SETTINGS[sample_rate]
+        window, hop, top = window_size or window, hop_size or hop, fmax or top
+    elif window_size and hop_size and fmax:
+        window, hop, top = window_size, hop_size, fmax
+    else:
+        raise ValueError(f"cnn14: sample_rate {sample_rate} has no published settings "
+                         f"({', '.join(map(str, sorted(FRONTEND_SETTINGS)))} do); give window_size, hop_size and fmax")
+    model = Cnn14(sample_rate, window, hop, 50.0, top, width, num_classes, clip_seconds, spec_augment)
     if pretrained:  # None or "" means random initialisation
-        load_reference_weights(model, pretrained, n_fft=window)
+        build_args = dict(sample_rate=sample_rate, width=width, num_classes=num_classes, window_size=window,
+                          hop_size=hop, fmax=top)
+        load_reference_weights(model, pretrained, n_fft=window, component="cnn14", build_args=build_args)
     return model
 
 

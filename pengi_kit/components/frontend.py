@@ -20,6 +20,11 @@ Which stored buffers of a reference checkpoint are used, and why:
   :func:`torchlibrosa_ignored_keys` after checking their shape
   (:func:`load_reference_weights` does both).
 
+A ``pretrained`` source is either such a reference checkpoint file or a folder written
+by ``pengi-kit import`` (:data:`COMPONENT_FILE` naming the component and the build
+arguments it was imported for, plus ``model.safetensors`` in this module's key names,
+STFT kernels already dropped); :func:`load_reference_weights` reads both.
+
 librosa is not needed at run time: the slaney mel matrix is computed here in numpy,
 matching ``librosa.filters.mel(htk=False, norm='slaney')``.
 """
@@ -35,6 +40,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from pengi_kit.errors import WeightsError
+
+COMPONENT_FILE = "component.json"
+COMPONENT_WEIGHTS = "model.safetensors"
 
 STFT_KEYS = (
     "spectrogram_extractor.stft.conv_real.weight",
@@ -203,19 +211,60 @@ def _short(keys: Iterable[str], n: int = 4) -> str:
     return ", ".join(keys[:n]) + (f" (+{len(keys) - n} more)" if len(keys) > n else "")
 
 
+def _same(a: object, b: object) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return float(a) == float(b)
+    return a == b
+
+
+def _read_component_dir(path: Path, component: str | None, build_args: Mapping[str, object] | None,
+                        ) -> dict[str, torch.Tensor]:
+    """The state dict of an imported encoder folder, after checking it was imported for
+    this component and these build arguments (a silent front-end mismatch otherwise)."""
+    import json
+
+    from safetensors.torch import load_file
+
+    info_file, weights = path / COMPONENT_FILE, path / COMPONENT_WEIGHTS
+    if not info_file.is_file() or not weights.is_file():
+        raise WeightsError(f"{path}: not an imported encoder folder (needs {COMPONENT_FILE} and {COMPONENT_WEIGHTS}); "
+                           "write one with `pengi-kit import`, or pass a checkpoint file")
+    try:
+        info = json.loads(info_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise WeightsError(f"{info_file}: corrupted ({exc})") from exc
+    if component and info.get("component") != component:
+        raise WeightsError(f"{path} holds a '{info.get('component')}' encoder, not '{component}'; "
+                           f"set name = \"{info.get('component')}\" in the recipe")
+    for key, value in (info.get("args") or {}).items():
+        if build_args is not None and key in build_args and not _same(build_args[key], value):
+            raise WeightsError(f"{path} was imported for {key} = {value!r}, but this {component or 'encoder'} is "
+                               f"built with {key} = {build_args[key]!r}; set {key} = {value!r} in the recipe")
+    return load_file(str(weights))
+
+
 def load_reference_weights(
     model: nn.Module, path: str | Path, n_fft: int, strip_prefixes: tuple[str, ...] = ("module.",),
+    component: str | None = None, build_args: Mapping[str, object] | None = None,
 ) -> None:
     """Load a reference checkpoint (``{"model": sd}``, ``{"state_dict": sd}`` or a bare
-    state dict) strictly into ``model``.
+    state dict) or an imported encoder folder strictly into ``model``.
 
     Leading ``strip_prefixes`` are removed from keys; torchlibrosa STFT kernels are
-    shape-checked against ``n_fft`` and dropped. Anything else missing, unexpected or
-    of the wrong shape raises :class:`WeightsError` in one line naming the file.
+    shape-checked against ``n_fft`` and dropped. A folder must have been imported for
+    ``component`` and for the same values of the ``build_args`` it records. Anything
+    else missing, unexpected or of the wrong shape raises :class:`WeightsError` in one
+    line naming the file.
     """
     path = Path(path)
+    if path.is_dir():
+        _load_strict(model, _read_component_dir(path, component, build_args), path)
+        return
     if not path.is_file():
-        raise WeightsError(f"{path}: weights file not found; pass the local path of a checkpoint")
+        raise WeightsError(f"{path}: weights file not found; pass the local path of a checkpoint "
+                           "or of a folder written by `pengi-kit import`")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 -- any unreadable file is the same user error
@@ -233,6 +282,10 @@ def load_reference_weights(
                 f"{path}: {key} has shape {tuple(kernel.shape)}, but this model's window is {n_fft} "
                 f"(expects {want_kernel}); build the encoder with the checkpoint's window size"
             )
+    _load_strict(model, sd, path)
+
+
+def _load_strict(model: nn.Module, sd: Mapping[str, torch.Tensor], path: Path) -> None:
     own = model.state_dict()
     missing, unexpected = own.keys() - sd.keys(), sd.keys() - own.keys()
     wrong = {k for k in own.keys() & sd.keys() if own[k].shape != sd[k].shape}
@@ -249,6 +302,8 @@ def load_reference_weights(
 
 
 __all__ = [
+    "COMPONENT_FILE",
+    "COMPONENT_WEIGHTS",
     "LogMel",
     "LogMelFrontEnd",
     "PowerSpectrogram",

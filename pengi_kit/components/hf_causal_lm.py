@@ -6,7 +6,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pengi_kit.components._hf import BYTE_TOKENIZER, hf_load, load_tokenizer, reject_config_args
+from pengi_kit.components._hf import BYTE_TOKENIZER, hf_model, load_tokenizer, reject_config_args
 
 
 class HFCausalLM(nn.Module):
@@ -56,7 +56,8 @@ def gpt2(
     """GPT-2 family LM.
 
     ``pretrained``: a hub id (``gpt2``, ``distilgpt2``, ``gpt2-medium`` ...) or a local
-    directory; weights and tokenizer come from there. With ``pretrained = ""`` a fresh
+    directory (an architecture-only one builds the config without weights, see
+    :mod:`pengi_kit.sources`); weights and tokenizer come from there. With ``pretrained = ""`` a fresh
     model is built from the size arguments (defaults: GPT-2 base) with ``tokenizer``
     (``"byte"`` by default: offline, one token per byte; or a hub id / local path).
     """
@@ -65,7 +66,7 @@ def gpt2(
     sizes = dict(n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_positions=n_positions, resid_pdrop=dropout)
     reject_config_args(pretrained, "gpt2", **sizes)
     if pretrained:
-        model = hf_load(GPT2LMHeadModel.from_pretrained, pretrained, "GPT-2 weights")
+        model = hf_model(GPT2LMHeadModel, pretrained, "GPT-2 weights")
         tok = load_tokenizer(tokenizer or pretrained)
     else:
         tok = load_tokenizer(tokenizer or BYTE_TOKENIZER)

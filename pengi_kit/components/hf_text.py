@@ -1,4 +1,8 @@
-"""Text encoders through transformers: CLIP text tower and RoBERTa."""
+"""Text encoders through transformers: CLIP text tower, RoBERTa, BERT and GPT-2.
+
+BERT and the GPT-2 text tower exist for the Microsoft CLAP checkpoints (2022: BERT,
+2023: GPT-2); RoBERTa with its pooler for LAION-CLAP (``pengi-kit import``).
+"""
 from __future__ import annotations
 
 from typing import Any
@@ -6,28 +10,44 @@ from typing import Any
 import torch
 from torch import nn
 
-from pengi_kit.components._hf import BYTE_TOKENIZER, hf_load, load_tokenizer, reject_config_args
+from pengi_kit.components._hf import BYTE_TOKENIZER, hf_model, load_tokenizer, reject_config_args
+
+POOLINGS = ("projection", "first", "pooler", "last")
 
 
 class HFTextEncoder(nn.Module):
     """Token ids -> one pooled embedding per text.
 
     ``pooling="projection"``: CLIP's pooled output through its text projection;
-    ``pooling="first"``: the first token's last hidden state (RoBERTa's <s>).
+    ``pooling="first"``: the first token's last hidden state (RoBERTa's <s>, BERT's [CLS]);
+    ``pooling="pooler"``: the model's pooler output (tanh of a dense layer over the
+    first token; LAION-CLAP's RoBERTa); ``pooling="last"``: the last non-padding
+    token's hidden state (a causal LM's end-of-text; Microsoft CLAP 2023's GPT-2).
+    ``suffix`` is appended to every text before tokenising.
     """
 
-    def __init__(self, model: nn.Module, tokenizer: Any, pooling: str, embed_dim: int) -> None:
+    def __init__(self, model: nn.Module, tokenizer: Any, pooling: str, embed_dim: int, suffix: str = "") -> None:
         super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling {pooling!r} is not one of {', '.join(POOLINGS)}")
         self.model, self.tokenizer, self.pooling, self.embed_dim = model, tokenizer, pooling, embed_dim
+        self.suffix = suffix
 
     def tokenize(self, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
-        return dict(self.tokenizer(list(texts), padding="max_length", truncation=True,
-                                   max_length=max_length, return_tensors="pt"))
+        texts = [t + self.suffix for t in texts]
+        tokens = self.tokenizer(texts, padding="max_length", truncation=True, max_length=max_length,
+                                return_tensors="pt")
+        return {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         out = self.model(input_ids=input_ids, attention_mask=attention_mask)
         if self.pooling == "projection":
             return out.text_embeds
+        if self.pooling == "pooler":
+            return out.pooler_output
+        if self.pooling == "last":
+            last = attention_mask.long().sum(-1).clamp(min=1) - 1
+            return out.last_hidden_state[torch.arange(input_ids.shape[0], device=input_ids.device), last]
         return out.last_hidden_state[:, 0]
 
 
@@ -61,7 +81,7 @@ def clip_text(
                  projection_dim=projection_dim, max_position_embeddings=max_positions)
     reject_config_args(pretrained, "clip-text", **sizes)
     if pretrained:
-        model = hf_load(CLIPTextModelWithProjection.from_pretrained, pretrained, "CLIP text weights")
+        model = hf_model(CLIPTextModelWithProjection, pretrained, "CLIP text weights")
         tok = load_tokenizer(tokenizer or pretrained)
     else:
         tok = _eos_terminated(load_tokenizer(tokenizer or BYTE_TOKENIZER))
@@ -80,14 +100,19 @@ def roberta(
     hidden_size: int | None = None,
     num_layers: int | None = None,
     num_heads: int | None = None,
+    pooling: str = "first",
 ) -> HFTextEncoder:
-    """RoBERTa; embedding = the first token's last hidden state (CLAP's choice)."""
+    """RoBERTa; embedding = the first token's last hidden state (``pooling="first"``) or
+    the pooler's output (``"pooler"``: tanh(dense(<s>)), what LAION-CLAP uses)."""
     from transformers import RobertaConfig, RobertaModel
 
+    if pooling not in ("first", "pooler"):
+        raise ValueError(f"roberta: pooling must be 'first' or 'pooler', got {pooling!r}")
     sizes = dict(hidden_size=hidden_size, num_hidden_layers=num_layers, num_attention_heads=num_heads)
     reject_config_args(pretrained, "roberta", **sizes)
+    with_pooler = pooling == "pooler"
     if pretrained:
-        model = hf_load(RobertaModel.from_pretrained, pretrained, "RoBERTa weights", add_pooling_layer=False)
+        model = hf_model(RobertaModel, pretrained, "RoBERTa weights", add_pooling_layer=with_pooler)
         tok = load_tokenizer(tokenizer or pretrained)
     else:
         tok = load_tokenizer(tokenizer or BYTE_TOKENIZER)
@@ -96,5 +121,66 @@ def roberta(
             sizes.setdefault("intermediate_size", 4 * sizes["hidden_size"])
         config = RobertaConfig(vocab_size=len(tok), pad_token_id=tok.pad_token_id,
                                max_position_embeddings=514, **sizes)
-        model = RobertaModel(config, add_pooling_layer=False)
-    return HFTextEncoder(model, tok, "first", int(model.config.hidden_size))
+        model = RobertaModel(config, add_pooling_layer=with_pooler)
+    return HFTextEncoder(model, tok, pooling, int(model.config.hidden_size))
+
+
+def bert(
+    pretrained: str | None = "bert-base-uncased",
+    tokenizer: str | None = None,
+    hidden_size: int | None = None,
+    num_layers: int | None = None,
+    num_heads: int | None = None,
+    pooling: str = "first",
+) -> HFTextEncoder:
+    """BERT; embedding = the [CLS] token's last hidden state (``"first"``, Microsoft
+    CLAP 2022's choice) or the pooler's output (``"pooler"``)."""
+    from transformers import BertConfig, BertModel
+
+    if pooling not in ("first", "pooler"):
+        raise ValueError(f"bert: pooling must be 'first' or 'pooler', got {pooling!r}")
+    sizes = dict(hidden_size=hidden_size, num_hidden_layers=num_layers, num_attention_heads=num_heads)
+    reject_config_args(pretrained, "bert", **sizes)
+    with_pooler = pooling == "pooler"
+    if pretrained:
+        model = hf_model(BertModel, pretrained, "BERT weights", add_pooling_layer=with_pooler)
+        tok = load_tokenizer(tokenizer or pretrained)
+    else:
+        tok = load_tokenizer(tokenizer or BYTE_TOKENIZER)
+        sizes = {k: v for k, v in sizes.items() if v is not None}
+        if "hidden_size" in sizes:
+            sizes.setdefault("intermediate_size", 4 * sizes["hidden_size"])
+        config = BertConfig(vocab_size=len(tok), pad_token_id=tok.pad_token_id, **sizes)
+        model = BertModel(config, add_pooling_layer=with_pooler)
+    return HFTextEncoder(model, tok, pooling, int(model.config.hidden_size))
+
+
+def gpt2_text(
+    pretrained: str | None = "gpt2",
+    tokenizer: str | None = None,
+    n_layer: int | None = None,
+    n_embd: int | None = None,
+    n_head: int | None = None,
+    n_positions: int | None = None,
+    suffix: str = " <|endoftext|>",
+) -> HFTextEncoder:
+    """GPT-2 as a text encoder (Microsoft CLAP 2023): ``suffix`` is appended to each
+    text and the embedding is the last non-padding token's hidden state, i.e. the
+    end-of-text token's. The default suffix is the reference's ``' <|endoftext|>'``
+    (a space token, then end-of-text), which is what its weights were trained with.
+    """
+    from transformers import GPT2Config, GPT2Model
+
+    sizes = dict(n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_positions=n_positions)
+    reject_config_args(pretrained, "gpt2-text", **sizes)
+    if pretrained:
+        model = hf_model(GPT2Model, pretrained, "GPT-2 weights")
+        tok = load_tokenizer(tokenizer or pretrained)
+    else:
+        tok = load_tokenizer(tokenizer or BYTE_TOKENIZER)
+        config = GPT2Config(vocab_size=len(tok), bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id,
+                            **{k: v for k, v in sizes.items() if v is not None})
+        model = GPT2Model(config)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token  # pooling follows the attention mask, so the pad id is irrelevant
+    return HFTextEncoder(model, tok, "last", int(model.config.hidden_size), suffix=suffix)

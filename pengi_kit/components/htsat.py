@@ -407,7 +407,8 @@ def htsat(
     overrides after ``pretrained`` shrink the model for tests. ``pretrained`` is a
     local checkpoint holding the reference state dict (``{"model": sd}``,
     ``{"state_dict": sd}`` or bare; a ``module.`` or ``sed_model.`` prefix is
-    stripped), loaded strictly.
+    stripped), or a folder written by ``pengi-kit import`` (whose recorded build
+    arguments must match these), loaded strictly.
     """
     if variant not in VARIANTS:
         raise ValueError(f"htsat: unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
@@ -420,7 +421,15 @@ def htsat(
         drop_path_rate=drop_path_rate, num_classes=num_classes, spec_augment=spec_augment,
     )
     if pretrained:  # None or "" means random initialisation
-        load_reference_weights(model, pretrained, n_fft=window_size, strip_prefixes=("module.", "sed_model."))
+        build_args = dict(
+            variant=variant, sample_rate=sample_rate, mel_sample_rate=mel_sample_rate or sample_rate,
+            window_size=window_size, hop_size=hop_size, num_classes=num_classes, mel_bins=mel_bins, fmin=fmin,
+            fmax=fmax, spec_size=spec_size, patch_embed_dim=patch_embed_dim or dim,
+            depths=list(depths or var_depths), num_heads=list(num_heads or var_heads),
+            attn_window_size=attn_window_size,
+        )
+        load_reference_weights(model, pretrained, n_fft=window_size, strip_prefixes=("module.", "sed_model."),
+                               component="htsat", build_args=build_args)
     return model
 
 

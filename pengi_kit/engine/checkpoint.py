@@ -8,6 +8,8 @@
       training_state.pt    optimiser, scheduler, step, sampler position (tensors only)
       rng-rank0.pt ...     every RNG state, one file per rank
       meta.json            versions, step, sha256 of every file
+      lm/ ...              optional folders written by ``extra`` (an importer's
+                           architecture-only configs and tokenizers), hashed too
 
 Writes are atomic (temporary directory, fsync, rename). Loading verifies the hashes
 and never unpickles arbitrary objects (``torch.load(weights_only=True)``).
@@ -22,13 +24,14 @@ import random
 import shutil
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from pengi_kit.errors import CheckpointError
 from pengi_kit.recipe import COMPONENT_SLOTS, dumps
+from pengi_kit.sources import is_architecture_only
 
 META = "meta.json"
 WEIGHTS = "model.safetensors"
@@ -37,11 +40,16 @@ STATE = "training_state.pt"
 
 
 def referenced_slots(recipe: dict[str, Any]) -> list[str]:
-    """Frozen components with a pretrained source: the recipe reloads them, so they are not copied."""
+    """Frozen components with a pretrained source: the recipe reloads them, so they are not copied.
+
+    An architecture-only source (:mod:`pengi_kit.sources`) holds no weights, so a
+    component built from one is always saved.
+    """
     if recipe["train"].get("save_frozen"):
         return []
     model = recipe["model"]
-    return [s for s in COMPONENT_SLOTS if s in model and not model[s]["trainable"] and model[s].get("pretrained")]
+    return [s for s in COMPONENT_SLOTS if s in model and not model[s]["trainable"] and model[s].get("pretrained")
+            and not is_architecture_only(model[s]["pretrained"])]
 
 
 def weights_to_save(model: torch.nn.Module, recipe: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -88,8 +96,12 @@ def _py_state_to_list(state: tuple) -> list:
 
 def save_checkpoint(path: Path, model: torch.nn.Module, recipe: dict[str, Any],
                     training_state: dict[str, Any] | None = None, rng: dict[int, dict] | None = None,
-                    meta: dict[str, Any] | None = None) -> Path:
-    """Write a checkpoint directory atomically; returns its path."""
+                    meta: dict[str, Any] | None = None, extra: Callable[[Path], None] | None = None) -> Path:
+    """Write a checkpoint directory atomically; returns its path.
+
+    ``extra(folder)`` may add files and subfolders to the checkpoint before it is
+    hashed and renamed into place.
+    """
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -102,7 +114,9 @@ def save_checkpoint(path: Path, model: torch.nn.Module, recipe: dict[str, Any],
         torch.save(training_state, tmp / STATE)
     for rank, state in (rng or {}).items():
         torch.save(state, tmp / f"rng-rank{rank}.pt")
-    files = sorted(p.name for p in tmp.iterdir())
+    if extra is not None:
+        extra(tmp)
+    files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
     info = {"format": 1, "pengi_kit": _version(), "torch": torch.__version__, "python": platform.python_version(),
             "referenced": referenced_slots(recipe), **(meta or {}),
             "sha256": {name: _sha256(tmp / name) for name in files}}

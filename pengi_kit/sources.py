@@ -1,0 +1,76 @@
+"""Weight sources that are not plain hub ids: architecture-only directories and
+paths relative to a checkpoint directory.
+
+An imported checkpoint (``pengi-kit import pengi ...``) carries every weight in its
+``model.safetensors``, including those of the frozen GPT-2 and CLIP text tower. Its
+recipe must still say which architecture and tokenizer to build, without making the
+factories download pretrained weights that would be overwritten at once. So the
+importer writes the LM's and the text encoder's config and tokenizer (no weights)
+into subfolders of the checkpoint, marks them with :data:`ARCHITECTURE_ONLY`, and the
+recipe points ``pretrained`` at them by a path relative to the checkpoint directory:
+
+::
+
+    imported/
+      recipe.toml            [model.lm] pretrained = "lm"
+      model.safetensors      every weight, GPT-2 and CLIP included
+      lm/                    config.json, tokenizer files, architecture_only.json
+      text_encoder/          config.json, tokenizer files, architecture_only.json
+
+The Hugging Face factories build a randomly initialised model from such a folder's
+config (:func:`is_architecture_only`); :func:`resolve_relative` turns the relative
+paths into absolute ones when a checkpoint is loaded; and the checkpoint writer
+never treats an architecture-only source as something the recipe can reload, so
+those weights are always saved.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+ARCHITECTURE_ONLY = "architecture_only.json"
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+
+
+def is_architecture_only(source: str | Path | None) -> bool:
+    """True for a local directory marked architecture-only: config and tokenizer, no weights."""
+    if not source:
+        return False
+    path = Path(source)
+    return path.is_dir() and (path / ARCHITECTURE_ONLY).is_file()
+
+
+def mark_architecture_only(folder: str | Path, note: str) -> None:
+    """Mark ``folder`` (config + tokenizer, no weights) as architecture-only.
+
+    Refuses a folder that holds weights: they would be silently ignored.
+    """
+    folder = Path(folder)
+    present = [name for name in WEIGHT_FILES if (folder / name).exists()]
+    if present:
+        raise ValueError(f"{folder} holds weights ({', '.join(present)}); an architecture-only folder must not")
+    (folder / ARCHITECTURE_ONLY).write_text(json.dumps({
+        "architecture_only": True,
+        "note": note,
+    }, indent=2) + "\n", encoding="utf-8")
+
+
+def resolve_relative(recipe: dict[str, Any], base: str | Path) -> dict[str, Any]:
+    """A copy of ``recipe`` whose component ``pretrained``/``tokenizer`` values that name a
+    path inside ``base`` (a checkpoint directory) are made absolute."""
+    base = Path(base)
+    out = copy.deepcopy(recipe)
+    for table in out.get("model", {}).values():
+        if not isinstance(table, dict):
+            continue
+        for key in ("pretrained", "tokenizer"):
+            value = table.get(key)
+            if isinstance(value, str) and value and not Path(value).is_absolute() and (base / value).exists():
+                table[key] = str((base / value).resolve())
+    return out
+
+
+__all__ = ["ARCHITECTURE_ONLY", "is_architecture_only", "mark_architecture_only", "resolve_relative"]
