@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pengi_kit.recipe import COMPONENT_SLOTS
+from pengi_kit.recipe import COMPONENT_SLOTS, slot_enabled
 
 
 class Projection(nn.Module):
@@ -146,7 +146,7 @@ def build_model(recipe: dict[str, Any], registry: Any | None = None) -> PengiMod
     text_encoder = build("text_encoder") if "text_encoder" in cfg else None
     d_proj, d_lm = cfg["projection_dim"], lm.hidden_size
     audio_mapper = build("audio_mapper", in_dim=d_proj, out_dim=d_lm)
-    if "text_mapper" not in cfg:
+    if not slot_enabled(cfg, "text_mapper"):
         text_mapper = None
     elif text_encoder is not None:
         text_mapper = build("text_mapper", in_dim=d_proj, out_dim=d_lm)

@@ -36,9 +36,15 @@ COMPONENT_SLOTS = {
     "text_mapper": ("mapper", True, True, ("in_dim", "out_dim", "sequence")),
     "lm": ("causal_lm", True, False, ()),
 }
-# Required slots that a recipe may still switch off with name = "none": without a text
-# mapper the model has no prompt branch (a plain captioner such as Microsoft's CLAPCap).
+# Slots a recipe may switch off with name = "none". Without a text mapper the model has
+# no prompt branch (a plain captioner such as Microsoft's CLAPCap); as that slot is
+# required, the resolved recipe keeps it as {name = "none"} so that it round-trips.
 SWITCHABLE_SLOTS = ("text_encoder", "text_mapper")
+
+
+def slot_enabled(model: dict[str, Any], slot: str) -> bool:
+    """Whether the resolved ``[model]`` table builds a component for ``slot``."""
+    return slot in model and model[slot].get("name") != "none"
 
 SCHEMA: dict[str, dict[str, Field]] = {
     "": {
@@ -307,7 +313,9 @@ def validate(raw: dict[str, Any], registry: Any | None = None) -> dict[str, Any]
         if section == "model":
             for slot, (_, required, _, _) in COMPONENT_SLOTS.items():
                 if slot in SWITCHABLE_SLOTS and isinstance(given.get(slot), dict) and given[slot].get("name") == "none":
-                    continue  # an optional component switched off (e.g. by a recipe that extends another)
+                    if required:
+                        out[slot] = {"name": "none", "trainable": False}
+                    continue  # a component switched off (e.g. by a recipe that extends another)
                 if slot in given:
                     out[slot] = _validate_component(slot, given[slot], registry)
                 elif required:
@@ -331,7 +339,7 @@ def _check_consistency(recipe: dict[str, Any]) -> None:
                           f"{train['grad_accum']}; make it a multiple")
     _check_data_sources(recipe)
     model = recipe["model"]
-    if "text_mapper" not in model:
+    if not slot_enabled(model, "text_mapper"):
         if "text_encoder" in model:
             raise RecipeError("model.text_mapper: a text encoder needs a text mapper; set its name, or switch "
                               "the text encoder off too (name = \"none\")")
