@@ -7,13 +7,19 @@ Example::
 
     wav = load_audio("clip.flac", 32000, start=1.5, end=8.5)   # (224000,) float32
     wav = fit_length(wav, 32000 * 7, mode="centre")
+    wav = load_audio("long.wav", 32000, clip_seconds=7.0, crop="random", rng=rng)  # decodes 7 s only
+
+A source may also be an open binary file (``io.BytesIO`` of a shard member); give it a
+``name`` for the messages.
 """
 
 from __future__ import annotations
 
+import io
 import math
 import re
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import soundfile as sf
@@ -42,7 +48,7 @@ def audio_formats() -> dict[str, str]:
     return dict(sorted(sf.available_formats().items()))
 
 
-def _fail(path: Path, what: str, fix: str) -> AudioError:
+def _fail(path: Path | str, what: str, fix: str) -> AudioError:
     return AudioError(f"{path}: {what} ({fix})")
 
 
@@ -51,15 +57,19 @@ def _clean(message: str) -> str:
     return message.strip().removeprefix("Error : ").rstrip(".")
 
 
-def _open(path: Path) -> sf.SoundFile:
-    if not path.exists():
+def _open(path: Path | str, source: Path | BinaryIO) -> sf.SoundFile:
+    """Open ``source`` (a path, or a file object named ``path`` in messages)."""
+    if not isinstance(source, Path):  # e.g. an in-memory member of a shard
+        if isinstance(source, io.BytesIO) and not source.getbuffer().nbytes:
+            raise _fail(path, "audio file is empty (0 bytes)", "re-export or re-download it")
+    elif not source.exists():
         raise _fail(path, "audio file not found", "check the path, or the manifest it came from")
-    if path.is_dir():
+    elif source.is_dir():
         raise _fail(path, "is a directory, not an audio file", "point to the audio file itself")
-    if path.stat().st_size == 0:
+    elif source.stat().st_size == 0:
         raise _fail(path, "audio file is empty (0 bytes)", "re-export or re-download it")
     try:
-        return sf.SoundFile(path)
+        return sf.SoundFile(source)
     except (RuntimeError, OSError, ValueError, TypeError) as exc:
         msg = str(exc).split(": ", 1)[-1] if "Error opening" in str(exc) else str(exc)
         raise _fail(
@@ -69,7 +79,7 @@ def _open(path: Path) -> sf.SoundFile:
         ) from None
 
 
-def _check_wav_truncation(path: Path, f: sf.SoundFile) -> None:
+def _check_wav_truncation(path: Path | str, f: sf.SoundFile) -> None:
     """libsndfile silently shortens a WAV whose data chunk was cut off; report it instead."""
     if f.format not in ("WAV", "WAVEX"):
         return
@@ -84,7 +94,7 @@ def _check_wav_truncation(path: Path, f: sf.SoundFile) -> None:
             )
 
 
-def _read(path: Path, f: sf.SoundFile, first: int, count: int) -> np.ndarray:
+def _read(path: Path | str, f: sf.SoundFile, first: int, count: int) -> np.ndarray:
     """Read ``count`` frames from frame ``first`` as float32 (count, channels)."""
     try:
         if f.format == "MP3":
@@ -110,13 +120,17 @@ def _read(path: Path, f: sf.SoundFile, first: int, count: int) -> np.ndarray:
 
 
 def load_audio(
-    path: str | Path,
+    path: str | Path | BinaryIO,
     sample_rate: int,
     *,
     start: float | None = None,
     end: float | None = None,
     max_seconds: float = 3600.0,
     quality: str = "HQ",
+    clip_seconds: float | None = None,
+    crop: str = "start",
+    rng: np.random.Generator | None = None,
+    name: str | None = None,
 ) -> np.ndarray:
     """Load ``path`` as mono float32 ``(T,)`` in [-1, 1] at ``sample_rate``.
 
@@ -125,13 +139,27 @@ def load_audio(
     averaged; a different file rate is resampled with soxr at ``quality``. Raises
     :class:`AudioError` naming the file for anything wrong with it, including a
     segment longer than ``max_seconds``.
+
+    With ``clip_seconds`` the result has exactly ``round(clip_seconds * sample_rate)``
+    samples: a longer segment is cropped (``crop`` as in :func:`fit_length`) *before*
+    decoding, in the file's own frames, so a 7-second crop of a 30-second file decodes
+    7 seconds; a shorter one is repeat-padded. ``max_seconds`` still applies to the
+    whole segment. ``path`` may be a binary file object, named in messages by ``name``.
     """
+    if clip_seconds is not None:
+        if not clip_seconds > 0:
+            raise ValueError(f"clip_seconds must be positive, got {clip_seconds!r}")
+        if crop not in FIT_MODES:
+            raise ValueError(f"crop must be one of {', '.join(repr(m) for m in FIT_MODES)}, got {crop!r}")
+        if crop == "random" and rng is None:
+            raise ValueError("crop='random' needs rng=np.random.default_rng(seed)")
     if not isinstance(sample_rate, (int, np.integer)) or not _MIN_RATE <= sample_rate <= _MAX_RATE:
         raise ValueError(f"sample_rate must be an integer in [{_MIN_RATE}, {_MAX_RATE}], got {sample_rate!r}")
     if quality not in _SOXR_QUALITIES:
         raise ValueError(f"quality must be one of {', '.join(_SOXR_QUALITIES)}, got {quality!r}")
-    path = Path(path)
-    with _open(path) as f:
+    source: Path | BinaryIO = Path(path) if isinstance(path, (str, Path)) else path
+    path = source if isinstance(source, Path) else (name or "<audio stream>")  # named in messages
+    with _open(path, source) as f:
         rate, channels, frames = f.samplerate, f.channels, f.frames
         if channels < 1:
             raise _fail(path, "has no audio channels", "re-export it with at least one channel")
@@ -151,6 +179,8 @@ def load_audio(
                 f"{(last - first) / rate:.1f} s to decode, over the {max_seconds:g} s limit",
                 "cut it into clips with start/end, or raise max_seconds",
             )
+        if clip_seconds is not None:
+            first, last = _crop(first, last, round(clip_seconds * rate), crop, rng)
         data = _read(path, f, first, last - first)
 
     finite = np.isfinite(data)
@@ -172,11 +202,28 @@ def load_audio(
     if rate != sample_rate:
         wav = soxr.resample(wav, rate, sample_rate, quality=quality)
     # Resampling ringing and slightly hot float masters can exceed full scale a little.
-    return np.ascontiguousarray(np.clip(wav, -1.0, 1.0), dtype=np.float32)
+    wav = np.ascontiguousarray(np.clip(wav, -1.0, 1.0), dtype=np.float32)
+    if clip_seconds is not None:  # exact length: a resampled crop can be a sample off
+        wav = fit_length(wav, round(clip_seconds * sample_rate), "start")
+    return wav
+
+
+def _crop(first: int, last: int, need: int, mode: str, rng: np.random.Generator | None) -> tuple[int, int]:
+    """The ``need``-frame window of ``[first, last)`` that ``mode`` picks; all of it if shorter."""
+    excess = (last - first) - max(need, 1)
+    if excess <= 0:
+        return first, last
+    if mode == "start":
+        offset = 0
+    elif mode == "centre":
+        offset = excess // 2
+    else:
+        offset = int(rng.integers(0, excess + 1))  # type: ignore[union-attr]
+    return first + offset, first + offset + max(need, 1)
 
 
 def _segment(
-    path: Path, start: float | None, end: float | None, rate: int, frames: int
+    path: Path | str, start: float | None, end: float | None, rate: int, frames: int
 ) -> tuple[int, int]:
     """Frame bounds of ``[start, end)`` seconds, checked against the file's length."""
     duration = frames / rate

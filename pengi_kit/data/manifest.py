@@ -26,9 +26,9 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Mapping
 
-from pengi_kit.data.templates import TEMPLATES, TemplateError, render, template_fields
+from pengi_kit.data.templates import TEMPLATES, TemplateError, fill, render, template_fields
 from pengi_kit.errors import ManifestError
 
 __all__ = ["Example", "read_manifest", "write_manifest", "MANIFEST_SUFFIXES"]
@@ -60,12 +60,22 @@ class _Bad(Exception):
         super().__init__(what if fix is None else f"{what} ({fix})")
 
 
-def read_manifest(path: str | Path, on_error: str = "fail") -> tuple[list[Example], list[str]]:
+def read_manifest(
+    path: str | Path,
+    on_error: str = "fail",
+    *,
+    task: str | None = None,
+    templates: Mapping[str, str] | None = None,
+) -> tuple[list[Example], list[str]]:
     """Read a ``.jsonl``/``.ndjson`` or ``.csv``/``.tsv`` manifest.
 
     Returns the good examples and, with ``on_error="skip"``, one message per bad line
     (with ``"fail"`` the first bad line raises, so the list is empty). Blank lines are
     ignored. Audio files are not opened here.
+
+    A dataset chooses its prompts with ``task`` (the task of rows that name neither a
+    prompt nor a task) and ``templates`` (``{task: template}``, replacing the built-in
+    template of a task or adding a new task, e.g. ``{"caption": "describe the sound"}``).
     """
     if on_error not in ("fail", "skip"):
         raise ValueError(f"on_error must be 'fail' or 'skip', got {on_error!r}")
@@ -91,7 +101,7 @@ def read_manifest(path: str | Path, on_error: str = "fail") -> tuple[list[Exampl
         try:
             if isinstance(row, _Bad):
                 raise row
-            examples.append(_example(row, line, path, from_csv))
+            examples.append(_example(row, line, path, from_csv, task, templates or {}))
         except _Bad as bad:
             message = f"{path}:{line}: {bad}"
             if on_error == "fail":
@@ -223,7 +233,8 @@ def _seconds(row: dict[str, Any], key: str, from_csv: bool) -> float | None:
     return float(value)
 
 
-def _example(row: dict[str, Any], line: int, source: Path, from_csv: bool) -> Example:
+def _example(row: dict[str, Any], line: int, source: Path, from_csv: bool,
+             default_task: str | None = None, templates: Mapping[str, str] = {}) -> Example:
     audio = _string(row, "audio", "give the clip's path as a string")
     if audio is None:
         raise _Bad(
@@ -236,6 +247,8 @@ def _example(row: dict[str, Any], line: int, source: Path, from_csv: bool) -> Ex
     prompt = _string(row, "prompt", "give the prompt as a string")
     task = _string(row, "task", "give the task name as a string")
     if prompt is None and task is None:
+        task = default_task
+    if prompt is None and task is None:
         raise _Bad(
             "missing 'prompt' or 'task'",
             f"{_suggest('prompt', row) or _suggest('task', row)}add a literal prompt, "
@@ -247,7 +260,9 @@ def _example(row: dict[str, Any], line: int, source: Path, from_csv: bool) -> Ex
     if task is not None:
         fields = {k: v for k, v in row.items() if k not in _RESERVED}
         try:
-            if prompt is None:
+            if task in templates:  # the dataset's own template for this task
+                prompt = fill(templates[task], task, fields) if prompt is None else prompt
+            elif prompt is None:
                 prompt = render(task, **fields)
             else:  # a literal prompt needs no fields, but the task label must exist
                 template_fields(task)
@@ -269,8 +284,9 @@ def _example(row: dict[str, Any], line: int, source: Path, from_csv: bool) -> Ex
 def write_manifest(path: str | Path, examples: Iterable[Example | dict[str, Any]]) -> int:
     """Write examples (or plain row dicts) as JSONL, atomically; returns the row count.
 
-    Audio paths inside the manifest's folder are written relative to it, so the
-    manifest and its clips can move together.
+    Audio paths inside the manifest's folder (``Example.audio``, or an absolute ``Path``
+    under a dict's ``"audio"``) are written relative to it, so the manifest and its clips can
+    move together.
     """
     path = Path(path)
     folder = path.parent
@@ -285,7 +301,7 @@ def write_manifest(path: str | Path, examples: Iterable[Example | dict[str, Any]
                 if getattr(item, key) is not None:
                     row[key] = getattr(item, key)
         elif isinstance(item, dict):
-            row = {k: str(v) if isinstance(v, Path) else v for k, v in item.items()}
+            row = {k: _path_value(k, v, folder) if isinstance(v, Path) else v for k, v in item.items()}
         else:
             raise TypeError(f"write_manifest takes Example objects or dicts, got {type(item).__name__}")
         lines.append(json.dumps(row, ensure_ascii=False) + "\n")
@@ -301,6 +317,10 @@ def write_manifest(path: str | Path, examples: Iterable[Example | dict[str, Any]
         Path(tmp).unlink(missing_ok=True)
         raise
     return len(lines)
+
+
+def _path_value(key: str, value: Path, folder: Path) -> str:
+    return _relative(value, folder) if key == "audio" and value.is_absolute() else value.as_posix()
 
 
 def _relative(audio: Path, folder: Path) -> str:

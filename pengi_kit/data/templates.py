@@ -25,10 +25,11 @@ from __future__ import annotations
 
 import difflib
 import string
+from typing import Mapping
 
 from pengi_kit.errors import PengiKitError
 
-__all__ = ["TEMPLATES", "TemplateError", "render", "template_fields"]
+__all__ = ["TEMPLATES", "TemplateError", "render", "template_fields", "fill", "placeholders"]
 
 
 class TemplateError(PengiKitError, ValueError):
@@ -65,8 +66,34 @@ def template_fields(task: str) -> list[str]:
     """The ``{field}`` names the canonical template of ``task`` needs, in order."""
     if task not in TEMPLATES:
         raise _unknown(task)
-    names = (name for _, name, _, _ in string.Formatter().parse(TEMPLATES[task][0]) if name)
+    return placeholders(TEMPLATES[task][0])
+
+
+def placeholders(template: str) -> list[str]:
+    """The ``{field}`` names of a prompt template, in order; a malformed template raises."""
+    try:
+        names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as exc:
+        raise TemplateError(f"template {template!r} is malformed: {exc} (write fields as {{name}})") from None
+    if "" in names or any(not n.isidentifier() for n in names):
+        raise TemplateError(f"template {template!r} has an unnamed or odd field (write fields as {{name}})")
     return list(dict.fromkeys(names))
+
+
+def fill(template: str, task: str, fields: Mapping[str, object]) -> str:
+    """``template`` (a prompt string of ``task``) with its ``{fields}`` filled in from ``fields``.
+
+    >>> fill("question: {question}", "qa", {"question": "is it raining?"})
+    'question: is it raining?'
+    """
+    needed = placeholders(template)
+    missing = [name for name in needed if fields.get(name) in (None, "")]
+    if missing:
+        names = ", ".join(f"'{m}'" for m in missing)
+        raise TemplateError(
+            f"task '{task}' needs field {names} (give it in the row, e.g. \"{missing[0]}\": \"...\")"
+        )
+    return template.format_map({name: fields[name] for name in needed})
 
 
 def render(task: str, /, **fields: object) -> str:
@@ -75,11 +102,6 @@ def render(task: str, /, **fields: object) -> str:
     >>> render("qa", question="is a dog barking?")
     'question: is a dog barking?'
     """
-    needed = template_fields(task)
-    missing = [name for name in needed if fields.get(name) in (None, "")]
-    if missing:
-        names = ", ".join(f"'{m}'" for m in missing)
-        raise TemplateError(
-            f"task '{task}' needs field {names} (give it in the row, e.g. \"{missing[0]}\": \"...\")"
-        )
-    return TEMPLATES[task][0].format_map({name: fields[name] for name in needed})
+    if task not in TEMPLATES:
+        raise _unknown(task)
+    return fill(TEMPLATES[task][0], task, fields)

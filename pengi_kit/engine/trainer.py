@@ -9,13 +9,12 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, DistributedSampler, Sampler
-
-from pengi_kit.data.dataset import build_dataset, collate
+from pengi_kit.data.dataset import build_dataset
+from pengi_kit.data.loader import TrainLoader, eval_loader
 from pengi_kit.engine import checkpoint as ckpt
 from pengi_kit.engine.distributed import Dist, all_reduce_sum, barrier, setup
 from pengi_kit.engine.optim import build_optimizer, build_scheduler
@@ -25,22 +24,6 @@ from pengi_kit.model import PengiModel, build_model
 
 class TrainingError(PengiKitError):
     """Training cannot go on (bad data under the 'fail' policy, a diverging loss ...)."""
-
-
-class _Skip(Sampler):
-    """The sampler's order minus its first ``skip`` indices: resuming mid-epoch."""
-
-    def __init__(self, sampler: Sampler, skip: int) -> None:
-        self.sampler, self.skip = sampler, skip
-
-    def __iter__(self) -> Iterator[int]:
-        it = iter(self.sampler)
-        for _ in range(self.skip):
-            next(it, None)
-        return it
-
-    def __len__(self) -> int:
-        return max(0, len(self.sampler) - self.skip)  # type: ignore[arg-type]
 
 
 def seed_everything(seed: int) -> None:
@@ -81,11 +64,15 @@ class Trainer:
             raise TrainingError("data.train is empty: name a manifest or 'synthetic'")
         train = recipe["train"]
         self.batch_size = train["batch_size"]
-        self.sampler = DistributedSampler(self.train_data, num_replicas=self.dist.world_size, rank=self.dist.rank,
-                                          shuffle=True, seed=recipe["seed"], drop_last=True)
-        self.steps_per_epoch = len(self.sampler) // self.batch_size
+        data = recipe["data"]
+        # batches depend on (seed, epoch, rank) only: any num_workers, exact mid-epoch resume
+        self.loader = TrainLoader(self.train_data, self.batch_size, seed=recipe["seed"], rank=self.dist.rank,
+                                  world_size=self.dist.world_size, num_workers=data["num_workers"],
+                                  pin_memory=self.dist.device.type == "cuda", bucket_batches=data["bucket_batches"])
+        self.steps_per_epoch = len(self.loader)
         if self.steps_per_epoch == 0:
-            raise TrainingError(f"the training data has {len(self.train_data)} examples, fewer than one batch of "
+            size = len(self.train_data) if hasattr(self.train_data, "__len__") else sum(self.train_data.counts)
+            raise TrainingError(f"the training data has {size} examples, fewer than one batch of "
                                 f"{self.batch_size} per process; lower train.batch_size")
         self.total_steps = train["max_steps"] or train["epochs"] * self.steps_per_epoch
         self.optimizer = build_optimizer(self.params, recipe["optim"], fused=self.dist.device.type == "cuda")
@@ -97,6 +84,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
         self.step = self.epoch = self.batch_in_epoch = self.skipped_steps = 0
         self.bad_examples: list[str] = []
+        for dataset in (self.train_data, self.valid_data):  # bad manifest lines, reported like bad clips
+            self._report_bad(list(getattr(dataset, "load_errors", [])))
         if resume:
             self._resume()
 
@@ -232,10 +221,8 @@ class Trainer:
     @torch.no_grad()
     def _validate(self) -> dict[str, float]:
         self.model.eval()
-        sampler = DistributedSampler(self.valid_data, num_replicas=self.dist.world_size, rank=self.dist.rank,
-                                     shuffle=False)
-        loader = DataLoader(self.valid_data, batch_size=self.batch_size, sampler=sampler, collate_fn=collate,
-                            num_workers=self.recipe["data"]["num_workers"])
+        loader = eval_loader(self.valid_data, self.batch_size, rank=self.dist.rank, world_size=self.dist.world_size,
+                             num_workers=self.recipe["data"]["num_workers"])
         total = torch.zeros(2, dtype=torch.float64, device=self.dist.device)
         for batch in loader:
             if not batch["prompts"]:
@@ -250,15 +237,8 @@ class Trainer:
         return metrics
 
     # ------------------------------------------------------------------ loop
-    def _loader(self) -> DataLoader:
-        self.sampler.set_epoch(self.epoch)
-        if hasattr(self.train_data, "set_epoch"):
-            self.train_data.set_epoch(self.epoch)
-        generator = torch.Generator().manual_seed(self.recipe["seed"] + self.epoch)  # global RNG stays untouched
-        return DataLoader(self.train_data, batch_size=self.batch_size,
-                          sampler=_Skip(self.sampler, self.batch_in_epoch * self.batch_size),
-                          collate_fn=collate, num_workers=self.recipe["data"]["num_workers"],
-                          pin_memory=self.dist.device.type == "cuda", drop_last=True, generator=generator)
+    def _loader(self) -> Iterable[dict[str, Any]]:
+        return self.loader.epoch(self.epoch, start_batch=self.batch_in_epoch)
 
     def fit(self) -> Path:
         from tqdm.auto import tqdm

@@ -1,0 +1,89 @@
+"""DataLoaders for training and evaluation: workers, pinned memory, buckets, resumption.
+
+``TrainLoader(dataset, ...)`` builds each epoch's loader: ``len(loader)`` batches per
+rank and epoch, ``loader.epoch(e, start_batch=k)`` the DataLoader of epoch ``e`` from
+its batch ``k`` on. A map-style dataset goes through
+:class:`~pengi_kit.data.sampler.BucketBatchSampler` (weights of a
+:class:`~pengi_kit.data.dataset.MixtureDataset`, target-length buckets, rank slices);
+a :class:`~pengi_kit.data.shards.ShardDataset` streams and batches itself. Either way
+the batches depend on the seed, the epoch and the rank only, not on ``num_workers``:
+items are pure functions of ``(seed, epoch, draw)`` and the DataLoader returns
+worker results in order.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset
+
+from pengi_kit.data.dataset import collate
+from pengi_kit.data.sampler import BucketBatchSampler
+
+__all__ = ["TrainLoader", "eval_loader"]
+
+
+def _whole(batch: Any) -> Any:
+    """Collate function of a dataset that yields whole batches."""
+    return batch
+
+
+def _options(num_workers: int, pin_memory: bool, seed: int) -> dict[str, Any]:
+    options: dict[str, Any] = {"num_workers": num_workers, "pin_memory": pin_memory,
+                               # worker base seeds come from here, not from the global RNG
+                               "generator": torch.Generator().manual_seed(seed)}
+    if num_workers:
+        options["prefetch_factor"] = 4
+    return options
+
+
+class TrainLoader:
+    """One epoch's DataLoader at a time; see the module docstring.
+
+    ``bucket_batches`` is the pool (in global batches) sorted by target-text length;
+    0 turns bucketing off, and so does a dataset without ``text_lengths()``.
+    """
+
+    def __init__(self, dataset: Dataset | IterableDataset, batch_size: int, *, seed: int = 0, rank: int = 0,
+                 world_size: int = 1, num_workers: int = 0, pin_memory: bool = False,
+                 bucket_batches: int = 50) -> None:
+        self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
+        self.rank, self.world_size = rank, world_size
+        self.num_workers, self.pin_memory = num_workers, pin_memory
+        self.sampler: BucketBatchSampler | None = None
+        if isinstance(dataset, IterableDataset):
+            dataset.configure(batch_size=batch_size, rank=rank, world_size=world_size, train=True)  # type: ignore[attr-defined]
+        else:
+            lengths = dataset.text_lengths() if hasattr(dataset, "text_lengths") else None
+            self.sampler = BucketBatchSampler(
+                getattr(dataset, "sizes", [len(dataset)]), batch_size,  # type: ignore[arg-type]
+                weights=getattr(dataset, "weights", None), lengths=lengths if bucket_batches > 0 else None,
+                num_replicas=world_size, rank=rank, seed=seed, pool_batches=bucket_batches)
+
+    def __len__(self) -> int:
+        if self.sampler is None:
+            return self.dataset.batches_per_epoch  # type: ignore[attr-defined]
+        return self.sampler.batches_per_epoch
+
+    def epoch(self, epoch: int, start_batch: int = 0) -> DataLoader:
+        """The DataLoader of ``epoch``, starting at its batch ``start_batch``."""
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+        options = _options(self.num_workers, self.pin_memory, self.seed + epoch)
+        if self.sampler is None:
+            self.dataset.configure(batch_size=self.batch_size, epoch=epoch, start_batch=start_batch,  # type: ignore[attr-defined]
+                                   rank=self.rank, world_size=self.world_size, train=True)
+            return DataLoader(self.dataset, batch_size=None, collate_fn=_whole, **options)
+        self.sampler.set_epoch(epoch, start_batch)
+        return DataLoader(self.dataset, batch_sampler=self.sampler, collate_fn=collate, **options)
+
+
+def eval_loader(dataset: Dataset | IterableDataset, batch_size: int, *, rank: int = 0, world_size: int = 1,
+                num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
+    """Every example once, in order, this rank's share (DistributedSampler pads with repeats)."""
+    options = _options(num_workers, pin_memory, 0)
+    if isinstance(dataset, IterableDataset):
+        dataset.configure(batch_size=batch_size, rank=rank, world_size=world_size, train=False)  # type: ignore[attr-defined]
+        return DataLoader(dataset, batch_size=None, collate_fn=_whole, **options)
+    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=False)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate, **options)
