@@ -167,5 +167,65 @@ def _write_example(corpus: Any, path: Path) -> None:
     sf.write(path, corpus.clip(0).audio, corpus.sample_rate)
 
 
+@main.group("data")
+def data_group() -> None:
+    """Prepare, check and shard training data (see docs/data.md)."""
+
+
+@data_group.command("prepare")
+@click.argument("name")
+@click.option("--root", required=True, type=click.Path(path_type=Path), help="The unpacked corpus.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="The JSONL manifest to write.")
+@click.option("--split", "splits", multiple=True, help="Keep only this split (repeatable; default: all).")
+def data_prepare_cmd(name: str, root: Path, out: Path, splits: tuple[str, ...]) -> None:
+    """Write a manifest for corpus NAME (`pengi-kit list-components --kind dataset` lists them)."""
+    from pengi_kit.data.adapters import prepare
+
+    report = prepare(name, root, out, splits=splits)
+    for problem in report.problems:
+        click.echo(f"problem: {problem}", err=True)
+    parts = ", ".join(f"{split or '-'}: {n}" for split, n in sorted(report.splits.items()))
+    tasks = ", ".join(f"{task}: {n}" for task, n in report.tasks.most_common())
+    click.echo(f"wrote {report.rows} rows for {report.clips} clips to {out} (splits {parts}; tasks {tasks}); "
+               f"{len(report.problems)} problem(s)")
+
+
+@data_group.command("check")
+@click.argument("manifest", type=click.Path(path_type=Path))
+@click.option("--jobs", "-j", type=int, default=1, show_default=True, help="Decoding processes.")
+@click.option("--max-seconds", type=float, default=3600.0, show_default=True,
+              help="Longer clips or segments are problems.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def data_check_cmd(manifest: Path, jobs: int, max_seconds: float, progress: bool) -> None:
+    """Decode every clip of MANIFEST; one line per problem, then statistics. Exit 1 on problems."""
+    from pengi_kit.data.check import check_manifest
+
+    report = check_manifest(manifest, jobs=jobs, max_seconds=max_seconds, progress=progress)
+    for problem in report.problems:
+        click.echo(f"problem: {problem}")
+    for line in report.summary():
+        click.echo(line)
+    if not report.ok:
+        sys.exit(1)
+
+
+@data_group.command("shard")
+@click.argument("manifest", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder for the shards.")
+@click.option("--shard-size", type=int, default=1000, show_default=True, help="Samples per shard.")
+@click.option("--prefix", default="train", show_default=True, help="Shard names: PREFIX-000000.tar ...")
+@click.option("--shuffle/--no-shuffle", default=True, show_default=True, help="Shuffle rows before sharding.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def data_shard_cmd(manifest: Path, out: Path, shard_size: int, prefix: str, shuffle: bool, seed: int) -> None:
+    """Write MANIFEST's rows and audio into webdataset-style tar shards."""
+    from pengi_kit.data.shards import write_shards
+
+    report = write_shards(manifest, out, shard_size, prefix=prefix, shuffle=shuffle, seed=seed)
+    for problem in report.problems:
+        click.echo(f"problem: {problem}", err=True)
+    click.echo(f"wrote {report.samples} samples in {len(report.shards)} shards: {report.pattern}; "
+               f"{len(report.problems)} problem(s) left out")
+
+
 if __name__ == "__main__":
     main()

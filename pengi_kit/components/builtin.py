@@ -34,6 +34,18 @@ BUILTIN = [  # kind, name, factory, description, example_args (a small offline i
     ("causal_lm", "gpt2", "pengi_kit.components.hf_causal_lm:gpt2",
      "GPT-2 family through transformers (gpt2, distilgpt2, gpt2-medium, a local dir, or a small config)",
      {"pretrained": "", "n_layer": 1, "n_embd": 16, "n_head": 2, "n_positions": 64}),
+    # dataset adapters: root folder -> manifest rows (`pengi-kit data prepare NAME`)
+    *[("dataset", name, f"pengi_kit.data.adapters:{attr}", description, {}) for name, attr, description in [
+        ("clotho", "clotho", "Clotho v2 audio captioning: 5 caption rows per clip"),
+        ("audiocaps", "audiocaps", "AudioCaps captions, audio found by YouTube id"),
+        ("clotho-aqa", "clotho_aqa", "Clotho-AQA question answering, yes/no and open answers"),
+        ("esc50", "esc50", "ESC-50 environmental sound classes, 5 folds"),
+        ("urbansound8k", "urbansound8k", "UrbanSound8K urban sound classes, 10 folds"),
+        ("fsd50k", "fsd50k", "FSD50K multi-label sound events"),
+        ("gtzan", "gtzan", "GTZAN music genres"),
+        ("nsynth", "nsynth", "NSynth notes: instrument, pitch, velocity, qualities"),
+        ("free-spoken-digit", "free_spoken_digit", "Free Spoken Digit Dataset as 'which digit is spoken?'"),
+    ]],
 ]
 
 
