@@ -227,5 +227,36 @@ def data_shard_cmd(manifest: Path, out: Path, shard_size: int, prefix: str, shuf
                f"{len(report.problems)} problem(s) left out")
 
 
+@main.command("import")
+@click.argument("fmt", metavar="FORMAT", type=click.Choice(["pengi", "panns", "laion-clap", "ms-clap", "ms-clapcap"]))
+@click.argument("source", type=click.Path(dir_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder to write.")
+@click.option("--lm", default=None, help="pengi, ms-clapcap: config and tokenizer of the LM (hub id or local "
+                                          "folder; default gpt2). Its weights come from SOURCE.")
+@click.option("--text-encoder", default=None,
+              help="pengi: CLIP text config and tokenizer (default openai/clip-vit-base-patch16); laion-clap, "
+                   "ms-clap: the text tower's config and tokenizer (default roberta-base / bert-base-uncased / "
+                   "gpt2). Weights come from SOURCE.")
+@click.option("--force", is_flag=True, help="Replace --out if it exists.")
+@click.option("--json", "as_json", is_flag=True, help="Print the import report as JSON.")
+def import_cmd(fmt: str, source: str, out: str, lm: str | None, text_encoder: str | None, force: bool,
+               as_json: bool) -> None:
+    """Import a published checkpoint (Pengi, PANNs, LAION-CLAP, Microsoft CLAP/CLAPCap).
+
+    Every key of SOURCE is mapped or knowingly ignored (see docs/checkpoints.md).
+    """
+    from pengi_kit.convert import import_checkpoint
+
+    report = import_checkpoint(fmt, source, out, force=force, lm=lm, text_encoder=text_encoder)
+    if as_json:
+        click.echo(json.dumps(report, indent=2, default=str))
+        return
+    click.echo(f"imported {source} ({report.get('variant') or fmt}): {report['mapped']} keys mapped -> {out}")
+    for reason, keys in report["ignored"].items():
+        click.echo(f"  ignored {len(keys)} ({reason})")
+    if report.get("usage"):
+        click.echo(report["usage"], nl=False)
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,180 @@
+"""Official Pengi checkpoints (microsoft/Pengi): ``base.pth`` and ``base_no_text_enc.pth``.
+
+``torch.load(path)["model"]`` holds the reference ``PENGI`` module's state dict (keys
+may carry DDP's ``module.``). Every key is mapped onto :class:`~pengi_kit.model.PengiModel`
+or knowingly ignored:
+
+============================================  ======================================
+reference                                     pengi-kit
+============================================  ======================================
+``audio_encoder.base.htsat.*``                ``audio_encoder.*`` (HTSAT names)
+``audio_encoder.projection.*``                ``audio_projection.*``
+``caption_encoder.base.*`` (CLIP text model)  ``text_encoder.model.text_model.*``
+``caption_encoder.clip_text_projection.*``    ``text_encoder.model.text_projection.*``
+``caption_encoder.projection.*``              ``text_projection.*``
+``caption_decoder.gpt.*``                     ``lm.model.*``
+``caption_decoder.audio_project.*``           ``audio_mapper.*``
+``caption_decoder.text_project.*``            ``text_mapper.*``
+============================================  ======================================
+
+Ignored: torchlibrosa's STFT kernels (``torch.stft`` computes the same transform),
+and, where an older transformers saved them, GPT-2's causal-mask constants
+(``attn.bias``, ``attn.masked_bias``) and CLIP's ``embeddings.position_ids``.
+
+The variant follows from the keys: without ``caption_encoder.*`` it is
+``base_no_text_enc``, whose prompt goes through GPT-2's own embeddings and a sequence
+mapper; that mapper was trained without a padding mask, so the recipe sets
+``mask_padding = false``.
+
+The output is a checkpoint directory whose ``model.safetensors`` holds every weight.
+The LM's and the text encoder's config and tokenizer come from ``lm`` and
+``text_encoder`` (hub ids or local folders) and are saved, without weights, in the
+architecture-only subfolders ``lm/`` and ``text_encoder/`` that the recipe points at
+(:mod:`pengi_kit.sources`): loading the checkpoint downloads nothing.
+
+Front-end: the reference feeds 7 s of 44.1 kHz audio to HTSAT, whose mel filters come
+from its ``config.py`` module, not from the YAML (both ``base.yml`` and
+``base_no_text_enc.yml`` say ``fmax: 8000``, which ``HTSATWrapper`` never reads). The
+stored ``melW`` is loaded and wins; the recipe's ``mel_sample_rate``/``fmax`` are set
+to the values whose slaney matrix equals it (checked among 32/44.1 kHz and
+8/14 kHz), so the recipe also describes the matrix truthfully.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pengi_kit.convert._common import (
+    ConversionError, KeyLedger, detect_mel, htsat_args, ignore_stft, load_strict, mapper_table, read_state_dict,
+    save_arch_folder, source_info, staged, tied_lm_head,
+)
+
+DEFAULT_LM = "gpt2"
+DEFAULT_TEXT_ENCODER = "openai/clip-vit-base-patch16"
+# (mel sample rate, fmin, fmax) that the reference HTSAT front-ends may have used
+MEL_CANDIDATES = [(32000, 50.0, 14000.0), (32000, 50.0, 8000.0), (44100, 50.0, 14000.0), (44100, 50.0, 8000.0)]
+
+RENAMES = [  # reference prefix -> pengi-kit prefix
+    ("audio_encoder.base.htsat.", "audio_encoder."),
+    ("audio_encoder.projection.", "audio_projection."),
+    ("caption_encoder.base.", "text_encoder.model.text_model."),
+    ("caption_encoder.clip_text_projection.", "text_encoder.model.text_projection."),
+    ("caption_encoder.projection.", "text_projection."),
+    ("caption_decoder.gpt.", "lm.model."),
+    ("caption_decoder.audio_project.", "audio_mapper."),
+    ("caption_decoder.text_project.", "text_mapper."),
+]
+
+
+def ignore_hf_buffers(ledger: KeyLedger, gpt_prefix: str | None = None, text_prefix: str | None = None) -> None:
+    import re
+
+    if gpt_prefix is not None:
+        ledger.ignore(re.escape(gpt_prefix) + r"transformer\.h\.\d+\.attn\.(bias|masked_bias)",
+                      "GPT-2 causal-mask constants that older transformers saved; recomputed by transformers")
+    if text_prefix is not None:
+        ledger.ignore(re.escape(text_prefix) + r"embeddings\.(position_ids|token_type_ids)",
+                      "index buffers (0..n-1, zeros) that older transformers saved; recomputed by transformers")
+
+
+def audio_front_end(audio_sd: dict[str, torch.Tensor], source: str) -> dict[str, Any]:
+    """htsat arguments for the reference's 44.1 kHz, 7 s input and its stored mel matrix."""
+    args = htsat_args(audio_sd, source)
+    args.update(sample_rate=44100, clip_seconds=7.0, hop_size=320)
+    match = detect_mel(audio_sd["logmel_extractor.melW"], MEL_CANDIDATES)
+    mel_rate, fmin, fmax = match or (32000, 50.0, 14000.0)
+    args.update(mel_sample_rate=mel_rate, fmin=fmin, fmax=fmax)
+    args["mel_matrix"] = "matches slaney" if match else "unrecognised (loaded as stored)"
+    return args
+
+
+def build_imported(recipe: dict[str, Any], folder: Path, sd: dict[str, torch.Tensor], what: str,
+                   hint: str) -> torch.nn.Module:
+    """Build the recipe's model from the architecture-only folders in ``folder`` and load
+    ``sd`` (pengi-kit names) into it strictly."""
+    from pengi_kit.model import build_model
+    from pengi_kit.sources import resolve_relative
+
+    model = build_model(resolve_relative(recipe, folder))
+    load_strict(model, sd, what, hint)
+    return model.eval()
+
+
+def import_pengi(source: str | Path, out: str | Path, *, lm: str = DEFAULT_LM,
+                 text_encoder: str = DEFAULT_TEXT_ENCODER, force: bool = False) -> dict[str, Any]:
+    """Import ``base.pth`` / ``base_no_text_enc.pth`` into the checkpoint directory ``out``."""
+    from transformers import CLIPTextConfig, GPT2Config
+
+    from pengi_kit.engine.checkpoint import save_checkpoint
+    from pengi_kit.recipe import from_dict
+
+    src = str(source)
+    ledger = KeyLedger(read_state_dict(source, ("model",)), src)
+    if not ledger.has("caption_decoder.gpt.") or not ledger.has("audio_encoder.base.htsat."):
+        raise ConversionError(f"{src}: not a Pengi checkpoint (no caption_decoder.gpt.* / "
+                              "audio_encoder.base.htsat.* keys)")
+    with_text = ledger.has("caption_encoder.")
+    variant = "base" if with_text else "base_no_text_enc"
+    ignore_stft(ledger, "audio_encoder.base.htsat.")
+    ignore_hf_buffers(ledger, "caption_decoder.gpt.", "caption_encoder.base.")
+    sd: dict[str, torch.Tensor] = {}
+    for old, new in RENAMES:
+        sd.update(ledger.take(old, new))
+    ledger.finish()
+    tied_lm_head(sd, "lm.model.", src)
+
+    sub = lambda prefix: {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}  # noqa: E731
+    audio_sd = sub("audio_encoder.")
+    front = audio_front_end(audio_sd, src)
+    mel_note = front.pop("mel_matrix")
+    d_lm = int(sd["lm.model.transformer.wte.weight"].shape[1])
+    d_proj = int(sd["audio_projection.linear1.weight"].shape[0])
+    audio_mapper = mapper_table(sub("audio_mapper."), d_lm, src, "audio mapper")
+    text_mapper = mapper_table(sub("text_mapper."), d_lm, src, "text mapper")
+    if not with_text:
+        text_mapper["mask_padding"] = False  # the published mapper was trained without a padding mask
+    model_cfg: dict[str, Any] = {
+        "projection_dim": d_proj, "normalize": True, "prompt_length": 40, "target_length": 77,
+        "audio_encoder": {"name": "htsat", **front, "trainable": True},
+        "audio_mapper": audio_mapper,
+        "text_mapper": text_mapper,
+        "lm": {"name": "gpt2", "pretrained": "lm", "trainable": False},
+    }
+    if with_text:
+        model_cfg["text_encoder"] = {"name": "clip-text", "pretrained": "text_encoder", "trainable": False}
+    raw = {
+        "name": f"pengi-{variant}",
+        "model": model_cfg,
+        "train": {"save_frozen": True},  # every weight lives in model.safetensors
+        "generate": {"method": "beam", "beam_size": 5, "temperature": 1.0, "max_new_tokens": 67},
+    }
+    report = {"format": "pengi", "variant": variant, "source": source_info(source, "pengi", variant=variant),
+              "lm": lm, "text_encoder": text_encoder if with_text else None, "mel_matrix": mel_note,
+              "mapped": len(ledger.taken), "ignored": ledger.ignored_by_reason(), "out": str(out)}
+    with staged(out, force) as tmp:
+        arch = tmp.parent / f"{tmp.name}-arch"
+        arch.mkdir()
+        try:
+            save_arch_folder(lm, arch / "lm", GPT2Config, "GPT-2")
+            if with_text:
+                save_arch_folder(text_encoder, arch / "text_encoder", CLIPTextConfig, "CLIP text")
+            recipe = from_dict(raw)
+            hint = "the checkpoint does not fit the architecture of --lm / --text-encoder; pass the ones it was " \
+                   f"trained with ({DEFAULT_LM}, {DEFAULT_TEXT_ENCODER})"
+            model = build_imported(recipe, arch, sd, f"{src} ({variant})", hint)
+            report["parameters"] = sum(p.numel() for p in model.parameters())
+            save_checkpoint(tmp, model, recipe, meta={"imported": report}, extra=lambda d: _copy_tree(arch, d))
+        finally:
+            import shutil
+
+            shutil.rmtree(arch, ignore_errors=True)
+    return report
+
+
+def _copy_tree(src: Path, dst: Path) -> None:
+    import shutil
+
+    for child in src.iterdir():
+        shutil.copytree(child, dst / child.name)
