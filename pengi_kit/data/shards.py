@@ -353,8 +353,13 @@ class ShardDataset(IterableDataset):
         try:
             wav = load_audio(io.BytesIO(data), self.sample_rate, start=meta.get("start"), end=meta.get("end"),
                              max_seconds=self.max_seconds, clip_seconds=self.clip_seconds or None,
-                             crop=self.crop, rng=rng, name=f"{path}:{audio[0].name}")
+                             crop=self.crop, rng=rng, name=_name(meta.get("audio"), f"{path}:{audio[0].name}"))
         except PengiKitError as exc:
             source = meta.get("source")
             return {"error": f"{source}: {exc}" if source else str(exc)}
         return {"audio": wav, "prompt": meta["prompt"], "text": meta["text"], "task": meta.get("task", "")}
+
+
+def _name(original: Any, member: str) -> str:
+    """How a clip is named in messages: its original file, and where it is in the shards."""
+    return f"{original} in {member}" if isinstance(original, str) and original else member
