@@ -152,7 +152,8 @@ def import_pengi(source: str | Path, out: str | Path, *, lm: str = DEFAULT_LM,
     }
     report = {"format": "pengi", "variant": variant, "source": source_info(source, "pengi", variant=variant),
               "lm": lm, "text_encoder": text_encoder if with_text else None, "mel_matrix": mel_note,
-              "mapped": len(ledger.taken), "ignored": ledger.ignored_by_reason(), "out": str(out)}
+              "mapped": len(ledger.taken), "ignored": ledger.ignored_by_reason(), "out": str(out),
+              "usage": f"try: pengi-kit generate {out} clip.wav --prompt \"generate audio caption\"\n"}
     with staged(out, force) as tmp:
         arch = tmp.parent / f"{tmp.name}-arch"
         arch.mkdir()
