@@ -13,7 +13,8 @@ format           source files                                 output
 
 Loading is strict everywhere: each source key is mapped or knowingly ignored with a
 reason, and anything left over or missing is an error that lists the keys. Files are
-read with ``torch.load(weights_only=True)``: no arbitrary object is unpickled.
+read with ``torch.load(weights_only=True)`` (numpy scalars and dtypes allowed, as data):
+no arbitrary object is unpickled.
 
 >>> from pengi_kit.convert import import_checkpoint          # doctest: +SKIP
 >>> import_checkpoint("pengi", "base.pth", "pengi-base")      # doctest: +SKIP

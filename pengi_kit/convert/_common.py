@@ -44,14 +44,15 @@ def read_state_dict(path: str | Path, containers: tuple[str, ...] = ("model", "s
     path = Path(path)
     if not path.is_file():
         raise ConversionError(f"{path}: file not found; pass the downloaded checkpoint file")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # noqa: BLE001 -- mmap needs the new zipfile format; old files load without it
+    with torch.serialization.safe_globals(_numpy_data_globals()):
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 -- any unreadable file is the same user error
-            raise ConversionError(f"{path}: cannot be read as a torch checkpoint with weights_only=True "
-                                  f"({_load_error(exc)})") from None
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception:  # noqa: BLE001 -- mmap needs the new zipfile format; old files load without it
+            try:
+                obj = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as exc:  # noqa: BLE001 -- any unreadable file is the same user error
+                raise ConversionError(f"{path}: cannot be read as a torch checkpoint with weights_only=True "
+                                      f"({_load_error(exc)})") from None
     if isinstance(obj, Mapping):
         for key in containers:
             if isinstance(obj.get(key), Mapping):
@@ -67,6 +68,15 @@ def read_state_dict(path: str | Path, containers: tuple[str, ...] = ("model", "s
     if all(k.startswith("module.") for k in sd):
         sd = {k[len("module."):]: v for k, v in sd.items()}
     return sd
+
+
+def _numpy_data_globals() -> list[Any]:
+    """numpy scalars and dtypes, which training checkpoints keep beside the weights (LAION-CLAP
+    stores metrics as numpy scalars). They rebuild plain data from bytes and run no code, so
+    the weights-only unpickler may construct them; under numpy 1's module name too."""
+    scalar = (np._core if hasattr(np, "_core") else np.core).multiarray.scalar
+    dtypes = [getattr(np.dtypes, name) for name in dir(getattr(np, "dtypes", object)) if name.endswith("DType")]
+    return [scalar, (scalar, "numpy.core.multiarray.scalar"), np.dtype, *dtypes]
 
 
 def _load_error(exc: Exception) -> str:

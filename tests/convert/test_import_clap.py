@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import tomllib
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -67,7 +68,11 @@ def test_laion_clap(tmp_path):
           "text_branch.embeddings.position_ids": torch.arange(514)[None]}
     sd.update({f"audio_branch.{k}": v
                for k, v in with_torchlibrosa(audio, 48000, 1024, 480, 16, 50, 14000).items()})
-    torch.save({"epoch": 45, "state_dict": module_prefixed(sd)}, tmp_path / "630k-audioset-best.pt")
+    # a training checkpoint: metrics as numpy scalars, pickled by numpy 1 (module numpy.core), old format
+    ckpt = tmp_path / "630k-audioset-best.pt"
+    torch.save({"epoch": 45, "state_dict": module_prefixed(sd), "val_map": np.float64(0.41),
+                "lr": np.float32(1e-4)}, ckpt, _use_new_zipfile_serialization=False)
+    ckpt.write_bytes(ckpt.read_bytes().replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))
 
     out = tmp_path / "laion"
     report = import_checkpoint("laion-clap", tmp_path / "630k-audioset-best.pt", out, text_encoder=str(text_dir))
