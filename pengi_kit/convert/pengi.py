@@ -24,7 +24,12 @@ and, where an older transformers saved them, GPT-2's causal-mask constants
 The variant follows from the keys: without ``caption_encoder.*`` it is
 ``base_no_text_enc``, whose prompt goes through GPT-2's own embeddings and a sequence
 mapper; that mapper was trained without a padding mask, so the recipe sets
-``mask_padding = false``.
+``mask_padding = false``. Its prompts were tokenised by the reference wrapper as GPT-2
+tokens of ``prompt + ' <|endoftext|>'`` padded with ``'!'`` (id 0) to 40 tokens, and
+since the padding reaches the mapper unmasked, the imported ``lm/`` tokenizer does
+the same: its pad token is ``'!'`` and a post-processor appends the space and
+end-of-text tokens to every prompt (:func:`reference_prompt_tokenizer`; targets are
+tokenised without special tokens, so they are unaffected).
 
 The output is a checkpoint directory whose ``model.safetensors`` holds every weight.
 The LM's and the text encoder's config and tokenizer come from ``lm`` and
@@ -88,6 +93,26 @@ def audio_front_end(audio_sd: dict[str, torch.Tensor], source: str) -> dict[str,
     args.update(mel_sample_rate=mel_rate, fmin=fmin, fmax=fmax)
     args["mel_matrix"] = "matches slaney" if match else "unrecognised (loaded as stored)"
     return args
+
+
+def reference_prompt_tokenizer(folder: Path) -> None:
+    """Make the tokenizer saved in ``folder`` tokenise prompts as the Pengi wrapper does for
+    ``base_no_text_enc``: ``prompt + ' <|endoftext|>'``, padded with ``'!'``."""
+    from tokenizers import processors
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    if not getattr(tok, "is_fast", False) or tok.eos_token is None:
+        raise ConversionError(f"the --lm tokenizer in {folder} is not a fast GPT-2-style tokenizer; the "
+                              "no-text-encoder variant needs one to reproduce the reference's prompts")
+    tok.pad_token = "!"
+    suffix = tok.convert_ids_to_tokens(tok(" " + tok.eos_token, add_special_tokens=False)["input_ids"])
+    template = processors.TemplateProcessing(
+        single=" ".join(["$A", *suffix]), special_tokens=[(t, tok.convert_tokens_to_ids(t)) for t in dict.fromkeys(suffix)])
+    backend = tok.backend_tokenizer
+    backend.post_processor = (processors.Sequence([backend.post_processor, template])
+                              if backend.post_processor is not None else template)
+    tok.save_pretrained(folder)
 
 
 def build_imported(recipe: dict[str, Any], folder: Path, sd: dict[str, torch.Tensor], what: str,
@@ -159,6 +184,8 @@ def import_pengi(source: str | Path, out: str | Path, *, lm: str = DEFAULT_LM,
         arch.mkdir()
         try:
             save_arch_folder(lm, arch / "lm", GPT2Config, "GPT-2")
+            if not with_text:
+                reference_prompt_tokenizer(arch / "lm")
             if with_text:
                 save_arch_folder(text_encoder, arch / "text_encoder", CLIPTextConfig, "CLIP text")
             recipe = from_dict(raw)

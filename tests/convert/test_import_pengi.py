@@ -109,8 +109,19 @@ def test_imported_model_matches_direct_modules(tmp_path, with_text, fmax):
     for key, value in imported.state_dict().items():
         torch.testing.assert_close(value, own[key], rtol=0, atol=0, msg=key)
     prompts = ["generate audio caption", "this is a sound of"]
-    tokens = reference.tokenize_prompts(prompts)
-    assert torch.equal(imported.tokenize_prompts(prompts)["input_ids"], tokens["input_ids"])
+    tokens = imported.tokenize_prompts(prompts)
+    if with_text:
+        assert torch.equal(tokens["input_ids"], reference.tokenize_prompts(prompts)["input_ids"])
+    else:  # as the reference wrapper: GPT-2 tokens of prompt + ' <|endoftext|>', padded with '!' to 40
+        from transformers import AutoTokenizer
+
+        wrapper = AutoTokenizer.from_pretrained(dirs["lm"])
+        wrapper.pad_token = "!"
+        want = wrapper([p + " <|endoftext|>" for p in prompts], padding="max_length", max_length=40,
+                       return_tensors="pt")["input_ids"]
+        assert torch.equal(tokens["input_ids"], want) and int(want[0, -1]) == wrapper.convert_tokens_to_ids("!")
+        assert imported.lm.tokenizer("a dog", add_special_tokens=False)["input_ids"] == \
+            wrapper("a dog")["input_ids"]  # targets: no suffix
     targets = reference.tokenize_targets(["a dog barks", "rain"])
     with torch.no_grad():
         want = reference.prefix(clip(), tokens["input_ids"], tokens["attention_mask"])
