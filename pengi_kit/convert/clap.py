@@ -183,6 +183,7 @@ def write_clap_folder(tmp: Path, out: Path, *, audio_table: dict[str, Any], audi
                       heads_sd: dict[str, torch.Tensor], text_length: int, source: dict[str, Any], src: str) -> str:
     from safetensors.torch import save_file
 
+    out = out.resolve()  # the usage tables name the folders absolutely
     audio_name = audio_table.pop("name")
     if audio_name == "cnn14":
         write_cnn14(tmp / "audio_encoder", audio_table, audio_sd, source)

@@ -62,7 +62,7 @@ def import_panns(source: str | Path, out: str | Path, *, force: bool = False) ->
     rate = by_fft[n_fft]
     mel = detect_mel(sd["logmel_extractor.melW"], [(rate, 50.0, FRONTEND_SETTINGS[rate][2])])
     args = {"sample_rate": rate, **arch}
-    usage = toml_table("model.audio_encoder", {"name": "cnn14", **args, "pretrained": str(out)})
+    usage = toml_table("model.audio_encoder", {"name": "cnn14", **args, "pretrained": str(Path(out).resolve())})
     with staged(out, force) as tmp:
         write_cnn14(tmp, args, sd, source_info(source, "panns"))
         (tmp / "usage.toml").write_text(usage, encoding="utf-8")

@@ -35,7 +35,7 @@ def test_panns_import_detects_rate_and_matches(tmp_path, rate):
     assert sorted(k for keys in report["ignored"].values() for k in keys) == [
         "spectrogram_extractor.stft.conv_imag.weight", "spectrogram_extractor.stft.conv_real.weight"]
     table = tomllib.loads((out / "usage.toml").read_text())["model"]["audio_encoder"]
-    assert table["pretrained"] == str(out)
+    assert table["pretrained"] == str(out.resolve())
 
     loaded = cnn14(**{k: v for k, v in table.items() if k != "name"}, spec_augment=False).eval()
     wave = torch.rand(2, rate, generator=torch.Generator().manual_seed(0)) * 2 - 1
