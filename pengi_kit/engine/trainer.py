@@ -250,14 +250,19 @@ class Trainer:
         bad_in_row, window_start, window_samples = 0, time.perf_counter(), 0
         while self.step < self.total_steps:
             for batch in self._loader():
-                self._report_bad(batch["errors"])
-                loss = self.train_step(batch) if batch["prompts"] else None
+                usable, errors = self._batch_status(batch)
+                self._report_bad(errors)
+                loss = self.train_step(batch) if usable else None
                 self.step += 1
                 self.batch_in_epoch += 1
                 window_samples += len(batch["prompts"]) * self.dist.world_size
-                bad_in_row = bad_in_row + 1 if loss is None else 0
-                if loss is None:
-                    self._nonfinite(bad_in_row)
+                if not usable:
+                    self._log_line(f"step {self.step}: every example of a batch was skipped; step skipped")
+                    self._log({"event": "empty_batch", "step": self.step})
+                else:
+                    bad_in_row = bad_in_row + 1 if loss is None else 0
+                    if loss is None:
+                        self._nonfinite(bad_in_row)
                 bar.update(1)
                 if loss is not None and (self.step % train["log_every"] == 0 or self.step == self.total_steps):
                     rate = window_samples / max(time.perf_counter() - window_start, 1e-9)
@@ -282,6 +287,21 @@ class Trainer:
         if self.bad_examples:
             self._log_line(f"{len(self.bad_examples)} example(s) skipped in this run; see {self.out}/metrics.jsonl")
         return path
+
+    def _batch_status(self, batch: dict[str, Any]) -> tuple[bool, list[str]]:
+        """Whether every rank's batch kept an example, and every rank's skipped examples.
+
+        All ranks step or none does (a rank stepping alone would wait forever in the
+        gradient all-reduce), and all ranks see every problem: rank 0 reports them, and
+        under 'fail' all ranks stop together."""
+        local = torch.tensor([float(not batch["prompts"]), float(len(batch["errors"]))], device=self.dist.device)
+        total = all_reduce_sum(local, self.dist)
+        errors = batch["errors"]
+        if self.dist.enabled and float(total[1]) > 0:
+            gathered: list[Any] = [None] * self.dist.world_size
+            torch.distributed.all_gather_object(gathered, errors)
+            errors = [e for part in gathered for e in part]
+        return float(total[0]) == 0.0, errors
 
     def _nonfinite(self, in_row: int) -> None:
         self.skipped_steps += 1

@@ -59,6 +59,7 @@ def test_skip_reports_every_problem_and_finishes(tmp_path, corpus, capsys):
     epoch_end = [r for r in records if r.get("event") == "epoch_end"]
     assert epoch_end == [{**epoch_end[0], "epoch": 0, "skipped_examples": len(kinds)}]
     assert any("loss" in r for r in records)
+    assert not any(r.get("event") == "nonfinite" for r in records)  # a skipped example is not a bad step
 
 
 def test_fail_stops_at_the_first_bad_manifest_line(tmp_path, corpus):
