@@ -172,6 +172,25 @@ def write_shards(manifest: str | Path, out_dir: str | Path, shard_size: int, *, 
     out.mkdir(parents=True, exist_ok=True)
     report = ShardReport(problems=problems)
     counts: list[int] = []
+    try:
+        _fill_shards(examples, order, out, prefix, shard_size, report, counts)
+    finally:
+        for tmp in out.glob(f".{prefix}-*.tar.*.tmp"):  # a shard left half-written by an error
+            tmp.unlink(missing_ok=True)
+    keep = {p.name for p in report.shards}
+    for old in out.glob(f"{prefix}-[0-9][0-9][0-9][0-9][0-9][0-9].tar"):
+        if old.name not in keep:
+            old.unlink()
+    index = {"format": "pengi-kit shards 1", "source": str(manifest), "samples": report.samples,
+             "shards": [{"name": p.name, "count": n} for p, n in zip(report.shards, counts)]}
+    tmp = _TarWriter.temporary(out / INDEX)
+    tmp.write_text(json.dumps(index, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, out / INDEX)
+    return report
+
+
+def _fill_shards(examples: list, order: np.ndarray, out: Path, prefix: str, shard_size: int,
+                 report: ShardReport, counts: list[int]) -> None:
     writer: _TarWriter | None = None
     for position in order:
         ex = examples[int(position)]
@@ -200,16 +219,6 @@ def write_shards(manifest: str | Path, out_dir: str | Path, shard_size: int, *, 
     if writer is not None:
         counts.append(writer.samples)
         report.shards.append(writer.close())
-    keep = {p.name for p in report.shards}
-    for old in out.glob(f"{prefix}-[0-9][0-9][0-9][0-9][0-9][0-9].tar"):
-        if old.name not in keep:
-            old.unlink()
-    index = {"format": "pengi-kit shards 1", "source": str(manifest), "samples": report.samples,
-             "shards": [{"name": p.name, "count": n} for p, n in zip(report.shards, counts)]}
-    tmp = _TarWriter.temporary(out / INDEX)
-    tmp.write_text(json.dumps(index, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, out / INDEX)
-    return report
 
 
 class _TarWriter:

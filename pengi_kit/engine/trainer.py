@@ -84,6 +84,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
         self.step = self.epoch = self.batch_in_epoch = self.skipped_steps = 0
         self.bad_examples: list[str] = []
+        self.valid_errors: set[str] = set()
         for dataset in (self.train_data, self.valid_data):  # bad manifest lines, reported like bad clips
             self._report_bad(list(getattr(dataset, "load_errors", [])))
         if resume:
@@ -224,13 +225,22 @@ class Trainer:
         loader = eval_loader(self.valid_data, self.batch_size, rank=self.dist.rank, world_size=self.dist.world_size,
                              num_workers=self.recipe["data"]["num_workers"])
         total = torch.zeros(2, dtype=torch.float64, device=self.dist.device)
+        errors: list[str] = []
         for batch in loader:
+            errors += batch["errors"]
             if not batch["prompts"]:
                 continue
             with self._autocast():
                 out = self.model(**self._inputs(batch))
             total += torch.stack([out["loss_sum"].double(), out["tokens"].double()])
         all_reduce_sum(total, self.dist)
+        if self.dist.enabled:
+            gathered: list[Any] = [None] * self.dist.world_size
+            torch.distributed.all_gather_object(gathered, errors)
+            errors = [e for part in gathered for e in part]
+        new = [e for e in dict.fromkeys(errors) if e not in self.valid_errors]  # each reported once per run
+        self.valid_errors.update(new)
+        self._report_bad(new)
         metrics = {"valid_loss": float(total[0] / total[1].clamp(min=1))}
         if self.validate_hook is not None:
             metrics.update(self.validate_hook(self.model, self.step))

@@ -85,3 +85,20 @@ def test_fail_stops_at_the_first_bad_clip(tmp_path, corpus):
     assert message.startswith(first_bad[1]) and "data.on_error = 'fail'" in message and "\n" not in message
     assert any(k.name in message and re.search(k.pattern, message) for k in kinds), message
     assert trainer.step == first_bad[0]  # no step on the batch that held it
+
+
+def test_bad_validation_clips_are_reported_once(tmp_path):
+    from corpora import tone, write
+
+    write(tmp_path / "good.wav", tone(0.5), subtype="PCM_16")
+    (tmp_path / "bad.wav").write_bytes(b"RIFF junk")
+    manifest = tmp_path / "valid.jsonl"
+    manifest.write_text("".join(json.dumps({"audio": name, "task": "caption", "text": "a tone"}) + "\n"
+                                for name in ("good.wav", "bad.wav")))
+    raw = tiny_raw_recipe(tmp_path / "run", max_steps=2, eval_every=1)
+    raw["data"]["valid"] = str(manifest)
+    Trainer(from_dict(raw), progress=False).fit()
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert sum(1 for r in records if "valid_loss" in r) >= 2
+    logged = [e for r in records if r.get("event") == "skipped_examples" for e in r["errors"]]
+    assert len(logged) == 1 and "valid.jsonl:2:" in logged[0] and "bad.wav: unreadable audio header" in logged[0]
