@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import Dataset, IterableDataset
 
 from pengi_kit.data.synthetic import PROMPTS_PER_CLIP, SyntheticCorpus
-from pengi_kit.errors import PengiKitError
+from pengi_kit.errors import PengiKitError, RecipeError
 
 
 class SyntheticDataset(Dataset):
@@ -178,7 +178,7 @@ def build_dataset(recipe: dict[str, Any], split: str, sample_rate: int,
             built.append(SyntheticDataset(synthetic_corpus(recipe, split, sample_rate, clip_seconds)))
         elif is_shard_source(name):
             if len(entries) > 1 or entry.get("weight", 1.0) != 1.0:
-                raise PengiKitError(f"data.{split}: shards '{name}' stream and cannot be mixed with weights "
+                raise RecipeError(f"data.{split}: shards '{name}' stream and cannot be mixed with weights "
                                     "(shard each corpus into one set, or mix manifests)")
             return ShardDataset(name, sample_rate, clip_seconds, crop, recipe["seed"],
                                 max_seconds=data["max_seconds"])
