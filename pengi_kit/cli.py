@@ -91,14 +91,44 @@ def show_cmd(recipe: str, overrides: tuple[str, ...]) -> None:
 @click.argument("recipe")
 @overrides_option
 @click.option("--resume", is_flag=True, help="Continue from the newest intact checkpoint in the output directory.")
-@click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available).")
-def train_cmd(recipe: str, overrides: tuple[str, ...], resume: bool, device: str | None) -> None:
-    """Train a recipe."""
-    from pengi_kit.engine.trainer import Trainer
+@click.option("--device", default=None, help="cpu, cuda ... (default: cuda when available; each process "
+              "takes the GPU of its local rank).")
+@click.option("--nproc-per-node", type=int, default=1, show_default=True,
+              help="Processes on this machine, launched through torch.distributed.run.")
+@click.option("--nnodes", default="1", show_default=True, help="Machines (or MIN:MAX for elastic runs).")
+@click.option("--node-rank", type=int, default=0, show_default=True, help="This machine's rank.")
+@click.option("--rdzv-endpoint", default="", help="host:port of the rendezvous (multi-machine runs).")
+@click.option("--rdzv-backend", default="c10d", show_default=True)
+@click.option("--rdzv-id", default="pengi-kit", show_default=True, help="Job id shared by every machine.")
+@click.option("--max-restarts", type=int, default=0, show_default=True,
+              help="Restart the workers this often on failure (use with --resume).")
+def train_cmd(recipe: str, overrides: tuple[str, ...], resume: bool, device: str | None, nproc_per_node: int,
+              nnodes: str, node_rank: int, rdzv_endpoint: str, rdzv_backend: str, rdzv_id: str,
+              max_restarts: int) -> None:
+    """Train a recipe, on one process or, with --nproc-per-node/--nnodes, many (DDP)."""
+    import os
+
     from pengi_kit.recipe import load_recipe
 
-    path = Trainer(load_recipe(recipe, overrides), resume=resume, device=device).fit()
-    click.echo(f"checkpoint: {path}")
+    resolved = load_recipe(recipe, overrides)  # fail fast, before any process starts
+    if (nproc_per_node > 1 or nnodes != "1") and "LOCAL_RANK" not in os.environ:
+        from torch.distributed.run import main as torchrun
+
+        launch = [f"--nproc-per-node={nproc_per_node}", f"--nnodes={nnodes}", f"--max-restarts={max_restarts}"]
+        if rdzv_endpoint:
+            launch += [f"--node-rank={node_rank}", f"--rdzv-endpoint={rdzv_endpoint}",
+                       f"--rdzv-backend={rdzv_backend}", f"--rdzv-id={rdzv_id}"]
+        else:
+            launch += ["--standalone"]
+        worker = ["-m", "pengi_kit", "train", recipe, *[a for o in overrides for a in ("-s", o)]]
+        worker += (["--resume"] if resume else []) + (["--device", device] if device else [])
+        torchrun(launch + worker)
+        return
+    from pengi_kit.engine.trainer import Trainer
+
+    path = Trainer(resolved, resume=resume, device=device).fit()
+    if int(os.environ.get("RANK", "0")) == 0:
+        click.echo(f"checkpoint: {path}")
 
 
 def _decoding_options(f: Any) -> Any:
@@ -167,6 +197,37 @@ def _write_example(corpus: Any, path: Path) -> None:
     sf.write(path, corpus.clip(0).audio, corpus.sample_rate)
 
 
+@main.command("import")
+@click.argument("fmt", metavar="FORMAT", type=click.Choice(["pengi", "panns", "laion-clap", "ms-clap", "ms-clapcap"]))
+@click.argument("source", type=click.Path(dir_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder to write.")
+@click.option("--lm", default=None, help="pengi, ms-clapcap: config and tokenizer of the LM (hub id or local "
+                                          "folder; default gpt2). Its weights come from SOURCE.")
+@click.option("--text-encoder", default=None,
+              help="pengi: CLIP text config and tokenizer (default openai/clip-vit-base-patch16); laion-clap, "
+                   "ms-clap: the text tower's config and tokenizer (default roberta-base / bert-base-uncased / "
+                   "gpt2). Weights come from SOURCE.")
+@click.option("--force", is_flag=True, help="Replace --out if it exists.")
+@click.option("--json", "as_json", is_flag=True, help="Print the import report as JSON.")
+def import_cmd(fmt: str, source: str, out: str, lm: str | None, text_encoder: str | None, force: bool,
+               as_json: bool) -> None:
+    """Import a published checkpoint (Pengi, PANNs, LAION-CLAP, Microsoft CLAP/CLAPCap).
+
+    Every key of SOURCE is mapped or knowingly ignored (see docs/checkpoints.md).
+    """
+    from pengi_kit.convert import import_checkpoint
+
+    report = import_checkpoint(fmt, source, out, force=force, lm=lm, text_encoder=text_encoder)
+    if as_json:
+        click.echo(json.dumps(report, indent=2, default=str))
+        return
+    click.echo(f"imported {source} ({report.get('variant') or fmt}): {report['mapped']} keys mapped -> {out}")
+    for reason, keys in report["ignored"].items():
+        click.echo(f"  ignored {len(keys)} ({reason})")
+    if report.get("usage"):
+        click.echo(report["usage"], nl=False)
+
+
 @main.group("data")
 def data_group() -> None:
     """Prepare, check and shard training data (see docs/data.md)."""
@@ -225,37 +286,6 @@ def data_shard_cmd(manifest: Path, out: Path, shard_size: int, prefix: str, shuf
         click.echo(f"problem: {problem}", err=True)
     click.echo(f"wrote {report.samples} samples in {len(report.shards)} shards: {report.pattern}; "
                f"{len(report.problems)} problem(s) left out")
-
-
-@main.command("import")
-@click.argument("fmt", metavar="FORMAT", type=click.Choice(["pengi", "panns", "laion-clap", "ms-clap", "ms-clapcap"]))
-@click.argument("source", type=click.Path(dir_okay=False))
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder to write.")
-@click.option("--lm", default=None, help="pengi, ms-clapcap: config and tokenizer of the LM (hub id or local "
-                                          "folder; default gpt2). Its weights come from SOURCE.")
-@click.option("--text-encoder", default=None,
-              help="pengi: CLIP text config and tokenizer (default openai/clip-vit-base-patch16); laion-clap, "
-                   "ms-clap: the text tower's config and tokenizer (default roberta-base / bert-base-uncased / "
-                   "gpt2). Weights come from SOURCE.")
-@click.option("--force", is_flag=True, help="Replace --out if it exists.")
-@click.option("--json", "as_json", is_flag=True, help="Print the import report as JSON.")
-def import_cmd(fmt: str, source: str, out: str, lm: str | None, text_encoder: str | None, force: bool,
-               as_json: bool) -> None:
-    """Import a published checkpoint (Pengi, PANNs, LAION-CLAP, Microsoft CLAP/CLAPCap).
-
-    Every key of SOURCE is mapped or knowingly ignored (see docs/checkpoints.md).
-    """
-    from pengi_kit.convert import import_checkpoint
-
-    report = import_checkpoint(fmt, source, out, force=force, lm=lm, text_encoder=text_encoder)
-    if as_json:
-        click.echo(json.dumps(report, indent=2, default=str))
-        return
-    click.echo(f"imported {source} ({report.get('variant') or fmt}): {report['mapped']} keys mapped -> {out}")
-    for reason, keys in report["ignored"].items():
-        click.echo(f"  ignored {len(keys)} ({reason})")
-    if report.get("usage"):
-        click.echo(report["usage"], nl=False)
 
 
 if __name__ == "__main__":

@@ -38,11 +38,13 @@ class PengiModel(nn.Module):
 
     def __init__(self, audio_encoder: nn.Module, audio_mapper: nn.Module, text_mapper: nn.Module | None,
                  lm: nn.Module, text_encoder: nn.Module | None = None, projection_dim: int = 1024,
-                 normalize: bool = True, prompt_length: int = 40, target_length: int = 77) -> None:
+                 normalize: bool = True, prompt_length: int = 40, target_length: int = 77,
+                 projection_dropout: float = 0.5) -> None:
         super().__init__()
         self.audio_encoder, self.text_encoder, self.lm = audio_encoder, text_encoder, lm
-        self.audio_projection = Projection(audio_encoder.embed_dim, projection_dim)
-        self.text_projection = Projection(text_encoder.embed_dim, projection_dim) if text_encoder else None
+        self.audio_projection = Projection(audio_encoder.embed_dim, projection_dim, projection_dropout)
+        self.text_projection = (Projection(text_encoder.embed_dim, projection_dim, projection_dropout)
+                                if text_encoder else None)
         self.audio_mapper, self.text_mapper = audio_mapper, text_mapper
         self.normalize, self.prompt_length, self.target_length = normalize, prompt_length, target_length
         if text_mapper is None and text_encoder is not None:
@@ -81,21 +83,41 @@ class PengiModel(nn.Module):
         """Projected audio embedding (B, d_proj), normalised if the recipe says so."""
         return self._maybe_normalize(self.audio_projection(self.audio_encoder(audio)))
 
-    def embed_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def embed_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                   normalize: bool | None = None) -> torch.Tensor:
+        """Projected text embedding (B, d_proj), normalised if the recipe says so (or ``normalize``)."""
         if self.text_encoder is None:
             raise ValueError("this model has no text encoder (its prompts go through the LM's embeddings)")
-        return self._maybe_normalize(self.text_projection(self.text_encoder(input_ids, attention_mask)))
+        embedding = self.text_projection(self.text_encoder(input_ids, attention_mask))
+        normalize = self.normalize if normalize is None else normalize
+        return F.normalize(embedding, dim=-1) if normalize else embedding
 
-    def prefix(self, audio: torch.Tensor, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> torch.Tensor:
-        """(B, T) audio and tokenised prompts -> the LM prefix (B, 2k, D_lm)."""
-        audio_prefix = self.audio_mapper(self.embed_audio(audio))
+    def audio_prefix(self, audio: torch.Tensor) -> torch.Tensor:
+        """(B, T) audio -> the audio half of the prefix (B, k, D_lm)."""
+        return self.audio_mapper(self.embed_audio(audio))
+
+    def text_prefix(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                    compat: str = "none") -> torch.Tensor | None:
+        """Tokenised prompts -> the prompt half of the prefix (B, k, D_lm); None without a prompt branch.
+
+        ``compat="pengi"``: the reference wrapper's inference, which does not L2-normalise
+        the prompt embedding (training does, as the default here)."""
         if self.text_mapper is None:
-            return audio_prefix
-        if self.text_encoder is not None:
-            text_prefix = self.text_mapper(self.embed_text(prompt_ids, prompt_mask))
-        else:
-            text_prefix = self.text_mapper(self.lm.embed(prompt_ids), prompt_mask)
-        return torch.cat([audio_prefix, text_prefix], dim=1)
+            return None
+        if self.text_encoder is None:
+            return self.text_mapper(self.lm.embed(prompt_ids), prompt_mask)
+        normalize = False if compat == "pengi" else None
+        return self.text_mapper(self.embed_text(prompt_ids, prompt_mask, normalize=normalize))
+
+    def prefix(self, audio: torch.Tensor, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+               compat: str = "none") -> torch.Tensor:
+        """(B, T) audio and tokenised prompts -> the LM prefix (B, 2k, D_lm).
+
+        ``compat="pengi"`` computes it as the reference wrapper does at inference (see
+        :meth:`text_prefix`); training always uses the default."""
+        audio_prefix = self.audio_prefix(audio)
+        text_prefix = self.text_prefix(prompt_ids, prompt_mask, compat)
+        return audio_prefix if text_prefix is None else torch.cat([audio_prefix, text_prefix], dim=1)
 
     # -------------------------------------------------------------- training
     def forward(self, audio: torch.Tensor, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
@@ -153,7 +175,7 @@ def build_model(recipe: dict[str, Any], registry: Any | None = None) -> PengiMod
     else:
         text_mapper = build("text_mapper", in_dim=d_lm, out_dim=d_lm, sequence=True)
     model = PengiModel(audio_encoder, audio_mapper, text_mapper, lm, text_encoder, d_proj,
-                       cfg["normalize"], cfg["prompt_length"], cfg["target_length"])
+                       cfg["normalize"], cfg["prompt_length"], cfg["target_length"], cfg["projection_dropout"])
     model.set_trainable({slot: cfg[slot]["trainable"] for slot in COMPONENT_SLOTS if slot in cfg})
     model.recipe = recipe
     return model

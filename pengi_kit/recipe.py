@@ -55,6 +55,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
     "model": {
         "projection_dim": Field(int, 1024, "Width of the shared audio/text projection space (d_proj)."),
         "normalize": Field(bool, True, "L2-normalise projected embeddings before the mappers."),
+        "projection_dropout": Field(float, 0.5, "Dropout inside the audio and text projections (Pengi: 0.5)."),
         "prompt_length": Field(int, 40, "Prompt tokens given to the text encoder (or the sequence mapper)."),
         "target_length": Field(int, 77, "Maximum target tokens, end-of-text included."),
     },
@@ -109,6 +110,9 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "top_p": Field(float, 1.0, "Sampling: nucleus probability mass."),
         "no_repeat_ngram_size": Field(int, 0, "Forbid repeating n-grams of this size; 0 disables."),
         "stop": Field(list, [], "Strings that end generation (the stop string is cut)."),
+        "compat": Field(str, "none", "'pengi': decode token for token as the reference Pengi wrapper (stop on "
+                        "' <|endoftext|>''s first token, its beam ranking, prompt embedding not normalised).",
+                        ("none", "pengi")),
     },
 }
 SECTIONS = [s for s in SCHEMA if s] + ["model"]

@@ -52,12 +52,34 @@ def hf_model(model_cls: Any, source: str, what: str, **kwargs: Any) -> Any:
     return hf_load(model_cls.from_pretrained, source, what, **kwargs)
 
 
+def word_tokenizer(words: list[str]):
+    """A closed-vocabulary tokenizer: one token per word (and per '?' or ':'), plus end-of-text."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate([EOS, "[UNK]", "?", ":", *sorted(set(words))])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
+                                                 pre_tokenizers.Punctuation("isolated")])
+    tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    tok.add_special_tokens([EOS])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=EOS, bos_token=EOS,
+                                   unk_token="[UNK]")
+
+
 def load_tokenizer(source: str):
-    """A tokenizer from ``"byte"``, a hub id or a local directory / tokenizer.json file."""
+    """A tokenizer from ``"byte"``, a ``"module:function"`` that returns one, a hub id,
+    or a local directory / tokenizer.json file."""
+    import importlib
+    import re
+
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     if source == BYTE_TOKENIZER:
         return byte_tokenizer()
+    if re.fullmatch(r"[\w.]+:[\w.]+", source):
+        module, _, attr = source.partition(":")
+        return getattr(importlib.import_module(module), attr)()
     if source.endswith(".json") and Path(source).is_file():
         return PreTrainedTokenizerFast(tokenizer_file=source)
     return hf_load(AutoTokenizer.from_pretrained, source, "tokenizer")

@@ -92,3 +92,18 @@ class SyntheticCorpus:
             audio[start:start + n] += _event(kind, n, sr, rng)
         return Clip(np.clip(audio, -1, 1).astype(np.float32), primary, count, secondary,
                     absent[rng.integers(len(absent))])
+
+
+def words() -> list[str]:
+    """Every word a prompt or target of the corpus uses."""
+    texts = ["generate audio caption", "this is a sound of", "question is there a how many are",
+             "followed by yes no", *NUMBERS, *KINDS, *PLURAL.values()]
+    return sorted({w for t in texts for w in t.split()})
+
+
+def tokenizer():
+    """The demo's word-level tokenizer (recipes: ``tokenizer = "pengi_kit.data.synthetic:tokenizer"``):
+    short targets keep one-word answers from being drowned by long captions in the loss."""
+    from pengi_kit.components._hf import word_tokenizer
+
+    return word_tokenizer(words())

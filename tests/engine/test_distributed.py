@@ -1,0 +1,94 @@
+"""Many processes and faults: DDP equivalence, gradient accumulation, SIGKILL and resume."""
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+from safetensors.torch import load_file
+
+from pengi_kit.engine import checkpoint as ckpt
+from pengi_kit.recipe import dumps
+
+from conftest import tiny_raw_recipe
+
+
+def _deterministic(raw):
+    """No batch-dependent behaviour: frozen (eval-mode) audio encoder, no dropout anywhere,
+    so that splitting a batch across processes or micro-batches changes nothing."""
+    raw["model"]["audio_encoder"]["trainable"] = False
+    raw["model"]["projection_dropout"] = 0.0
+    raw["model"]["lm"]["dropout"] = 0.0
+    return raw
+
+
+def _run(args, **kwargs):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "pengi_kit", *args], env=env, capture_output=True, text=True,
+                          **kwargs)
+
+
+def _weights(run_dir):
+    return load_file(str(ckpt.resolve(run_dir) / "model.safetensors"))
+
+
+def test_two_processes_equal_one_process_with_double_batch(tmp_path):
+    raw = _deterministic(tiny_raw_recipe(tmp_path / "unused", max_steps=3))
+    (tmp_path / "r.toml").write_text(dumps(raw))
+    one = _run(["train", str(tmp_path / "r.toml"), "-s", "train.batch_size=8", "-s", f"train.output_dir='{tmp_path / 'one'}'"])
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = _run(["train", str(tmp_path / "r.toml"), "--nproc-per-node", "2", "--device", "cpu",
+                "-s", "train.batch_size=4", "-s", f"train.output_dir='{tmp_path / 'two'}'"], timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    assert a.keys() == b.keys()
+    for key in a:
+        # float sums in another order: equal to 1e-5, stated tolerance for two processes
+        torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4, msg=key)
+    losses = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in losses if "loss" in r] == [1, 2, 3]
+
+
+def test_sigkill_then_resume_gives_the_uninterrupted_losses(tmp_path):
+    raw = tiny_raw_recipe(tmp_path / "unused", max_steps=10, save_every=1)
+    (tmp_path / "r.toml").write_text(dumps(raw))
+    full = _run(["train", str(tmp_path / "r.toml"), "-s", f"train.output_dir='{tmp_path / 'full'}'"])
+    assert full.returncode == 0, full.stderr[-2000:]
+    run = tmp_path / "killed"
+    kill_at = random.Random().randint(2, 8)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "pengi_kit", "train", str(tmp_path / "r.toml"),
+                             "-s", f"train.output_dir='{run}'"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        log = run / "metrics.jsonl"
+        steps = [json.loads(l).get("step", 0) for l in log.read_text().splitlines()] if log.exists() else []
+        if steps and max(steps) >= kill_at:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    resumed = _run(["train", str(tmp_path / "r.toml"), "--resume", "-s", f"train.output_dir='{run}'"])
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed from" in resumed.stderr
+
+    def losses(path):  # the last value logged for each step (steps after the last checkpoint rerun)
+        rows = [json.loads(l) for l in (path / "metrics.jsonl").read_text().splitlines()]
+        return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+    assert losses(run) == losses(tmp_path / "full")  # bitwise, one process
+
+
+def test_corrupted_newest_checkpoint_resumes_from_the_previous(tmp_path):
+    raw = tiny_raw_recipe(tmp_path / "run", max_steps=4, save_every=2, keep_last=5)
+    (tmp_path / "r.toml").write_text(dumps(raw))
+    assert _run(["train", str(tmp_path / "r.toml")]).returncode == 0
+    newest = ckpt.checkpoints(tmp_path / "run")[-1]
+    (newest / "training_state.pt").write_bytes(b"truncated")
+    more = _run(["train", str(tmp_path / "r.toml"), "--resume", "-s", "train.max_steps=6"])
+    assert more.returncode == 0, more.stderr[-2000:]
+    assert "step-00000002" in more.stderr and "damaged" in more.stderr
