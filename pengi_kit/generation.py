@@ -1,10 +1,29 @@
 """Decoding from an LM prefix over a KV cache: beam search, greedy and sampling.
 
 All rows of a batch share the prefix length (2k), so batches need no left padding:
-the prefix runs once, then one token per step goes through the cached LM.
+the prefix runs once per clip (not once per beam), then one token per row and step
+goes through the cached LM. The search itself is tensor code over the whole batch:
+no per-step Python loop over clips or candidates, and no copy of the tokens to the
+host until the end, unless ``stop`` strings need the text. Clips that are finished
+leave the batch, so the remaining ones run on fewer rows.
+
+Two modes (``compat``):
+
+- ``"none"`` (default): stops on the LM's real end-of-text; beam search keeps the
+  ``beam_size`` best finished hypotheses, ranked by summed log-probability /
+  length ** ``length_penalty``, and ends a clip once no running beam can beat them.
+- ``"pengi"``: the decoding of Microsoft's reference ``PengiWrapper._generate_beam``,
+  token for token: the stop id is the first token of ``' <|endoftext|>'`` (GPT-2:
+  220, a bare space), probabilities are ``softmax(logits / temperature).log()``,
+  beams are ranked by summed log-probability / length after the first step, a stopped
+  beam stays in the beam with its score and is extended by token 0 at no cost, and
+  the clip ends when every beam has stopped or after ``max_new_tokens`` (the
+  reference's ``entry_length``, 67 unless given). The reference decodes one clip at
+  a time; batching here gives the same tokens.
 """
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -12,14 +31,22 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+COMPAT_MODES = ("none", "pengi")
+PENGI_STOP_TOKEN = " <|endoftext|>"  # the reference encodes this and stops on its first id
+PENGI_MAX_NEW_TOKENS = 67  # the reference's entry_length
+DEFAULT_MAX_NEW_TOKENS = 30
+
 
 @dataclass
 class Decoding:
-    """Decoding settings; the recipe's ``[generate]`` table holds the defaults."""
+    """Decoding settings; the recipe's ``[generate]`` table holds the defaults.
+
+    ``max_new_tokens=None`` means 30, or 67 with ``compat="pengi"``.
+    """
 
     method: str = "beam"
     beam_size: int = 5
-    max_new_tokens: int = 30
+    max_new_tokens: int | None = None
     min_new_tokens: int = 0
     length_penalty: float = 1.0
     temperature: float = 1.0
@@ -28,6 +55,40 @@ class Decoding:
     no_repeat_ngram_size: int = 0
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
+    compat: str = "none"
+
+    def __post_init__(self) -> None:
+        if self.compat is None:
+            self.compat = "none"
+        if self.method not in ("beam", "greedy", "sample"):
+            raise ValueError(f"decoding method {self.method!r}: use 'beam', 'greedy' or 'sample'")
+        if self.compat not in COMPAT_MODES:
+            raise ValueError(f"compat={self.compat!r}: use 'none' or 'pengi' (the reference wrapper's decoding)")
+        if isinstance(self.stop, str):
+            self.stop = [self.stop]
+        self.stop = list(self.stop)
+        checks = [
+            (self.beam_size >= 1, f"beam_size must be >= 1, got {self.beam_size}"),
+            (self.max_new_tokens is None or self.max_new_tokens >= 1,
+             f"max_new_tokens must be >= 1, got {self.max_new_tokens}"),
+            (self.min_new_tokens >= 0, f"min_new_tokens must be >= 0, got {self.min_new_tokens}"),
+            (self.top_k >= 0, f"top_k must be >= 0 (0 keeps all), got {self.top_k}"),
+            (0.0 < self.top_p <= 1.0, f"top_p must be in (0, 1], got {self.top_p}"),
+            (self.no_repeat_ngram_size >= 0, f"no_repeat_ngram_size must be >= 0, got {self.no_repeat_ngram_size}"),
+            (self.temperature > 0 or self.compat == "pengi",
+             f"temperature must be > 0, got {self.temperature} (use method='greedy' for argmax decoding)"),
+            (all(isinstance(s, str) and s for s in self.stop), f"stop must be non-empty strings, got {self.stop!r}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        if self.compat == "pengi" and self.method == "beam":
+            extra = [name for name, default in (("length_penalty", 1.0), ("min_new_tokens", 0),
+                                                ("no_repeat_ngram_size", 0), ("stop", []))
+                     if getattr(self, name) != default]
+            if extra:
+                raise ValueError(f"compat='pengi' beam search is the reference's, which has no {', '.join(extra)}; "
+                                 "leave them at their defaults or use compat='none'")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "Decoding":
@@ -35,32 +96,21 @@ class Decoding:
         unknown = sorted(set(values) - names)
         if unknown:
             raise TypeError(f"unknown decoding option(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
-        cfg = cls(**values)
-        if cfg.method not in ("beam", "greedy", "sample"):
-            raise ValueError(f"decoding method {cfg.method!r}: use 'beam', 'greedy' or 'sample'")
-        return cfg
+        return cls(**values)
+
+    @property
+    def max_tokens(self) -> int:
+        if self.max_new_tokens is not None:
+            return self.max_new_tokens
+        return PENGI_MAX_NEW_TOKENS if self.compat == "pengi" else DEFAULT_MAX_NEW_TOKENS
 
 
-def _constrain(logp: torch.Tensor, tokens: torch.Tensor, step: int, cfg: Decoding, eos: int) -> torch.Tensor:
-    """Forbid end-of-text before ``min_new_tokens`` and repeated n-grams."""
-    if step < cfg.min_new_tokens:
-        logp[:, eos] = -math.inf
-    n = cfg.no_repeat_ngram_size
-    if n and tokens.shape[1] >= n:
-        rows = tokens.tolist()
-        for r, row in enumerate(rows):
-            tail = tuple(row[len(row) - n + 1:]) if n > 1 else ()
-            banned = [row[i + n - 1] for i in range(len(row) - n + 1) if tuple(row[i:i + n - 1]) == tail]
-            if banned:
-                logp[r, banned] = -math.inf
-    return logp
-
-
-def _stopped(tokens: list[int], cfg: Decoding, tokenizer: Any) -> bool:
-    if not cfg.stop:
-        return False
-    text = tokenizer.decode(tokens)
-    return any(s in text for s in cfg.stop)
+def stop_token_id(lm: Any, cfg: Decoding) -> int:
+    """The id that ends a row: end-of-text, or with ``compat="pengi"`` the reference's
+    first id of ``' <|endoftext|>'`` (GPT-2: 220, a bare space)."""
+    if cfg.compat == "pengi":
+        return int(lm.tokenizer.encode(PENGI_STOP_TOKEN)[0])
+    return int(lm.eos_token_id)
 
 
 def cut_at_stop(text: str, stop: list[str]) -> str:
@@ -71,38 +121,64 @@ def cut_at_stop(text: str, stop: list[str]) -> str:
 
 @torch.no_grad()
 def generate(lm: Any, prefix: torch.Tensor, cfg: Decoding) -> list[list[int]]:
-    """Token ids (without end-of-text) for each row of ``prefix`` (B, P, D)."""
+    """Token ids (without the stop id) for each row of ``prefix`` (B, P, D)."""
+    if prefix.shape[0] == 0:
+        return []
+    if cfg.method == "beam" and cfg.compat == "pengi":
+        return _beam_search_pengi(lm, prefix, cfg)
     if cfg.method == "beam" and cfg.beam_size > 1:
         return _beam_search(lm, prefix, cfg)
     return _greedy_or_sample(lm, prefix, cfg)
 
 
-def _greedy_or_sample(lm: Any, prefix: torch.Tensor, cfg: Decoding) -> list[list[int]]:
-    b, device, eos = prefix.shape[0], prefix.device, lm.eos_token_id
-    generator = None
-    if cfg.method == "sample":
-        generator = torch.Generator(device=device)
-        generator.manual_seed(cfg.seed if cfg.seed is not None else torch.seed())
-    mask = torch.ones(b, prefix.shape[1], dtype=torch.long, device=device)
-    logits, past = lm(prefix, mask, use_cache=True)
-    tokens = torch.empty(b, 0, dtype=torch.long, device=device)
-    done = torch.zeros(b, dtype=torch.bool, device=device)
-    for step in range(cfg.max_new_tokens):
-        logp = _constrain(F.log_softmax(logits[:, -1].float() / cfg.temperature, -1), tokens, step, cfg, eos)
-        if cfg.method == "sample":
-            nxt = torch.multinomial(_filter(logp, cfg).softmax(-1), 1, generator=generator).squeeze(1)
-        else:
-            nxt = logp.argmax(-1)
-        nxt = nxt.masked_fill(done, eos)
-        tokens = torch.cat([tokens, nxt[:, None]], dim=1)
-        done |= nxt == eos
-        if cfg.stop:
-            done |= torch.tensor([_stopped(r, cfg, lm.tokenizer) for r in tokens.tolist()], device=device)
-        if bool(done.all()):
-            break
-        mask = torch.cat([mask, mask.new_ones(b, 1)], dim=1)
-        logits, past = lm(lm.embed(nxt[:, None]), mask, past)
-    return [_until_eos(row, eos) for row in tokens.tolist()]
+# ---------------------------------------------------------------------- helpers
+
+class _Runner:
+    """Calls the LM on new embeddings with a growing all-ones mask, keeping the cache.
+
+    Only the last position's logits are computed where the LM allows it (the prefix
+    would otherwise compute a vocabulary-wide row per prefix token).
+    """
+
+    def __init__(self, lm: Any, rows: int, total: int, device: torch.device) -> None:
+        self.lm = lm
+        self.mask = torch.ones(rows, total, dtype=torch.long, device=device)
+        self.length = 0
+        self.past: Any = None
+        try:
+            params = inspect.signature(lm.forward).parameters
+        except (TypeError, ValueError):
+            params = {}
+        self.last_only = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+
+    def __call__(self, embeds: torch.Tensor) -> torch.Tensor:
+        rows = embeds.shape[0]
+        self.length += embeds.shape[1]
+        logits, self.past = self.lm(embeds, self.mask[:rows, : self.length], self.past, use_cache=True,
+                                    **self.last_only)
+        return logits[:, -1]
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep (and reorder, or repeat) cache rows."""
+        self.past = self.lm.reorder_cache(self.past, rows)
+
+
+def _ban(logp: torch.Tensor, tokens: torch.Tensor, step: int, cfg: Decoding, stop: int) -> torch.Tensor:
+    """Forbid the stop id before ``min_new_tokens`` and repeated n-grams, in place.
+
+    ``tokens`` (R, step) are each row's tokens so far. The n-gram ban is tensor code:
+    every window whose first n-1 tokens equal the row's last n-1 bans its last token.
+    """
+    if step < cfg.min_new_tokens:
+        logp[:, stop] = -math.inf
+    n = cfg.no_repeat_ngram_size
+    if n and step >= n:
+        windows = tokens.unfold(1, n, 1)  # (R, step - n + 1, n)
+        tail = tokens[:, step - n + 1:]
+        match = (windows[:, :, :-1] == tail[:, None, :]).all(-1)
+        penalty = torch.zeros(match.shape, dtype=logp.dtype, device=logp.device).masked_fill_(match, -math.inf)
+        logp.scatter_add_(1, windows[:, :, -1], penalty)
+    return logp
 
 
 def _filter(logp: torch.Tensor, cfg: Decoding) -> torch.Tensor:
@@ -112,74 +188,199 @@ def _filter(logp: torch.Tensor, cfg: Decoding) -> torch.Tensor:
         logp = logp.masked_fill(logp < kth, -math.inf)
     if cfg.top_p < 1.0:
         sorted_logp, order = logp.sort(-1, descending=True)
-        cumulative = sorted_logp.softmax(-1).cumsum(-1)
-        drop = cumulative - sorted_logp.softmax(-1) > cfg.top_p  # keep the token that crosses top_p
+        probs = sorted_logp.softmax(-1)
+        drop = probs.cumsum(-1) - probs > cfg.top_p  # keep the token that crosses top_p
         logp = logp.scatter(-1, order, sorted_logp.masked_fill(drop, -math.inf))
     return logp
 
 
-def _until_eos(row: list[int], eos: int) -> list[int]:
-    return row[: row.index(eos)] if eos in row else row
+def _hits_stop_string(lm: Any, rows: list[list[int]], cfg: Decoding) -> list[bool]:
+    decode = lm.tokenizer.decode
+    return [any(s in decode(row) for s in cfg.stop) for row in rows]
 
+
+def _until(row: list[int], stop: int) -> list[int]:
+    return row[: row.index(stop)] if stop in row else row
+
+
+# ---------------------------------------------------------------------- greedy / sampling
+
+def _greedy_or_sample(lm: Any, prefix: torch.Tensor, cfg: Decoding) -> list[list[int]]:
+    b, p, device = prefix.shape[0], prefix.shape[1], prefix.device
+    stop, steps = stop_token_id(lm, cfg), cfg.max_tokens
+    generator = None
+    if cfg.method == "sample":
+        generator = torch.Generator(device=device)
+        generator.manual_seed(cfg.seed if cfg.seed is not None else int(torch.seed()))
+    run = _Runner(lm, b, p + steps, device)
+    logits = run(prefix)
+    tokens = torch.full((b, steps), stop, dtype=torch.long, device=device)
+    out = torch.full((b, steps), stop, dtype=torch.long, device=device)
+    alive = torch.arange(b, device=device)  # original row of each batch row
+    for step in range(steps):
+        if cfg.method == "sample":
+            logp = _ban(F.log_softmax(logits.float() / cfg.temperature, -1), tokens[:, :step], step, cfg, stop)
+            nxt = torch.multinomial(_filter(logp, cfg).softmax(-1), 1, generator=generator).squeeze(1)
+        elif cfg.min_new_tokens or cfg.no_repeat_ngram_size:
+            nxt = _ban(logits.float().clone(), tokens[:, :step], step, cfg, stop).argmax(-1)
+        else:
+            nxt = logits.argmax(-1)
+        tokens[:, step] = nxt
+        ended = nxt == stop
+        if cfg.stop:
+            ended |= torch.tensor(_hits_stop_string(lm, tokens[:, : step + 1].tolist(), cfg), device=device)
+        if step == steps - 1:
+            break
+        n_ended = int(ended.sum())  # the one host sync per step
+        if n_ended:
+            out[alive[ended]] = tokens[ended]
+            if n_ended == len(alive):
+                alive, tokens = alive[:0], tokens[:0]
+                break
+            keep = (~ended).nonzero().squeeze(1)
+            alive, tokens, nxt = alive[keep], tokens[keep], nxt[keep]
+            run.select(keep)
+        logits = run(lm.embed(nxt[:, None]))
+    out[alive] = tokens
+    return [_until(row, stop) for row in out.tolist()]
+
+
+# ---------------------------------------------------------------------- beam search
 
 def _beam_search(lm: Any, prefix: torch.Tensor, cfg: Decoding) -> list[list[int]]:
-    b, k, device, eos = prefix.shape[0], cfg.beam_size, prefix.device, lm.eos_token_id
-    x = prefix.repeat_interleave(k, dim=0)
-    mask = torch.ones(b * k, x.shape[1], dtype=torch.long, device=device)
-    logits, past = lm(x, mask, use_cache=True)
+    """Beam search that keeps the k best finished hypotheses per clip (see the module doc).
+
+    At each step the 2k best candidates of a clip are ranked; an ending one (stop id, or
+    a ``stop`` string completed) among the first k becomes a finished hypothesis, and
+    the first k that do not end become the next beams.
+    """
+    b, p, device = prefix.shape[0], prefix.shape[1], prefix.device
+    k, steps, stop, lp = cfg.beam_size, cfg.max_tokens, stop_token_id(lm, cfg), cfg.length_penalty
+    run = _Runner(lm, b * k, p + steps, device)
+    logits = run(prefix)
+    run.select(torch.arange(b, device=device).repeat_interleave(k))  # one prefix pass per clip
+    logits = logits.repeat_interleave(k, dim=0)
     scores = torch.zeros(b, k, device=device)
     scores[:, 1:] = -math.inf  # all beams start equal: expand only the first
-    tokens = torch.empty(b * k, 0, dtype=torch.long, device=device)
-    finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(b)]
-    done = [False] * b
-
-    def normalised(score: float, length: int) -> float:
-        return score / (length ** cfg.length_penalty)
-
-    for step in range(cfg.max_new_tokens):
-        logp = F.log_softmax(logits[:, -1].float() / cfg.temperature, -1)
-        logp = _constrain(logp, tokens, step, cfg, eos)
+    tokens = torch.full((b * k, steps), stop, dtype=torch.long, device=device)
+    fin_scores = torch.full((b, k), -math.inf, device=device)
+    fin_tokens = torch.full((b, k, steps), stop, dtype=torch.long, device=device)
+    out = torch.full((b, steps), stop, dtype=torch.long, device=device)
+    alive = torch.arange(b, device=device)
+    ranks = torch.arange(2 * k, device=device)
+    for step in range(steps):
+        n = len(alive)
+        logp = _ban(F.log_softmax(logits.float() / cfg.temperature, -1), tokens[:, :step], step, cfg, stop)
         vocab = logp.shape[-1]
-        cand = (scores.view(-1, 1) + logp).view(b, k * vocab)
-        top_scores, top_idx = cand.topk(2 * k, dim=1)
-        rows = tokens.tolist()
-        next_scores = torch.full((b, k), -math.inf, device=device)
-        next_source = torch.zeros(b, k, dtype=torch.long, device=device)
-        next_token = torch.full((b, k), eos, dtype=torch.long, device=device)
-        for i in range(b):
-            if done[i]:
-                continue
-            slot = 0
-            for rank, (score, idx) in enumerate(zip(top_scores[i].tolist(), top_idx[i].tolist())):
-                source, token = i * k + idx // vocab, idx % vocab
-                if score == -math.inf:
-                    break
-                if token == eos or _stopped(rows[source] + [token], cfg, lm.tokenizer):
-                    if rank < k:  # only candidates that would have been kept as beams
-                        hyp = rows[source] + ([] if token == eos else [token])
-                        finished[i].append((normalised(score, step + 1), hyp))
-                    continue
-                next_scores[i, slot], next_source[i, slot], next_token[i, slot] = score, source, token
-                slot += 1
-                if slot == k:
-                    break
-            if len(finished[i]) >= k:
-                finished[i] = sorted(finished[i], key=lambda h: -h[0])[:k]
-                best_running = normalised(next_scores[i, 0].item(), step + 1)
-                done[i] = finished[i][-1][0] >= best_running
-        if all(done):
+        cand = (scores.view(-1, 1) + logp).view(n, k * vocab)
+        top_scores, top_idx = cand.topk(min(2 * k, k * vocab), dim=1)
+        width = top_scores.shape[1]
+        row = top_idx // vocab + torch.arange(n, device=device)[:, None] * k  # (n, 2k) source rows
+        token = top_idx % vocab
+        finite = top_scores > -math.inf
+        ends = token == stop
+        if cfg.stop:
+            rows = tokens[:, :step].tolist()
+            cands = [rows[r] + [t] for r, t in zip(row.view(-1).tolist(), token.view(-1).tolist())]
+            ends |= torch.tensor(_hits_stop_string(lm, cands, cfg), device=device).view(n, width)
+        # finished hypotheses: ending candidates among the first k, merged into the k best
+        finishing = (ends & finite & (ranks[:width] < k))[:, :k]
+        hyp = tokens[row[:, :k].reshape(-1)].view(n, k, steps)
+        hyp[:, :, step] = token[:, :k]  # a stop string's last token stays; the stop id is cut later
+        new = torch.where(finishing, top_scores[:, :k] / ((step + 1) ** lp), -math.inf)
+        fin_scores, order = torch.cat([fin_scores, new], 1).topk(k, dim=1)
+        fin_tokens = torch.cat([fin_tokens, hyp], 1).gather(1, order[:, :, None].expand(-1, -1, steps))
+        # next beams: the first k candidates that do not end, in rank order
+        keep = finite & ~ends
+        pick = torch.where(keep, ranks[:width], ranks[:width] + width).argsort(dim=1)[:, :k]
+        picked = keep.gather(1, pick)
+        scores = torch.where(picked, top_scores.gather(1, pick), -math.inf)
+        next_row = row.gather(1, pick)
+        next_token = torch.where(picked, token.gather(1, pick), stop)
+        worst = fin_scores[:, -1]
+        done = (worst > -math.inf) & (worst >= scores[:, 0] / ((step + 1) ** lp))
+        last = step == steps - 1
+        if last:  # running beams compete with the finished ones at full length
+            tokens = tokens[next_row.view(-1)]
+            tokens[:, step] = next_token.view(-1)
+            running = torch.where(done[:, None], -math.inf, scores / (steps ** lp))
+            fin_scores = torch.cat([fin_scores, running], 1)
+            fin_tokens = torch.cat([fin_tokens, tokens.view(n, k, steps)], 1)
+        n_done = n if last else int(done.sum())  # the one host sync per step
+        if n_done:
+            finished = done if not last else torch.ones_like(done)
+            best = fin_scores[finished].argmax(1)
+            out[alive[finished]] = fin_tokens[finished][torch.arange(n_done, device=device), best]
+            if n_done == n:
+                break
+            keep_clips = (~done).nonzero().squeeze(1)
+            alive, scores, fin_scores, fin_tokens = (alive[keep_clips], scores[keep_clips],
+                                                     fin_scores[keep_clips], fin_tokens[keep_clips])
+            next_row, next_token = next_row[keep_clips], next_token[keep_clips]
+        flat = next_row.view(-1)
+        tokens = tokens[flat]
+        tokens[:, step] = next_token.view(-1)
+        run.select(flat)
+        logits = run(lm.embed(next_token.view(-1, 1)))
+    return [_until(r, stop) for r in out.tolist()]
+
+
+def _beam_search_pengi(lm: Any, prefix: torch.Tensor, cfg: Decoding) -> list[list[int]]:
+    """The reference wrapper's beam search, batched over clips (see the module doc)."""
+    b, p, device = prefix.shape[0], prefix.shape[1], prefix.device
+    k, steps, stop = cfg.beam_size, cfg.max_tokens, stop_token_id(lm, cfg)
+    temperature = cfg.temperature if cfg.temperature > 0 else 1.0
+    run = _Runner(lm, b * k, p + steps, device)
+    logp = (run(prefix) / temperature).softmax(-1).log()
+    vocab = logp.shape[-1]
+    scores, first = logp.topk(k, -1)  # (b, k): the first step ranks by log-probability alone
+    run.select(torch.arange(b, device=device).repeat_interleave(k))
+    lengths = torch.ones(b, k, device=device)
+    stopped = first == stop
+    tokens = torch.zeros(b * k, steps, dtype=torch.long, device=device)  # a stopped beam gets 0s
+    tokens[:, 0] = first.view(-1)
+    out_tokens = torch.zeros(b, steps, dtype=torch.long, device=device)
+    out_lengths = torch.zeros(b, dtype=torch.long, device=device)
+    alive = torch.arange(b, device=device)
+    nxt = first
+
+    def finish(clips: torch.Tensor) -> None:
+        best = (scores[clips] / lengths[clips]).argsort(dim=1, descending=True)[:, 0]
+        out_tokens[alive[clips]] = tokens.view(len(alive), k, steps)[clips, best]
+        out_lengths[alive[clips]] = lengths[clips, best].long()
+
+    for step in range(1, steps + 1):
+        done = stopped.all(1)
+        if step == steps:
+            finish(torch.arange(len(alive), device=device))
             break
-        scores = next_scores
-        flat_source = next_source.view(-1)
-        past = lm.reorder_cache(past, flat_source)
-        tokens = torch.cat([tokens[flat_source], next_token.view(-1, 1)], dim=1)
-        mask = torch.cat([mask, mask.new_ones(b * k, 1)], dim=1)
-        logits, past = lm(lm.embed(next_token.view(-1, 1)), mask, past)
-    else:
-        rows = tokens.tolist()
-        for i in range(b):
-            if not done[i]:
-                for j in range(k):
-                    if scores[i, j] > -math.inf:
-                        finished[i].append((normalised(scores[i, j].item(), tokens.shape[1]), rows[i * k + j]))
-    return [max(hyps, key=lambda h: h[0])[1] if hyps else [] for hyps in finished]
+        n_done = int(done.sum())  # the one host sync per step
+        if n_done:
+            finish(done.nonzero().squeeze(1))
+            if n_done == len(alive):
+                break
+            keep = (~done).nonzero().squeeze(1)
+            rows = (keep[:, None] * k + torch.arange(k, device=device)).view(-1)
+            alive, scores, lengths, stopped, nxt = alive[keep], scores[keep], lengths[keep], stopped[keep], nxt[keep]
+            tokens = tokens[rows]
+            run.select(rows)
+        n = len(alive)
+        logp = (run(lm.embed(nxt.reshape(-1, 1))) / temperature).softmax(-1).log().view(n, k, vocab)
+        logp.masked_fill_(stopped[:, :, None], -math.inf)
+        logp[:, :, 0].masked_fill_(stopped, 0.0)  # a stopped beam goes on with token 0 at no cost
+        summed = scores[:, :, None] + logp
+        lengths = lengths + (~stopped).float()
+        average, idx = (summed / lengths[:, :, None]).view(n, -1).topk(k, -1)
+        source, nxt = idx // vocab, idx % vocab
+        lengths = lengths.gather(1, source)
+        scores = average * lengths
+        stopped = stopped.gather(1, source) | (nxt == stop)
+        rows = (source + torch.arange(n, device=device)[:, None] * k).view(-1)
+        tokens = tokens[rows]
+        tokens[:, step] = nxt.view(-1)
+        run.select(rows)
+    result = []
+    for row, length in zip(out_tokens.tolist(), out_lengths.tolist()):
+        row = row[:length]  # the reference's text is tokens[:length], its stop id included
+        result.append(row[:-1] if row and row[-1] == stop else row)
+    return result

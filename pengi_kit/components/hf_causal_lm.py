@@ -33,10 +33,12 @@ class HFCausalLM(nn.Module):
 
     def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
                 past_key_values: Any = None, position_ids: torch.Tensor | None = None,
-                use_cache: bool = False) -> tuple[torch.Tensor, Any]:
+                use_cache: bool = False, logits_to_keep: int = 0) -> tuple[torch.Tensor, Any]:
+        """``logits_to_keep=n`` computes logits for the last n positions only (0: all), as
+        decoding needs just the last one after a long prefix."""
         out = self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                          past_key_values=past_key_values, position_ids=position_ids,
-                         use_cache=use_cache or past_key_values is not None)
+                         use_cache=use_cache or past_key_values is not None, logits_to_keep=logits_to_keep)
         return out.logits, out.past_key_values
 
     def reorder_cache(self, past_key_values: Any, beam_idx: torch.Tensor) -> Any:
