@@ -66,6 +66,7 @@ def read_manifest(
     *,
     task: str | None = None,
     templates: Mapping[str, str] | None = None,
+    require_text: bool = True,
 ) -> tuple[list[Example], list[str]]:
     """Read a ``.jsonl``/``.ndjson`` or ``.csv``/``.tsv`` manifest.
 
@@ -76,6 +77,9 @@ def read_manifest(
     A dataset chooses its prompts with ``task`` (the task of rows that name neither a
     prompt nor a task) and ``templates`` (``{task: template}``, replacing the built-in
     template of a task or adding a new task, e.g. ``{"caption": "describe the sound"}``).
+
+    ``require_text=False`` reads inference manifests, whose rows need no target: a row
+    without ``text`` gets ``""``.
     """
     if on_error not in ("fail", "skip"):
         raise ValueError(f"on_error must be 'fail' or 'skip', got {on_error!r}")
@@ -101,7 +105,7 @@ def read_manifest(
         try:
             if isinstance(row, _Bad):
                 raise row
-            examples.append(_example(row, line, path, from_csv, task, templates or {}))
+            examples.append(_example(row, line, path, from_csv, task, templates or {}, require_text))
         except _Bad as bad:
             message = f"{path}:{line}: {bad}"
             if on_error == "fail":
@@ -234,7 +238,8 @@ def _seconds(row: dict[str, Any], key: str, from_csv: bool) -> float | None:
 
 
 def _example(row: dict[str, Any], line: int, source: Path, from_csv: bool,
-             default_task: str | None = None, templates: Mapping[str, str] = {}) -> Example:
+             default_task: str | None = None, templates: Mapping[str, str] = {},
+             require_text: bool = True) -> Example:
     audio = _string(row, "audio", "give the clip's path as a string")
     if audio is None:
         raise _Bad(
@@ -242,6 +247,8 @@ def _example(row: dict[str, Any], line: int, source: Path, from_csv: bool,
             f"{_suggest('audio', row)}add the clip's path, relative to the manifest's folder",
         )
     text = _string(row, "text", "give the target text as a string; for several targets write several rows")
+    if text is None and not require_text:
+        text = ""
     if text is None:
         raise _Bad("missing or empty 'text'", f"{_suggest('text', row)}add the target text")
     prompt = _string(row, "prompt", "give the prompt as a string")
