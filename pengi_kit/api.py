@@ -1,28 +1,107 @@
 """The Python API: load a checkpoint and generate, describe or embed.
 
 >>> import pengi_kit
->>> pengi = pengi_kit.load("runs/demo")                       # doctest: +SKIP
->>> pengi.generate(["clip.wav"], "generate audio caption")    # doctest: +SKIP
+>>> pengi = pengi_kit.load("runs/demo")                                      # doctest: +SKIP
+>>> pengi.generate(["clip.wav"], "generate audio caption")                   # doctest: +SKIP
 ['two high tones followed by a noise burst']
+>>> pengi.generate("clip.wav", ["generate metadata", "this is a sound of"])  # doctest: +SKIP
+['...', '...']
 """
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence, Union
+from typing import Any, Callable, Iterable, Iterator, Sequence, Union
 
 import numpy as np
 import torch
 
-from pengi_kit.generation import Decoding, cut_at_stop, generate
+from pengi_kit.generation import Decoding, cut_at_stop, generate as decode
 from pengi_kit.model import PengiModel, build_model
 
-AudioLike = Union[str, Path, np.ndarray, torch.Tensor, tuple]
 
-DESCRIBE_PROMPTS = {  # the reference wrapper's describe()
+@dataclass(frozen=True)
+class Clip:
+    """A segment of an audio file, in seconds: ``Clip("long.wav", start=10, end=17)``."""
+
+    path: str | Path
+    start: float | None = None
+    end: float | None = None
+
+
+AudioLike = Union[str, Path, Clip, np.ndarray, torch.Tensor, tuple]
+OnError = Union[str, Callable[[Any, Exception], None]]
+
+DESCRIBE_PROMPTS = {  # the reference wrapper's describe(), in its order
     "caption": "generate audio caption",
     "metadata": "generate metadata",
     "sound_events": "this is a sound of",
 }
+_TEXT_PREFIX_CACHE = 4096  # prompt prefixes kept across batches (a run's prompts are usually few)
+
+
+DEFAULT_PROMPT = "generate audio caption"
+# What libsndfile (soundfile) decodes; folders are searched for these.
+AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".aif", ".aiff", ".aifc", ".au",
+                    ".snd", ".caf", ".w64", ".rf64")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One (clip, prompt) request from :func:`collect_inputs`; ``name`` labels it in outputs."""
+
+    audio: Clip
+    prompt: str
+    name: str
+
+    @property
+    def segment(self) -> dict[str, float]:
+        return {k: v for k, v in (("start", self.audio.start), ("end", self.audio.end)) if v is not None}
+
+
+def collect_inputs(inputs: Iterable[str | Path], prompts: Sequence[str] = (DEFAULT_PROMPT,)
+                   ) -> tuple[list[Job], list[str]]:
+    """Expand files, folders (searched recursively for :data:`AUDIO_EXTENSIONS`) and
+    manifests (``.jsonl``/``.csv`` rows with ``audio`` and a ``prompt`` or ``task``,
+    optional ``start``/``end``; see :mod:`pengi_kit.data.manifest`) into jobs.
+
+    Files and folder contents get every one of ``prompts``; manifest rows bring their
+    own prompt, and rows without one get every one of ``prompts``, whose ``{fields}``
+    are filled from the row. Returns the jobs and one message per problem (a missing
+    input, a bad manifest line); nothing is opened but manifests.
+    """
+    from pengi_kit.data.manifest import MANIFEST_SUFFIXES, read_manifest
+    from pengi_kit.errors import PengiKitError
+
+    prompts = list(prompts) or [DEFAULT_PROMPT]
+    jobs: list[Job] = []
+    problems: list[str] = []
+    for given in inputs:
+        path = Path(given)
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
+            if not files:
+                problems.append(f"{given}: folder holds no audio files ({', '.join(AUDIO_EXTENSIONS)})")
+            jobs += [Job(Clip(str(f)), prompt, str(f)) for f in files for prompt in prompts]
+        elif path.suffix.lower() in MANIFEST_SUFFIXES and path.is_file():
+            for i, prompt in enumerate(prompts):
+                try:  # rows without a prompt or task get the pseudo-task "--prompt"
+                    rows, bad = read_manifest(path, on_error="skip", task="--prompt",
+                                              templates={"--prompt": prompt}, require_text=False)
+                except PengiKitError as exc:
+                    problems.append(str(exc))
+                    break
+                if i == 0:
+                    problems += bad
+                rows = rows if i == 0 else [r for r in rows if r.task == "--prompt"]
+                jobs += [Job(Clip(str(r.audio), r.start, r.end), r.prompt, str(r.audio)) for r in rows]
+        elif path.is_file():
+            jobs += [Job(Clip(str(given)), prompt, str(given)) for prompt in prompts]
+        else:
+            problems.append(f"{given}: no such file or folder (check the path)")
+    return jobs, problems
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> PengiModel:
@@ -36,113 +115,321 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> PengiMod
     # sources inside the checkpoint (an importer's lm/, text_encoder/) are relative to it
     model = build_model(from_dict(resolve_relative(ckpt.read_recipe(path), path)))
     ckpt.load_weights(model, path, meta.get("referenced", []))
-    return model.to(device).eval()
+    return model.to(_device(device)).eval()
+
+
+def _device(device: str | torch.device | None) -> torch.device:
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        from pengi_kit.errors import PengiKitError
+
+        raise PengiKitError(f"device {device} requested but torch sees no CUDA GPU (use --device cpu)")
+    return device
 
 
 class Pengi:
-    """A loaded model with the everyday calls. Use :func:`load` to make one."""
+    """A loaded model with the everyday calls. Use :func:`load` to make one.
 
-    def __init__(self, model: PengiModel) -> None:
+    Audio items may be file paths, :class:`Clip` segments, or 1-D (or channels x time)
+    numpy arrays / torch tensors with a sample rate (``sample_rate=`` for all, or
+    ``(array, rate)`` pairs). Clips are loaded in background threads while the model
+    runs; each clip is encoded once however many prompts it is asked.
+    """
+
+    def __init__(self, model: PengiModel, num_workers: int | None = None) -> None:
         self.model = model
         recipe = model.recipe or {}
         self.defaults = dict(recipe.get("generate", {}))
         self.crop = recipe.get("data", {}).get("eval_crop", "start")
+        self.num_workers = num_workers if num_workers is not None else min(4, os.cpu_count() or 1)
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
     # ------------------------------------------------------------------ inputs
-    def _waveform(self, item: AudioLike, sample_rate: int | None) -> np.ndarray:
+    def _waveform(self, item: AudioLike, sample_rate: int | None) -> torch.Tensor:
+        """One clip as a 1-D float32 tensor at the encoder's rate and clip length."""
         from pengi_kit.data.audio import fit_length, load_audio
 
         target = self.model.sample_rate
-        if isinstance(item, (str, Path)):
-            wav = load_audio(item, target)
-        else:
-            if isinstance(item, tuple):
-                item, sample_rate = item
-            wav = item.detach().cpu().numpy() if isinstance(item, torch.Tensor) else np.asarray(item)
-            wav = wav.astype(np.float32)
-            if wav.ndim == 2:
-                wav = wav.mean(axis=0 if wav.shape[0] < wav.shape[1] else 1)
-            if sample_rate is None:
-                raise ValueError("audio given as an array needs its sample rate: pass sample_rate= or (array, rate)")
-            if sample_rate != target:
-                import soxr
+        need = int(round(self.model.clip_seconds * target)) if self.model.clip_seconds else None
+        if isinstance(item, (str, Path, Clip)):
+            clip = item if isinstance(item, Clip) else Clip(item)
+            wav = load_audio(clip.path, target, start=clip.start, end=clip.end,
+                             clip_seconds=self.model.clip_seconds, crop=self.crop)
+            return torch.from_numpy(wav)
+        if isinstance(item, tuple):
+            if len(item) != 2:
+                raise ValueError("audio given as a tuple must be (array, sample_rate)")
+            item, sample_rate = item
+        if sample_rate is None:
+            raise ValueError("audio given as an array needs its sample rate: pass sample_rate= or (array, rate)")
+        wav = (item if isinstance(item, torch.Tensor) else torch.from_numpy(np.asarray(item))).float()
+        if wav.ndim == 2:  # channels x time (or time x channels): mixed to mono
+            wav = wav.mean(dim=0 if wav.shape[0] < wav.shape[1] else 1)
+        if wav.ndim != 1 or wav.numel() == 0:
+            raise ValueError(f"audio array must be 1-D (or 2-D with channels), got shape {tuple(item.shape)}")
+        if int(sample_rate) != target:
+            import soxr
 
-                wav = soxr.resample(wav, sample_rate, target).astype(np.float32)
-        if self.model.clip_seconds:
-            wav = fit_length(wav, int(round(self.model.clip_seconds * target)), self.crop)
+            wav = torch.from_numpy(soxr.resample(wav.cpu().numpy(), int(sample_rate), target).astype(np.float32))
+        if need is not None and wav.device.type == "cpu":
+            return torch.from_numpy(fit_length(wav.numpy(), need, self.crop))
+        if need is not None:  # on the GPU already: repeat-pad or crop there
+            if len(wav) < need:
+                wav = wav.repeat(-(-need // len(wav)))
+            offset = 0 if self.crop == "start" or len(wav) <= need else (len(wav) - need) // 2
+            wav = wav[offset: offset + need]
         return wav
 
+    def _stack(self, waves: Sequence[torch.Tensor]) -> torch.Tensor:
+        width = max(len(w) for w in waves)
+        device = self.device
+        if all(w.device.type == "cpu" for w in waves):
+            out = torch.zeros(len(waves), width, dtype=torch.float32, pin_memory=device.type == "cuda")
+            for i, w in enumerate(waves):
+                out[i, : len(w)] = w
+            return out.to(device, non_blocking=True)
+        return torch.stack([torch.nn.functional.pad(w.to(device), (0, width - len(w))) for w in waves])
+
     def _batch(self, items: Sequence[AudioLike], sample_rate: int | None) -> torch.Tensor:
-        waves = [self._waveform(it, sample_rate) for it in items]
-        out = np.zeros((len(waves), max(len(w) for w in waves)), dtype=np.float32)
-        for i, w in enumerate(waves):
-            out[i, : len(w)] = w
-        return torch.from_numpy(out).to(self.device)
+        return self._stack([self._waveform(it, sample_rate) for it in items])
 
     @staticmethod
-    def _as_list(audio: AudioLike | Sequence[AudioLike]) -> list[AudioLike]:
-        if isinstance(audio, (str, Path, np.ndarray, torch.Tensor, tuple)):
-            return [audio]
-        return list(audio)
+    def _is_single(audio: Any) -> bool:
+        return isinstance(audio, (str, Path, Clip, np.ndarray, torch.Tensor, tuple))
 
-    # ------------------------------------------------------------------ calls
-    @torch.no_grad()
-    def generate(self, audio: AudioLike | Sequence[AudioLike], prompts: str | Sequence[str],
-                 *, sample_rate: int | None = None, batch_size: int = 32, progress: bool = False,
-                 **decoding: Any) -> list[str]:
-        """One text per (clip, prompt) pair: a single prompt applies to every clip.
+    @classmethod
+    def _as_list(cls, audio: AudioLike | Sequence[AudioLike]) -> list[AudioLike]:
+        return [audio] if cls._is_single(audio) else list(audio)
+
+    @staticmethod
+    def _key(item: AudioLike, sample_rate: int | None) -> Any:
+        """Equal keys mean the same clip (encoded once)."""
+        if isinstance(item, (str, Path)):
+            return ("file", str(item), None, None)
+        if isinstance(item, Clip):
+            return ("file", str(item.path), item.start, item.end)
+        if isinstance(item, tuple):
+            return ("array", id(item[0]), item[1])
+        return ("array", id(item), sample_rate)
+
+    # ------------------------------------------------------------------ generation
+    def decoding(self, **overrides: Any) -> Decoding:
+        """The decoding settings a call would use: the recipe's [generate] table, then ``overrides``."""
+        return Decoding.from_dict({**self.defaults, **overrides})
+
+    def generate(self, audio: AudioLike | Sequence[AudioLike],
+                 prompts: str | Sequence[str] | Sequence[Sequence[str]], *, sample_rate: int | None = None,
+                 batch_size: int = 32, progress: bool = False, on_error: OnError = "raise",
+                 **decoding: Any) -> list[Any]:
+        """Text for each (clip, prompt) pair.
+
+        - ``prompts`` a string: that prompt for every clip; one text per clip.
+        - a list with one prompt per clip: one text per clip.
+        - a list with one *list* of prompts per clip: a list of texts per clip.
+        - one clip (not in a list) and a list of prompts: one text per prompt.
 
         ``decoding`` overrides the recipe's [generate] table: ``method``, ``beam_size``,
-        ``max_new_tokens``, ``temperature``, ``top_k``, ``top_p``, ``seed`` ...
+        ``max_new_tokens``, ``min_new_tokens``, ``length_penalty``, ``temperature``,
+        ``top_k``, ``top_p``, ``no_repeat_ngram_size``, ``stop``, ``seed``, ``compat``
+        (see :class:`pengi_kit.generation.Decoding`). ``batch_size`` is the number of
+        (clip, prompt) rows decoded together (each holds ``beam_size`` beams).
+        ``on_error``: ``"raise"`` (default), ``"skip"`` (a bad clip gives ``None``), or a
+        function ``(item, error)`` called for each bad clip, which is then skipped.
+        """
+        single = self._is_single(audio)
+        clips = self._as_list(audio)
+        if isinstance(prompts, str):
+            per_clip: list[list[str]] = [[prompts] for _ in clips]
+            nested = False
+        elif single:
+            per_clip, nested = [list(prompts)], True
+        else:
+            prompts = list(prompts)
+            if len(prompts) != len(clips):
+                raise ValueError(f"{len(clips)} clips but {len(prompts)} prompts: give one prompt, "
+                                 "one per clip, or a list of prompts per clip")
+            nested = any(not isinstance(p, str) for p in prompts)
+            per_clip = [[p] if isinstance(p, str) else list(p) for p in prompts]
+        pairs = [(i, p) for i, ps in enumerate(per_clip) for p in ps]
+        texts = [text for _, text in self.generate_pairs(clips, pairs, sample_rate=sample_rate,
+                                                          batch_size=batch_size, progress=progress,
+                                                          on_error=on_error, **decoding)]
+        if not nested:
+            return texts
+        out, at = [], 0
+        for ps in per_clip:
+            out.append(texts[at: at + len(ps)])
+            at += len(ps)
+        return out[0] if single else out
+
+    def generate_pairs(self, clips: Sequence[AudioLike], pairs: Sequence[tuple[int, str]], *,
+                       sample_rate: int | None = None, batch_size: int = 32, progress: bool = False,
+                       on_error: OnError = "raise", **decoding: Any) -> Iterator[tuple[int, str | None]]:
+        """Yield ``(pair index, text)`` in order for ``pairs`` of (index into ``clips``, prompt).
+
+        Streams: results come batch by batch. Clips that several pairs share (or that
+        appear several times in ``clips``) are loaded and encoded once.
         """
         from tqdm.auto import tqdm
 
-        clips = self._as_list(audio)
-        prompts = [prompts] * len(clips) if isinstance(prompts, str) else list(prompts)
-        if len(prompts) != len(clips):
-            raise ValueError(f"{len(clips)} clips but {len(prompts)} prompts: give one prompt, or one per clip")
-        cfg = Decoding.from_dict({**self.defaults, **decoding})
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        cfg = self.decoding(**decoding)
+        handle = self._error_handler(on_error)
+        unique: dict[Any, int] = {}
+        clip_of = [unique.setdefault(self._key(clips[c], sample_rate), len(unique)) for c, _ in pairs]
+        first_item: dict[int, AudioLike] = {}
+        for (c, _), u in zip(pairs, clip_of):
+            first_item.setdefault(u, clips[c])
+        rows_of: dict[int, list[int]] = {}
+        for row, u in enumerate(clip_of):
+            rows_of.setdefault(u, []).append(row)
+        order = list(range(len(unique)))
+        chunks = [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+        results: dict[int, str | None] = {}
+        prompt_cache: dict[str, torch.Tensor] = {}  # per call: weights may change between calls
+        emitted = 0
+        bar = tqdm(total=len(pairs), disable=not progress, unit="text")
+        with ThreadPoolExecutor(max(1, self.num_workers)) as pool:
+            def submit(chunk: list[int]) -> list[Any]:
+                return [pool.submit(self._waveform, first_item[u], sample_rate) for u in chunk]
+
+            pending = submit(chunks[0]) if chunks else []
+            for n, chunk in enumerate(chunks):
+                loading, pending = pending, (submit(chunks[n + 1]) if n + 1 < len(chunks) else [])
+                good, waves = [], []
+                for u, future in zip(chunk, loading):
+                    try:
+                        waves.append(future.result())
+                        good.append(u)
+                    except Exception as exc:  # noqa: BLE001 - reported or re-raised by the handler
+                        handle(first_item[u], exc)
+                        for row in rows_of[u]:
+                            results[row] = None
+                        bar.update(len(rows_of[u]))
+                if good:
+                    rows = [row for u in good for row in rows_of[u]]
+                    with torch.inference_mode():  # not across the yield below: that is the caller's time
+                        audio_prefix = self.model.audio_prefix(self._stack(waves))
+                        slot = {u: i for i, u in enumerate(good)}
+                        for start in range(0, len(rows), batch_size):
+                            part = rows[start: start + batch_size]
+                            index = torch.tensor([slot[clip_of[r]] for r in part], device=self.device)
+                            prefix = audio_prefix[index]
+                            prompt_prefix = self._prompt_prefix([pairs[r][1] for r in part], cfg.compat, batch_size,
+                                                               prompt_cache)
+                            if prompt_prefix is not None:
+                                prefix = torch.cat([prefix, prompt_prefix], dim=1)
+                            for r, text in zip(part, self._decode(prefix, cfg)):
+                                results[r] = text
+                            bar.update(len(part))
+                while emitted in results:
+                    yield emitted, results.pop(emitted)
+                    emitted += 1
+        bar.close()
+
+    def _error_handler(self, on_error: OnError) -> Callable[[Any, Exception], None]:
+        if callable(on_error):
+            return on_error
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise', 'skip' or a function, got {on_error!r}")
+
+        def handle(item: Any, exc: Exception) -> None:
+            if on_error == "raise":
+                raise exc
+
+        return handle
+
+    def _prompt_prefix(self, prompts: list[str], compat: str, batch_size: int,
+                       cache: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """Prompt prefixes (B, k, D), each distinct prompt computed once and kept in ``cache``."""
+        if self.model.text_mapper is None:
+            return None
+        missing = list(dict.fromkeys(p for p in prompts if p not in cache))
+        if len(cache) + len(missing) > _TEXT_PREFIX_CACHE:
+            cache.clear()
+            missing = list(dict.fromkeys(prompts))
+        for start in range(0, len(missing), batch_size):
+            part = missing[start: start + batch_size]
+            tokens = self.model.tokenize_prompts(part)
+            prefix = self.model.text_prefix(tokens["input_ids"].to(self.device),
+                                            tokens["attention_mask"].to(self.device), compat)
+            cache.update(zip(part, prefix))
+        return torch.stack([cache[p] for p in prompts])
+
+    def _decode(self, prefix: torch.Tensor, cfg: Decoding) -> list[str]:
         tok = self.model.lm.tokenizer
-        texts: list[str] = []
-        starts = range(0, len(clips), batch_size)
-        for start in tqdm(starts, disable=not progress, unit="batch"):
-            chunk = slice(start, start + batch_size)
-            tokens = self.model.tokenize_prompts(prompts[chunk])
-            prefix = self.model.prefix(self._batch(clips[chunk], sample_rate),
-                                       tokens["input_ids"].to(self.device), tokens["attention_mask"].to(self.device))
-            for ids in generate(self.model.lm, prefix, cfg):
-                texts.append(cut_at_stop(tok.decode(ids, skip_special_tokens=True), cfg.stop).strip())
-        return texts
+        texts = tok.batch_decode(decode(self.model.lm, prefix, cfg), skip_special_tokens=True)
+        return [cut_at_stop(t, cfg.stop).strip() for t in texts]
 
-    def describe(self, audio: AudioLike | Sequence[AudioLike], **kwargs: Any) -> list[dict[str, str]]:
-        """Caption, metadata and sound events for each clip, as the reference ``describe`` does."""
+    def describe(self, audio: AudioLike | Sequence[AudioLike], **kwargs: Any) -> Any:
+        """Caption, metadata and sound events, asked with the reference ``describe`` prompts.
+
+        Returns a dict per clip (a list of them for a list of clips) with ``caption``,
+        ``metadata``, ``sound_events`` and ``summary``, the reference's one-string
+        description ``"<caption> <metadata> this audio contains sound events: <events>."``.
+        Each clip is encoded once for the three prompts. ``kwargs`` as for
+        :meth:`generate`; with ``on_error="skip"`` a bad clip gives ``None``.
+        """
         clips = self._as_list(audio)
-        out: list[dict[str, str]] = [{} for _ in clips]
-        for key, prompt in DESCRIBE_PROMPTS.items():
-            for row, text in zip(out, self.generate(clips, prompt, **kwargs)):
-                row[key] = text
-        return out
+        out = [row for _, row in self.iter_describe(clips, **kwargs)]
+        return out[0] if self._is_single(audio) else out
 
-    @torch.no_grad()
+    def iter_describe(self, clips: Sequence[AudioLike], **kwargs: Any) -> Iterator[tuple[int, dict[str, str] | None]]:
+        """Yield ``(clip index, description or None)`` in order, batch by batch (see :meth:`describe`)."""
+        prompts = list(DESCRIBE_PROMPTS.values())
+        pairs = [(i, p) for i in range(len(clips)) for p in prompts]
+        row: list[str | None] = []
+        for index, text in self.generate_pairs(clips, pairs, **kwargs):
+            row.append(text)
+            if len(row) < len(prompts):
+                continue
+            item = None
+            if all(t is not None for t in row):
+                item = dict(zip(DESCRIBE_PROMPTS, row))
+                item["summary"] = (f"{item['caption']} {item['metadata']} "
+                                   f"this audio contains sound events: {item['sound_events']}.")
+            yield index // len(prompts), item
+            row = []
+
+    # ------------------------------------------------------------------ embeddings
     def embed_audio(self, audio: AudioLike | Sequence[AudioLike], *, sample_rate: int | None = None,
-                    batch_size: int = 32) -> torch.Tensor:
+                    batch_size: int = 32, progress: bool = False) -> torch.Tensor:
         """Projected (and, per the recipe, L2-normalised) audio embeddings (N, d_proj)."""
+        from tqdm.auto import tqdm
+
         clips = self._as_list(audio)
-        return torch.cat([self.model.embed_audio(self._batch(clips[i:i + batch_size], sample_rate))
-                          for i in range(0, len(clips), batch_size)])
+        out = []
+        with ThreadPoolExecutor(max(1, self.num_workers)) as pool, torch.inference_mode():
+            for i in tqdm(range(0, len(clips), batch_size), disable=not progress, unit="batch"):
+                waves = list(pool.map(lambda c: self._waveform(c, sample_rate), clips[i:i + batch_size]))
+                out.append(self.model.embed_audio(self._stack(waves)))
+        return torch.cat(out) if out else torch.empty(0, self.model.audio_projection.linear2.out_features)
 
-    @torch.no_grad()
-    def embed_text(self, texts: str | Iterable[str]) -> torch.Tensor:
-        """Projected text embeddings (N, d_proj); needs a model with a text encoder."""
+    def embed_text(self, texts: str | Iterable[str], *, batch_size: int = 256,
+                   progress: bool = False) -> torch.Tensor:
+        """Projected (and, per the recipe, L2-normalised) text embeddings (N, d_proj); needs a text encoder."""
+        from tqdm.auto import tqdm
+
         texts = [texts] if isinstance(texts, str) else list(texts)
-        tokens = self.model.tokenize_prompts(texts)
-        return self.model.embed_text(tokens["input_ids"].to(self.device), tokens["attention_mask"].to(self.device))
+        out = []
+        with torch.inference_mode():
+            for i in tqdm(range(0, len(texts), batch_size), disable=not progress, unit="batch"):
+                tokens = self.model.tokenize_prompts(texts[i:i + batch_size])
+                out.append(self.model.embed_text(tokens["input_ids"].to(self.device),
+                                                 tokens["attention_mask"].to(self.device)))
+        return torch.cat(out)
 
 
-def load(path: str | Path, device: str | torch.device = "cpu") -> Pengi:
-    """Load a checkpoint directory (or a run directory) for inference."""
-    return Pengi(load_model(path, device))
+def load(path: str | Path, device: str | torch.device = "cpu", num_workers: int | None = None) -> Pengi:
+    """Load a checkpoint directory (or a run directory, or an imported folder) for inference.
+
+    ``device``: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` ... or ``"auto"``. ``num_workers``:
+    threads that load and resample audio while the model runs (default: up to 4).
+    """
+    return Pengi(load_model(path, device), num_workers=num_workers)

@@ -135,32 +135,155 @@ def _decoding_options(f: Any) -> Any:
     for opt in reversed([
         click.option("--method", type=click.Choice(["beam", "greedy", "sample"]), help="Decoding method."),
         click.option("--beam-size", type=int), click.option("--max-new-tokens", type=int),
+        click.option("--min-new-tokens", type=int), click.option("--length-penalty", type=float),
         click.option("--temperature", type=float), click.option("--top-k", type=int),
         click.option("--top-p", type=float), click.option("--seed", type=int, help="Seed for sampling."),
+        click.option("--no-repeat-ngram-size", type=int),
+        click.option("--stop", multiple=True, help="A string that ends the text (repeatable)."),
+        click.option("--compat", type=click.Choice(["none", "pengi"]),
+                     help="pengi: decode token for token as the reference Pengi wrapper."),
+    ]):
+        f = opt(f)
+    return f
+
+
+def _inference_options(f: Any) -> Any:
+    for opt in reversed([
+        click.option("--format", "fmt", type=click.Choice(["text", "jsonl", "csv"]), default="text",
+                     show_default=True, help="Output: tab-separated text, JSON lines or CSV."),
+        click.option("--json", "as_json", is_flag=True, help="Same as --format jsonl."),
+        click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+                     help="Write the results to this file instead of standard output."),
+        click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1 ... or auto."),
+        click.option("--batch-size", type=int, default=32, show_default=True, help="Rows decoded together."),
+        click.option("--progress/--no-progress", default=None,
+                     help="Progress bar on standard error (default: when it is a terminal)."),
     ]):
         f = opt(f)
     return f
 
 
 def _given(**options: Any) -> dict[str, Any]:
-    return {k: v for k, v in options.items() if v is not None}
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in options.items() if v not in (None, ())}
+
+
+class _Writer:
+    """Results as text, JSON lines or CSV, one row at a time (flushed, so long runs stream)."""
+
+    def __init__(self, fmt: str, out: Path | None, columns: list[str]) -> None:
+        import csv
+
+        self.fmt, self.columns = fmt, columns
+        self.stream = open(out, "w", encoding="utf-8", newline="") if out else sys.stdout
+        self.csv = csv.DictWriter(self.stream, columns, extrasaction="ignore") if fmt == "csv" else None
+        if self.csv:
+            self.csv.writeheader()
+
+    def write(self, row: dict[str, Any]) -> None:
+        if self.fmt == "jsonl":
+            self.stream.write(json.dumps(row, ensure_ascii=False) + "\n")
+        elif self.csv:
+            self.csv.writerow(row)
+        else:
+            self.stream.write("\t".join(" ".join(str(row.get(c, "")).split()) for c in self.columns) + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.stream is not sys.stdout:
+            self.stream.close()
+
+
+def _run_inference(checkpoint: str, inputs: tuple[str, ...], prompts: list[str], fmt: str, as_json: bool,
+                   out: Path | None, device: str, batch_size: int, progress: bool | None,
+                   decoding: dict[str, Any], describe: bool) -> None:
+    """Shared by generate and describe: expand inputs, report bad ones, stream results."""
+    import pengi_kit
+    from pengi_kit.api import DESCRIBE_PROMPTS, collect_inputs
+
+    fmt = "jsonl" if as_json else fmt
+    jobs, problems = collect_inputs(inputs, prompts)
+    for problem in problems:
+        click.echo(f"skipped: {problem}", err=True)
+    if describe:  # one row per clip
+        jobs = list({(j.audio, j.name): j for j in jobs}.values())
+    if not jobs:
+        raise PengiKitError("nothing to do: no usable input among " + ", ".join(inputs))
+    pengi = pengi_kit.load(checkpoint, device=device)
+    try:
+        pengi.decoding(**decoding)
+    except (TypeError, ValueError) as exc:
+        raise PengiKitError(f"decoding options: {exc}") from None
+    skipped = len(problems)
+
+    def report(item: Any, exc: Exception) -> None:
+        nonlocal skipped
+        skipped += 1
+        name = str(getattr(item, "path", item))
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        named = message.startswith((name, str(Path(name))))
+        click.echo(f"skipped: {message}" if named else f"skipped: {name}: {message}", err=True)
+
+    segments = any(j.segment for j in jobs)
+    extra = ["start", "end"] if segments else []
+    show = progress if progress is not None else sys.stderr.isatty()
+    clips = [j.audio for j in jobs]
+    options = dict(batch_size=batch_size, progress=show, on_error=report, **decoding)
+    if describe:
+        columns = ["audio", *extra, *DESCRIBE_PROMPTS, "summary"]
+        writer = _Writer(fmt, out, columns if fmt != "text" else ["audio", *extra, "summary"])
+        results = ((jobs[i], row) for i, row in pengi.iter_describe(clips, **options))
+    else:
+        one_prompt = len({j.prompt for j in jobs}) == 1
+        columns = ["audio", *extra, "prompt", "text"]
+        writer = _Writer(fmt, out, columns if fmt != "text" or not one_prompt else ["audio", *extra, "text"])
+        pairs = [(i, j.prompt) for i, j in enumerate(jobs)]
+        results = ((jobs[i], None if text is None else {"prompt": jobs[i].prompt, "text": text})
+                   for i, text in pengi.generate_pairs(clips, pairs, **options))
+    written = 0
+    try:
+        for job, row in results:
+            if row is not None:
+                writer.write({"audio": job.name, **job.segment, **row})
+                written += 1
+    finally:
+        writer.close()
+    if not written:
+        raise PengiKitError(f"nothing generated: all {skipped} input(s) were skipped")
+    if skipped:
+        sys.exit(1)
 
 
 @main.command("generate")
 @click.argument("checkpoint")
-@click.argument("audio", nargs=-1, required=True)
-@click.option("--prompt", default="generate audio caption", show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
-@click.option("--device", default="cpu", show_default=True)
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--prompt", "prompts", multiple=True,
+              help="Prompt for files and folders, and for manifest rows without one; repeatable (each clip "
+                   "gets every prompt, encoded once). [default: generate audio caption]")
+@_inference_options
 @_decoding_options
-def generate_cmd(checkpoint: str, audio: tuple[str, ...], prompt: str, as_json: bool, device: str,
-                 **decoding: Any) -> None:
-    """Generate text for audio files given a prompt."""
-    import pengi_kit
+def generate_cmd(checkpoint: str, inputs: tuple[str, ...], prompts: tuple[str, ...], fmt: str, as_json: bool,
+                 out: Path | None, device: str, batch_size: int, progress: bool | None, **decoding: Any) -> None:
+    """Generate text for INPUTS: audio files, folders (searched recursively) and manifests
+    (.jsonl/.csv rows with audio and prompt or task, optional start/end).
 
-    pengi = pengi_kit.load(checkpoint, device=device)
-    for path, text in zip(audio, pengi.generate(list(audio), prompt, **_given(**decoding))):
-        click.echo(json.dumps({"audio": path, "prompt": prompt, "text": text}) if as_json else f"{path}\t{text}")
+    Bad inputs are reported on standard error, one line each, and skipped (exit status 1;
+    2 when nothing could be generated).
+    """
+    _run_inference(checkpoint, inputs, list(prompts), fmt, as_json, out, device, batch_size, progress,
+                   _given(**decoding), describe=False)
+
+
+@main.command("describe")
+@click.argument("checkpoint")
+@click.argument("inputs", nargs=-1, required=True)
+@_inference_options
+@_decoding_options
+def describe_cmd(checkpoint: str, inputs: tuple[str, ...], fmt: str, as_json: bool, out: Path | None, device: str,
+                 batch_size: int, progress: bool | None, **decoding: Any) -> None:
+    """Caption, metadata and sound events of each clip in INPUTS (as the reference
+    describe()); text output prints the summary, jsonl and csv every field."""
+    _run_inference(checkpoint, inputs, [], fmt, as_json, out, device, batch_size, progress,
+                   _given(**decoding), describe=True)
 
 
 @main.command("demo")

@@ -98,7 +98,7 @@ def read_manifest(
         raise ManifestError(f"{path}: cannot read manifest: {exc.strerror} (check the path)") from None
 
     from_csv = suffix in _CSV
-    rows = _csv_rows(path, raw, _CSV[suffix]) if from_csv else _jsonl_rows(raw)
+    rows = _csv_rows(path, raw, _CSV[suffix], require_text) if from_csv else _jsonl_rows(raw)
     examples: list[Example] = []
     errors: list[str] = []
     for line, row in rows:
@@ -147,7 +147,8 @@ def _jsonl_rows(raw: bytes) -> Iterator[tuple[int, dict[str, Any] | _Bad]]:
             yield number, bad
 
 
-def _csv_rows(path: Path, raw: bytes, delimiter: str) -> Iterator[tuple[int, dict[str, Any] | _Bad]]:
+def _csv_rows(path: Path, raw: bytes, delimiter: str,
+              require_text: bool = True) -> Iterator[tuple[int, dict[str, Any] | _Bad]]:
     # surrogateescape keeps undecodable bytes as lone surrogates, found per row below.
     text = raw.removeprefix(b"\xef\xbb\xbf").decode("utf-8", errors="surrogateescape")
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
@@ -160,7 +161,7 @@ def _csv_rows(path: Path, raw: bytes, delimiter: str) -> Iterator[tuple[int, dic
                 continue
             if header is None:
                 header = [c.strip() for c in cells]
-                _check_header(path, first, header)
+                _check_header(path, first, header, require_text)
                 continue
             try:
                 for name, cell in zip(header, cells):
@@ -181,10 +182,12 @@ def _csv_rows(path: Path, raw: bytes, delimiter: str) -> Iterator[tuple[int, dic
         raise ManifestError(f"{path}: empty CSV manifest (add a header row: audio,prompt,text)")
 
 
-def _check_header(path: Path, line: int, header: list[str]) -> None:
+def _check_header(path: Path, line: int, header: list[str], require_text: bool = True) -> None:
     missing = [c for c in ("audio", "text") if c not in header]
     if "prompt" not in header and "task" not in header:
         missing.append("prompt or task")
+    if not require_text:  # inference: rows may lack a target, and take the reader's default task
+        missing = [c for c in missing if c == "audio"]
     if missing:
         raise ManifestError(
             f"{path}:{line}: CSV header lacks column {', '.join(repr(m) for m in missing)} "
