@@ -350,6 +350,10 @@ def _check_consistency(recipe: dict[str, Any]) -> None:
     elif "text_encoder" not in model and model["text_mapper"]["name"] == "mlp":
         raise RecipeError("model.text_mapper: without a text encoder the prompt is a token sequence, which "
                           "the 'mlp' mapper cannot take; use name = \"transformer\"")
+    elif "text_encoder" not in model and model["text_mapper"].get("prefix_length", 0) < model["prompt_length"]:
+        raise RecipeError(f"model.text_mapper.prefix_length {model['text_mapper'].get('prefix_length')} is shorter "
+                          f"than model.prompt_length {model['prompt_length']}: without a text encoder the prompt "
+                          "tokens are the mapper's input; make prefix_length at least prompt_length")
 
 
 DATA_SOURCE_KEYS = {"manifest": str, "weight": float, "task": str, "templates": dict}
