@@ -133,23 +133,29 @@ def generate(lm: Any, prefix: torch.Tensor, cfg: Decoding) -> list[list[int]]:
 
 # ---------------------------------------------------------------------- helpers
 
+def _accepts(fn: Any, name: str) -> bool:
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 class _Runner:
     """Calls the LM on new embeddings with a growing all-ones mask, keeping the cache.
 
-    Only the last position's logits are computed where the LM allows it (the prefix
-    would otherwise compute a vocabulary-wide row per prefix token).
+    Where the LM offers them (optional extras of the causal-LM contract): only the last
+    position's logits are computed (the prefix would otherwise compute a vocabulary-wide
+    row per prefix token), the cache is preallocated (``new_cache``), and beam reorders
+    leave the clip's shared prefix in place (``reorder_cache(..., keep_first=)``).
     """
 
     def __init__(self, lm: Any, rows: int, total: int, device: torch.device) -> None:
         self.lm = lm
         self.mask = torch.ones(rows, total, dtype=torch.long, device=device)
         self.length = 0
-        self.past: Any = None
-        try:
-            params = inspect.signature(lm.forward).parameters
-        except (TypeError, ValueError):
-            params = {}
-        self.last_only = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+        self.past: Any = lm.new_cache(total) if hasattr(lm, "new_cache") else None
+        self.last_only = {"logits_to_keep": 1} if _accepts(lm.forward, "logits_to_keep") else {}
+        self.keep_prefix = _accepts(lm.reorder_cache, "keep_first")
 
     def __call__(self, embeds: torch.Tensor) -> torch.Tensor:
         rows = embeds.shape[0]
@@ -158,9 +164,13 @@ class _Runner:
                                     **self.last_only)
         return logits[:, -1]
 
-    def select(self, rows: torch.Tensor) -> None:
-        """Keep (and reorder, or repeat) cache rows."""
-        self.past = self.lm.reorder_cache(self.past, rows)
+    def select(self, rows: torch.Tensor, keep_first: int = 0) -> None:
+        """Keep (and reorder, or repeat) cache rows. ``keep_first``: the positions before it
+        are equal in each row and its source, e.g. the prefix shared by a clip's beams."""
+        if keep_first and self.keep_prefix:
+            self.past = self.lm.reorder_cache(self.past, rows, keep_first=keep_first)
+        else:
+            self.past = self.lm.reorder_cache(self.past, rows)
 
 
 def _ban(logp: torch.Tensor, tokens: torch.Tensor, step: int, cfg: Decoding, stop: int) -> torch.Tensor:
@@ -320,7 +330,7 @@ def _beam_search(lm: Any, prefix: torch.Tensor, cfg: Decoding) -> list[list[int]
         flat = next_row.view(-1)
         tokens = tokens[flat]
         tokens[:, step] = next_token.view(-1)
-        run.select(flat)
+        run.select(flat, keep_first=0 if n_done else p)  # beams of a clip share its prefix
         logits = run(lm.embed(next_token.view(-1, 1)))
     return [_until(r, stop) for r in out.tolist()]
 
@@ -378,7 +388,7 @@ def _beam_search_pengi(lm: Any, prefix: torch.Tensor, cfg: Decoding) -> list[lis
         rows = (source + torch.arange(n, device=device)[:, None] * k).view(-1)
         tokens = tokens[rows]
         tokens[:, step] = nxt.view(-1)
-        run.select(rows)
+        run.select(rows, keep_first=p)  # beams of a clip share its prefix
     result = []
     for row, length in zip(out_tokens.tolist(), out_lengths.tolist()):
         row = row[:length]  # the reference's text is tokens[:length], its stop id included

@@ -5,6 +5,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers.cache_utils import Cache, DynamicLayer
 
 from pengi_kit.components._hf import BYTE_TOKENIZER, hf_model, load_tokenizer, reject_config_args
 
@@ -41,9 +42,82 @@ class HFCausalLM(nn.Module):
                          use_cache=use_cache or past_key_values is not None, logits_to_keep=logits_to_keep)
         return out.logits, out.past_key_values
 
-    def reorder_cache(self, past_key_values: Any, beam_idx: torch.Tensor) -> Any:
-        past_key_values.reorder_cache(beam_idx)
+    def new_cache(self, max_length: int) -> Any:
+        """An empty KV cache with room for ``max_length`` positions, written in place (no
+        growing by concatenation) and reordered by :meth:`reorder_cache` without moving
+        positions that every reordered row shares."""
+        return Cache(layers=[_BufferLayer(max_length) for _ in range(self.model.config.num_hidden_layers)])
+
+    def reorder_cache(self, past_key_values: Any, beam_idx: torch.Tensor, keep_first: int = 0) -> Any:
+        """Rows ``beam_idx`` of the cache. ``keep_first``: positions before it are equal in
+        each row and its source (the shared prefix of a clip's beams) and stay in place."""
+        layers = getattr(past_key_values, "layers", [])
+        if layers and all(isinstance(layer, _BufferLayer) for layer in layers):
+            for layer in layers:
+                layer.select(beam_idx, keep_first)
+        else:
+            past_key_values.reorder_cache(beam_idx)
         return past_key_values
+
+
+class _BufferLayer(DynamicLayer):
+    """A cache layer preallocated to ``capacity`` positions; ``keys``/``values`` are views of
+    the filled part. Appending writes in place, and beam reordering moves only the
+    positions the beams do not share (a growing cache would copy all of it twice per step:
+    once to reorder, once to append)."""
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__()
+        self.capacity, self.length = capacity, 0
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.dtype, self.device = key_states.dtype, key_states.device
+        rows, heads, _, dim = key_states.shape
+        self._k = key_states.new_empty(rows, heads, self.capacity, dim)
+        self._v = value_states.new_empty(rows, heads, self.capacity, value_states.shape[-1])
+        self.is_initialized = True
+
+    def _views(self) -> None:
+        self.keys, self.values = self._k[:, :, : self.length], self._v[:, :, : self.length]
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any,
+               **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        end = self.length + key_states.shape[-2]
+        if end > self.capacity:
+            raise ValueError(f"KV cache full: {end} positions, room for {self.capacity}")
+        self._k[:, :, self.length: end] = key_states
+        self._v[:, :, self.length: end] = value_states
+        self.length = end
+        self._views()
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def get_max_length(self) -> int:
+        return self.capacity
+
+    def select(self, rows: torch.Tensor, keep_first: int = 0) -> None:
+        if not self.is_initialized or self.length == 0:
+            return
+        rows = rows.to(self._k.device)
+        filled = slice(0, self.length)
+        if keep_first and rows.numel() == self._k.shape[0]:  # same rows; only the tail changes order
+            filled = slice(keep_first, self.length)
+            self._k[:, :, filled] = self._k[rows, :, filled]
+            self._v[:, :, filled] = self._v[rows, :, filled]
+        else:
+            k, v = self._k, self._v
+            self._k = k.new_empty(rows.numel(), *k.shape[1:])
+            self._v = v.new_empty(rows.numel(), *v.shape[1:])
+            self._k[:, :, filled] = k[rows, :, filled]
+            self._v[:, :, filled] = v[rows, :, filled]
+        self._views()
+
+    def reorder_cache(self, beam_idx: torch.Tensor) -> None:
+        self.select(beam_idx)
 
 
 def gpt2(

@@ -139,3 +139,36 @@ def test_bad_settings_are_named():
     Decoding(compat="pengi", temperature=0)  # the reference treats it as 1
     with pytest.raises(ValueError, match="top_p"):
         Decoding(top_p=0)
+
+
+def test_preallocated_cache_equals_the_growing_one(eos_lm):
+    """new_cache + reorder_cache(keep_first=prefix) against transformers' DynamicCache."""
+    from transformers import DynamicCache
+
+    gen = torch.Generator().manual_seed(0)
+    prefix = torch.randn(2, P, D, generator=gen)
+    ones = lambda rows, n: torch.ones(rows, n, dtype=torch.long)  # noqa: E731
+    outs = []
+    for cache in (eos_lm.new_cache(P + 6), DynamicCache()):
+        logits, past = eos_lm(prefix, ones(2, P), cache, use_cache=True)
+        past = eos_lm.reorder_cache(past, torch.tensor([0, 0, 0, 1, 1, 1]))  # 3 beams per clip
+        steps = [logits[:, -1]]
+        for step in range(5):
+            g = torch.Generator().manual_seed(step)
+            clips = 2 if step <= 3 else 1  # at step 3 the first clip leaves the batch
+            order = torch.cat([c * 3 + torch.randint(0, 3, (3,), generator=g) for c in range(clips)])
+            if step == 3:
+                order = torch.tensor([3, 4, 5])
+            rows = len(order)
+            if isinstance(cache, DynamicCache):
+                past = eos_lm.reorder_cache(past, order)
+            else:
+                past = eos_lm.reorder_cache(past, order, keep_first=P if step != 3 else 0)
+            if step == 3:
+                continue
+            token = torch.randint(0, 256, (rows, 1), generator=g)
+            logits, past = eos_lm(eos_lm.embed(token), ones(rows, P + step + 1 - (step > 3)), past)
+            steps.append(logits[:, -1])
+        outs.append(steps)
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b)
