@@ -16,6 +16,7 @@ _API = {
     "load": "pengi_kit.api",
     "load_model": "pengi_kit.api",
     "Pengi": "pengi_kit.api",
+    "Clip": "pengi_kit.api",
     "build_model": "pengi_kit.model",
     "PengiModel": "pengi_kit.model",
     "load_recipe": "pengi_kit.recipe",
