@@ -58,7 +58,7 @@ def test_overrides_parse_toml_values_and_switch_components(tmp_path):
     recipe = from_dict(tiny_raw_recipe(tmp_path), ["model.text_encoder.name=roberta"])
     assert recipe["model"]["text_encoder"]["name"] == "roberta"
     assert "projection_dim" not in recipe["model"]["text_encoder"]  # clip-text's arguments are gone
-    no_text = from_dict(tiny_raw_recipe(tmp_path), ["model.text_encoder.name=none"])
+    no_text = from_dict(tiny_raw_recipe(tmp_path), ["model.text_encoder.name=none", "model.text_mapper.prefix_length=48"])
     assert "text_encoder" not in no_text["model"]
 
 
