@@ -296,12 +296,19 @@ def demo_cmd(recipe: str, overrides: tuple[str, ...], device: str | None) -> Non
 
     import pengi_kit
     from pengi_kit.data.dataset import synthetic_corpus
-    from pengi_kit.demo import evaluate_synthetic, report
+    from pengi_kit.demo import evaluate_synthetic, pretrain_audio_tagger, report
     from pengi_kit.engine.trainer import Trainer
     from pengi_kit.recipe import load_recipe
 
     resolved = load_recipe(recipe, overrides)
     start = time.perf_counter()
+    encoder = resolved["model"]["audio_encoder"]
+    if encoder.get("pretrained"):
+        tagger = Path(encoder["pretrained"]).resolve()  # the checkpoint refers to it from anywhere
+        encoder["pretrained"] = str(tagger)
+        if not tagger.exists():
+            click.echo(f"pretraining the audio encoder as a tagger of the synthetic sounds -> {tagger}")
+            pretrain_audio_tagger(resolved, tagger)
     path = Trainer(resolved, device=device).fit()
     trained = time.perf_counter() - start
     pengi = pengi_kit.load(path, device=device or "cpu")

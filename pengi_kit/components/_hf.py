@@ -53,11 +53,11 @@ def hf_model(model_cls: Any, source: str, what: str, **kwargs: Any) -> Any:
 
 
 def word_tokenizer(words: list[str]):
-    """A closed-vocabulary tokenizer: one token per word (and per '?' or ':'), plus end-of-text."""
+    """A closed-vocabulary tokenizer: one token per word (and per '?', ':' or ','), plus end-of-text."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {w: i for i, w in enumerate([EOS, "[UNK]", "?", ":", *sorted(set(words))])}
+    vocab = {w: i for i, w in enumerate([EOS, "[UNK]", "?", ":", ",", *sorted(set(words))])}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
                                                  pre_tokenizers.Punctuation("isolated")])

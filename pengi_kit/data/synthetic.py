@@ -3,7 +3,8 @@
 Each clip holds one to three events of a primary kind, optionally followed by one event
 of another kind, over faint noise. Every clip comes with a caption, a class label, two
 yes/no questions (one about a kind it holds, one about a kind it lacks: the pair forces
-a model to read the question) and a counting question, so captioning, classification
+a model to read the question; the answers repeat the kind, which teaches the model to
+carry it from the prompt) and a counting question, so captioning, classification
 and question answering prompts are all exercised.
 """
 from __future__ import annotations
@@ -38,8 +39,8 @@ class Clip:
         return [
             ("caption", "generate audio caption", self.caption),
             ("classification", "this is a sound of", self.primary),
-            ("yes/no", f"question: is there a {present}?", "yes"),
-            ("yes/no", f"question: is there a {self.absent}?", "no"),
+            ("yes/no", f"question: is there a {present}?", f"yes, there is a {present}"),
+            ("yes/no", f"question: is there a {self.absent}?", f"no, there is no {self.absent}"),
             ("count", f"question: how many {PLURAL[self.primary]} are there?", NUMBERS[self.count]),
         ]
 
