@@ -94,6 +94,26 @@ def clip_text(
     return HFTextEncoder(model, tok, "projection", int(model.config.projection_dim))
 
 
+def _bidirectional(model_cls: Any, config_cls: Any, component: str, pretrained: str | None, tokenizer: str | None,
+                   sizes: dict[str, int | None], pooling: str, **config: Any) -> HFTextEncoder:
+    """A BERT-style tower: hub weights, or a fresh one from the size arguments."""
+    if pooling not in ("first", "pooler"):
+        raise ValueError(f"{component}: pooling must be 'first' or 'pooler', got {pooling!r}")
+    reject_config_args(pretrained, component, **sizes)
+    with_pooler = pooling == "pooler"
+    if pretrained:
+        model = hf_model(model_cls, pretrained, f"{component} weights", add_pooling_layer=with_pooler)
+        tok = load_tokenizer(tokenizer or pretrained)
+    else:
+        tok = load_tokenizer(tokenizer or BYTE_TOKENIZER)
+        given = {k: v for k, v in sizes.items() if v is not None}
+        if "hidden_size" in given:
+            given.setdefault("intermediate_size", 4 * given["hidden_size"])
+        model = model_cls(config_cls(vocab_size=len(tok), pad_token_id=tok.pad_token_id, **config, **given),
+                          add_pooling_layer=with_pooler)
+    return HFTextEncoder(model, tok, pooling, int(model.config.hidden_size))
+
+
 def roberta(
     pretrained: str | None = "roberta-base",
     tokenizer: str | None = None,
@@ -106,23 +126,9 @@ def roberta(
     the pooler's output (``"pooler"``: tanh(dense(<s>)), what LAION-CLAP uses)."""
     from transformers import RobertaConfig, RobertaModel
 
-    if pooling not in ("first", "pooler"):
-        raise ValueError(f"roberta: pooling must be 'first' or 'pooler', got {pooling!r}")
     sizes = dict(hidden_size=hidden_size, num_hidden_layers=num_layers, num_attention_heads=num_heads)
-    reject_config_args(pretrained, "roberta", **sizes)
-    with_pooler = pooling == "pooler"
-    if pretrained:
-        model = hf_model(RobertaModel, pretrained, "RoBERTa weights", add_pooling_layer=with_pooler)
-        tok = load_tokenizer(tokenizer or pretrained)
-    else:
-        tok = load_tokenizer(tokenizer or BYTE_TOKENIZER)
-        sizes = {k: v for k, v in sizes.items() if v is not None}
-        if "hidden_size" in sizes:
-            sizes.setdefault("intermediate_size", 4 * sizes["hidden_size"])
-        config = RobertaConfig(vocab_size=len(tok), pad_token_id=tok.pad_token_id,
-                               max_position_embeddings=514, **sizes)
-        model = RobertaModel(config, add_pooling_layer=with_pooler)
-    return HFTextEncoder(model, tok, pooling, int(model.config.hidden_size))
+    return _bidirectional(RobertaModel, RobertaConfig, "roberta", pretrained, tokenizer, sizes, pooling,
+                          max_position_embeddings=514)
 
 
 def bert(
@@ -137,22 +143,8 @@ def bert(
     CLAP 2022's choice) or the pooler's output (``"pooler"``)."""
     from transformers import BertConfig, BertModel
 
-    if pooling not in ("first", "pooler"):
-        raise ValueError(f"bert: pooling must be 'first' or 'pooler', got {pooling!r}")
     sizes = dict(hidden_size=hidden_size, num_hidden_layers=num_layers, num_attention_heads=num_heads)
-    reject_config_args(pretrained, "bert", **sizes)
-    with_pooler = pooling == "pooler"
-    if pretrained:
-        model = hf_model(BertModel, pretrained, "BERT weights", add_pooling_layer=with_pooler)
-        tok = load_tokenizer(tokenizer or pretrained)
-    else:
-        tok = load_tokenizer(tokenizer or BYTE_TOKENIZER)
-        sizes = {k: v for k, v in sizes.items() if v is not None}
-        if "hidden_size" in sizes:
-            sizes.setdefault("intermediate_size", 4 * sizes["hidden_size"])
-        config = BertConfig(vocab_size=len(tok), pad_token_id=tok.pad_token_id, **sizes)
-        model = BertModel(config, add_pooling_layer=with_pooler)
-    return HFTextEncoder(model, tok, pooling, int(model.config.hidden_size))
+    return _bidirectional(BertModel, BertConfig, "bert", pretrained, tokenizer, sizes, pooling)
 
 
 def gpt2_text(
