@@ -98,6 +98,12 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "max_nonfinite_steps": Field(int, 20, "Stop (with a checkpoint) after this many non-finite steps in a row."),
         "save_frozen": Field(bool, False, "Also copy frozen pretrained components into checkpoints."),
         "output_dir": Field(str, "", "Where checkpoints and logs go; default runs/<name>."),
+        "compile": Field(bool, False, "Wrap the model with torch.compile (after DDP wrapping)."),
+        "activation_checkpointing": Field(bool, False, "Recompute activations in the backward pass of trainable "
+                                          "components that support it (Hugging Face LM and text encoder)."),
+        "best_metric": Field(str, "valid_loss", "Validation metric whose best value is kept in <output_dir>/best; "
+                             "'' disables."),
+        "best_mode": Field(str, "min", "Whether a lower or a higher best_metric is better.", ("min", "max")),
     },
     "generate": {
         "method": Field(str, "beam", "Decoding method.", ("beam", "greedy", "sample")),

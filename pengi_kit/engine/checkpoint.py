@@ -123,9 +123,12 @@ def save_checkpoint(path: Path, model: torch.nn.Module, recipe: dict[str, Any],
     (tmp / META).write_text(json.dumps(info, indent=2), encoding="utf-8")
     for name in [*files, META]:
         _fsync(tmp / name)
-    if path.exists():
-        shutil.rmtree(path)
+    old = path.parent / f".{path.name}.old-{os.getpid()}"
+    if path.exists():  # move the previous version aside, so the path is never half-written
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(path, old)
     os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
     _fsync(path.parent)
     return path
 

@@ -50,19 +50,23 @@ class Trainer:
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         if not self.params:
             raise TrainingError("every component is frozen: set trainable = true on at least one [model.*] table")
+        train = recipe["train"]
+        if train["activation_checkpointing"]:
+            self._enable_activation_checkpointing()
         self.module: torch.nn.Module = self.model
         if self.dist.enabled:  # frozen parameters have requires_grad=False: DDP leaves them out
             ids = [self.dist.device.index] if self.dist.device.type == "cuda" else None
             # encoders' classifier heads are outside the embedding path: their parameters get no gradient
             self.module = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids,
                                                                     find_unused_parameters=True)
+        if train["compile"]:
+            self.module = torch.compile(self.module)
         seed_everything(recipe["seed"] + self.dist.rank)  # dropout and crops differ per rank
         enc = self.model.audio_encoder
         self.train_data = build_dataset(recipe, "train", enc.sample_rate, enc.clip_seconds)
         self.valid_data = build_dataset(recipe, "valid", enc.sample_rate, enc.clip_seconds)
         if self.train_data is None:
             raise TrainingError("data.train is empty: name a manifest or 'synthetic'")
-        train = recipe["train"]
         self.batch_size = train["batch_size"]
         data = recipe["data"]
         # batches depend on (seed, epoch, rank) only: any num_workers, exact mid-epoch resume
@@ -85,6 +89,9 @@ class Trainer:
         self.step = self.epoch = self.batch_in_epoch = self.skipped_steps = 0
         self.bad_examples: list[str] = []
         self.valid_errors: set[str] = set()
+        self.best_value: float | None = None
+        self._best_missing_reported = False
+        self._tensorboard: Any = None
         for dataset in (self.train_data, self.valid_data):  # bad manifest lines, reported like bad clips
             self._report_bad(list(getattr(dataset, "load_errors", [])))
         if resume:
@@ -115,25 +122,78 @@ class Trainer:
         if rng is not None and state.get("world_size", 1) == self.dist.world_size:
             ckpt.set_rng_state(rng)
         self._log_line(f"resumed from {path} at step {self.step}")
+        best = self.out / "best" / ckpt.META
+        if best.is_file():
+            meta = json.loads(best.read_text(encoding="utf-8"))
+            if meta.get("best_metric") == self.recipe["train"]["best_metric"]:
+                self.best_value = meta.get("best_value")
+
+    def _enable_activation_checkpointing(self) -> None:
+        """Ask each trainable component (or the Hugging Face model it wraps) to recompute activations."""
+        done, model_cfg = [], self.recipe["model"]
+        for slot in ("audio_encoder", "text_encoder", "audio_mapper", "text_mapper", "lm"):
+            component = getattr(self.model, slot, None)
+            if component is None or not model_cfg.get(slot, {}).get("trainable"):
+                continue
+            for target in (component, getattr(component, "model", None)):
+                enable = getattr(target, "gradient_checkpointing_enable", None)
+                if enable is not None and getattr(target, "supports_gradient_checkpointing", True):
+                    enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+                    done.append(slot)
+                    break
+        self._log_line(f"activation checkpointing: {', '.join(done) if done else 'no trainable component supports it'}")
 
     def save(self) -> Path:
         """Write a checkpoint of the current step (rank 0 writes; every rank's RNG goes in)."""
+        path = self._write(self.out / "checkpoints" / f"step-{self.step:08d}", {})
+        if self.dist.is_main:
+            for old in ckpt.checkpoints(self.out)[: -self.recipe["train"]["keep_last"]]:
+                shutil.rmtree(old, ignore_errors=True)
+        barrier(self.dist)
+        return path
+
+    def _write(self, path: Path, meta: dict[str, Any]) -> Path:
+        """Every rank gathers its RNG state; rank 0 writes the checkpoint at ``path``."""
         states = [ckpt.rng_state()]
         if self.dist.enabled:
             gathered: list[Any] = [None] * self.dist.world_size
             torch.distributed.all_gather_object(gathered, states[0])
             states = gathered
-        path = self.out / "checkpoints" / f"step-{self.step:08d}"
         if self.dist.is_main:
             training_state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                               "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
                               "world_size": self.dist.world_size, "skipped_steps": self.skipped_steps}
             ckpt.save_checkpoint(path, self.model, self.recipe, training_state, dict(enumerate(states)),
-                                 meta={"step": self.step, "epoch": self.epoch})
-            for old in ckpt.checkpoints(self.out)[: -self.recipe["train"]["keep_last"]]:
-                shutil.rmtree(old, ignore_errors=True)
-        barrier(self.dist)
+                                 meta={"step": self.step, "epoch": self.epoch, **meta})
         return path
+
+    def _keep_best(self, metrics: dict[str, float]) -> None:
+        """Save ``<output_dir>/best`` when ``train.best_metric`` improved (rank 0 decides for all)."""
+        train = self.recipe["train"]
+        name = train["best_metric"]
+        if not name or not metrics:
+            return
+        value = metrics.get(name)
+        if value is None or not math.isfinite(value):
+            if value is None and not self._best_missing_reported:
+                self._best_missing_reported = True
+                self._log_line(f"train.best_metric {name!r} is not among the validation metrics {sorted(metrics)}; "
+                               "no best checkpoint is kept")
+            return
+        better = self.best_value is None or (value < self.best_value if train["best_mode"] == "min"
+                                             else value > self.best_value)
+        flag = torch.tensor([float(better and self.dist.is_main)], device=self.dist.device)
+        if float(all_reduce_sum(flag, self.dist)) == 0.0:
+            return
+        self.best_value = value
+        self._write(self.out / "best", {"best_metric": name, "best_value": value, "best_mode": train["best_mode"]})
+        barrier(self.dist)
+        self._log_line(f"step {self.step}: best {name} {value:.4f}, saved to {self.out}/best")
+
+    def _validate_and_log(self) -> None:
+        metrics = self.validate()
+        self._log({"step": self.step, **metrics})
+        self._keep_best(metrics)
 
     # ------------------------------------------------------------------ logging
     def _log(self, record: dict[str, Any]) -> None:
@@ -141,6 +201,22 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
+            self._log_tensorboard(record)
+
+    def _log_tensorboard(self, record: dict[str, Any]) -> None:
+        """The numeric fields of a metrics line as TensorBoard scalars, when tensorboard is installed."""
+        if self._tensorboard is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard not installed: metrics.jsonl only
+                self._tensorboard = False
+                return
+            self._tensorboard = SummaryWriter(str(self.out / "tensorboard"))
+        if self._tensorboard is False or "step" not in record:
+            return
+        for key, value in record.items():
+            if key not in ("step", "epoch") and isinstance(value, (int, float)) and not isinstance(value, bool):
+                self._tensorboard.add_scalar(key, value, record["step"])
 
     def _log_line(self, text: str) -> None:
         if self.dist.is_main:
@@ -281,7 +357,7 @@ class Trainer:
                                "lr": self.scheduler.get_last_lr()[0], "samples_per_s": rate})
                     window_start, window_samples = time.perf_counter(), 0
                 if train["eval_every"] and self.step % train["eval_every"] == 0:
-                    self._log({"step": self.step, **self.validate()})
+                    self._validate_and_log()
                 if train["save_every"] and self.step % train["save_every"] == 0:
                     self.save()
                 if self.step >= self.total_steps:
@@ -290,12 +366,14 @@ class Trainer:
                 self._end_epoch(train)
         bar.close()
         if self.batch_in_epoch and not train["eval_every"]:  # max_steps ended mid-epoch
-            self._log({"step": self.step, **self.validate()})
+            self._validate_and_log()
         path = self.out / "checkpoints" / f"step-{self.step:08d}"
         if not path.exists():
             path = self.save()
         if self.bad_examples:
             self._log_line(f"{len(self.bad_examples)} example(s) skipped in this run; see {self.out}/metrics.jsonl")
+        if self._tensorboard:
+            self._tensorboard.close()
         return path
 
     def _batch_status(self, batch: dict[str, Any]) -> tuple[bool, list[str]]:
@@ -330,7 +408,7 @@ class Trainer:
         self._log({"event": "epoch_end", "epoch": self.epoch, "step": self.step,
                    "skipped_examples": len(self.bad_examples)})
         if not train["eval_every"]:
-            self._log({"step": self.step, **self.validate()})
+            self._validate_and_log()
         self.epoch += 1
         self.batch_in_epoch = 0
         if not train["save_every"]:
