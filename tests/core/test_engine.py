@@ -85,3 +85,26 @@ def test_missing_pretrained_weights_is_one_clear_line(tmp_path):
         Trainer(from_dict(raw), progress=False)
     message = str(err.value)
     assert "no-such-model" in message and "local directory" in message and "\n" not in message
+
+
+def test_nonfinite_steps_are_skipped_then_the_run_stops_with_a_checkpoint(tmp_path):
+    from pengi_kit.engine.trainer import TrainingError
+
+    trainer = Trainer(from_dict(tiny_raw_recipe(tmp_path / "run", max_steps=8, max_nonfinite_steps=3)), progress=False)
+    forward = trainer.module.forward
+    calls = []
+
+    def poisoned(**inputs):  # step 2 once, then every step from 4 on, gives a NaN loss
+        calls.append(1)
+        out = forward(**inputs)
+        if len(calls) == 2 or len(calls) >= 4:
+            out["loss_sum"] = out["loss_sum"] * float("nan")
+        return out
+
+    trainer.module.forward = poisoned
+    with pytest.raises(TrainingError, match="3 non-finite steps in a row at step 6"):
+        trainer.fit()
+    assert trainer.skipped_steps == 4
+    assert ckpt.checkpoints(tmp_path / "run")[-1].name == "step-00000006"
+    events = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in events if e.get("event") == "nonfinite"] == [2, 4, 5, 6]
