@@ -124,9 +124,12 @@ def train_cmd(recipe: str, overrides: tuple[str, ...], resume: bool, device: str
         worker += (["--resume"] if resume else []) + (["--device", device] if device else [])
         torchrun(launch + worker)
         return
+    from pengi_kit.engine.distributed import teardown
     from pengi_kit.engine.trainer import Trainer
 
-    path = Trainer(resolved, resume=resume, device=device).fit()
+    trainer = Trainer(resolved, resume=resume, device=device)
+    path = trainer.fit()
+    teardown(trainer.dist)
     if int(os.environ.get("RANK", "0")) == 0:
         click.echo(f"checkpoint: {path}")
 
