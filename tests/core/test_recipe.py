@@ -63,9 +63,21 @@ def test_overrides_parse_toml_values_and_switch_components(tmp_path):
 
 
 def test_shipped_recipes_validate():
-    for name in ["recipes/demo.toml", "recipes/pengi_base.toml", "recipes/pengi_no_text_encoder.toml"]:
-        recipe = load_recipe(name)
-        assert recipe["model"]["lm"]["name"] == "gpt2"
+    from pathlib import Path
+
+    shipped = sorted(Path("recipes").rglob("*.toml"))
+    assert len(shipped) >= 11  # demo, base, no text encoder, eight ablations
+    recipes = {path.stem: load_recipe(path) for path in shipped}
+    assert all(r["model"]["lm"]["name"] == "gpt2" for r in recipes.values())
+    ablation = {stem: r for stem, r in recipes.items() if r["name"].startswith("ablation_")}
+    assert all(r["model"]["projection_dim"] == 1024 for r in ablation.values())  # the rest is pengi_base
+    assert ablation["mlp_mappers"]["model"]["audio_mapper"]["name"] == "mlp"
+    assert ablation["prefix_10"]["model"]["text_mapper"]["prefix_length"] == 10
+    assert ablation["frozen_audio"]["model"]["audio_encoder"]["trainable"] is False
+    assert ablation["gpt2_medium"]["model"]["lm"]["pretrained"] == "gpt2-medium"
+    assert ablation["cnn14_audio"]["model"]["audio_encoder"]["name"] == "cnn14"
+    assert "variant" not in ablation["cnn14_audio"]["model"]["audio_encoder"]  # htsat's arguments are gone
+    assert ablation["roberta_text"]["model"]["text_encoder"]["name"] == "roberta"
     base = load_recipe("recipes/pengi_base.toml")
     assert base["model"]["audio_mapper"]["prefix_length"] == 40 and base["model"]["projection_dim"] == 1024
     assert "text_encoder" not in load_recipe("recipes/pengi_no_text_encoder.toml")["model"]
