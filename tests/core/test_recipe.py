@@ -87,3 +87,13 @@ def test_show_output_round_trips(tmp_path):
     recipe = from_dict(tiny_raw_recipe(tmp_path))
     (tmp_path / "resolved.toml").write_text(dumps(recipe))
     assert load_recipe(tmp_path / "resolved.toml") == recipe
+
+
+def test_every_recipe_key_is_documented():
+    from pathlib import Path
+
+    from pengi_kit.recipe import SCHEMA
+
+    doc = Path("docs/recipes.md").read_text()
+    missing = [f"{section}.{key}" for section, fields in SCHEMA.items() for key in fields if f"`{key}`" not in doc]
+    assert not missing, f"add these to docs/recipes.md: {missing}"
