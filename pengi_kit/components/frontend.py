@@ -36,7 +36,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from pengi_kit.errors import WeightsError
@@ -206,7 +205,8 @@ def _state_dict_from(obj: object, path: Path) -> dict[str, torch.Tensor]:
     return dict(obj)
 
 
-def _short(keys: Iterable[str], n: int = 4) -> str:
+def short(keys: Iterable[str], n: int = 6) -> str:
+    """Sorted keys, the first ``n`` of them, for one-line error messages."""
     keys = sorted(keys)
     return ", ".join(keys[:n]) + (f" (+{len(keys) - n} more)" if len(keys) > n else "")
 
@@ -260,7 +260,7 @@ def load_reference_weights(
     """
     path = Path(path)
     if path.is_dir():
-        _load_strict(model, _read_component_dir(path, component, build_args), path)
+        load_strict(model, _read_component_dir(path, component, build_args), f"{path} ({type(model).__name__})")
         return
     if not path.is_file():
         raise WeightsError(f"{path}: weights file not found; pass the local path of a checkpoint "
@@ -282,23 +282,28 @@ def load_reference_weights(
                 f"{path}: {key} has shape {tuple(kernel.shape)}, but this model's window is {n_fft} "
                 f"(expects {want_kernel}); build the encoder with the checkpoint's window size"
             )
-    _load_strict(model, sd, path)
+    load_strict(model, sd, f"{path} ({type(model).__name__})")
 
 
-def _load_strict(model: nn.Module, sd: Mapping[str, torch.Tensor], path: Path) -> None:
-    own = model.state_dict()
+def load_strict(module: nn.Module, sd: Mapping[str, torch.Tensor], what: str, hint: str = "",
+                error: type[Exception] = WeightsError) -> None:
+    """``module.load_state_dict(sd)`` after checking names and shapes; ``error`` lists what
+    is missing, unexpected or mis-shaped in one line."""
+    own = module.state_dict()
     missing, unexpected = own.keys() - sd.keys(), sd.keys() - own.keys()
-    wrong = {k for k in own.keys() & sd.keys() if own[k].shape != sd[k].shape}
+    wrong = sorted(k for k in own.keys() & sd.keys() if tuple(own[k].shape) != tuple(sd[k].shape))
     if missing or unexpected or wrong:
         parts = []
         if missing:
-            parts.append(f"missing keys: {_short(missing)}")
+            parts.append(f"missing {short(missing)}")
         if unexpected:
-            parts.append(f"unexpected keys: {_short(unexpected)}")
+            parts.append(f"unexpected {short(unexpected)}")
         if wrong:
-            parts.append("shape mismatch: " + _short(f"{k} {tuple(sd[k].shape)}!={tuple(own[k].shape)}" for k in wrong))
-        raise WeightsError(f"{path} does not fit {type(model).__name__}: " + "; ".join(parts))
-    model.load_state_dict(sd, strict=True)
+            parts.append("shape mismatch " + short(f"{k} {tuple(sd[k].shape)} (expected {tuple(own[k].shape)})"
+                                                   for k in wrong))
+        raise error(f"{what}: " + "; ".join(parts) + (f". {hint}" if hint else ""))
+    with torch.no_grad():
+        module.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()}, strict=True)
 
 
 __all__ = [

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from pengi_kit.components.frontend import COMPONENT_FILE, COMPONENT_WEIGHTS, STFT_KEYS, slaney_mel_filters
+from pengi_kit.components.frontend import COMPONENT_FILE, COMPONENT_WEIGHTS, STFT_KEYS, short, slaney_mel_filters
+from pengi_kit.components.frontend import load_strict as _load_strict
 from pengi_kit.errors import WeightsError
 
 FORMAT_VERSION = 1
@@ -26,11 +27,6 @@ FORMAT_VERSION = 1
 class ConversionError(WeightsError):
     """A reference checkpoint cannot be imported: unreadable, of another layout, or with
     keys that are neither mapped nor knowingly ignored."""
-
-
-def short(keys: Iterable[str], n: int = 6) -> str:
-    keys = sorted(keys)
-    return ", ".join(keys[:n]) + (f" (+{len(keys) - n} more)" if len(keys) > n else "")
 
 
 # ---------------------------------------------------------------- reading
@@ -141,23 +137,8 @@ class KeyLedger:
 
 
 def load_strict(module: nn.Module, sd: Mapping[str, torch.Tensor], what: str, hint: str = "") -> None:
-    """``module.load_state_dict(sd)`` after checking names and shapes, with an error that
-    lists what is missing, unexpected or mis-shaped."""
-    own = module.state_dict()
-    missing, unexpected = own.keys() - sd.keys(), sd.keys() - own.keys()
-    wrong = sorted(k for k in own.keys() & sd.keys() if tuple(own[k].shape) != tuple(sd[k].shape))
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"missing {short(missing)}")
-        if unexpected:
-            parts.append(f"unexpected {short(unexpected)}")
-        if wrong:
-            parts.append("shape mismatch " + short(f"{k} {tuple(sd[k].shape)} (expected {tuple(own[k].shape)})"
-                                                   for k in wrong))
-        raise ConversionError(f"{what}: " + "; ".join(parts) + (f". {hint}" if hint else ""))
-    with torch.no_grad():
-        module.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()}, strict=True)
+    """Strict, shape-checked loading whose failure is a :class:`ConversionError`."""
+    _load_strict(module, sd, what, hint, error=ConversionError)
 
 
 def ignore_stft(ledger: KeyLedger, prefix: str) -> int:
