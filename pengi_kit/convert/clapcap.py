@@ -23,13 +23,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from pengi_kit.convert._common import (
     ConversionError, KeyLedger, ignore_stft, mapper_table, read_state_dict, save_arch_folder, source_info, staged,
-    tied_lm_head,
 )
-from pengi_kit.convert.pengi import DEFAULT_LM, _copy_tree, audio_front_end, build_imported, ignore_hf_buffers
+from pengi_kit.convert.pengi import (
+    DEFAULT_LM, _copy_tree, audio_front_end, build_imported, ignore_hf_buffers, renamed, under,
+)
 
 RENAMES = [("clap.base.htsat.", "audio_encoder."), ("clap.projection.", "audio_projection."),
            ("clap_project.", "audio_mapper."), ("gpt.", "lm.model.")]
@@ -53,13 +52,8 @@ def import_ms_clapcap(source: str | Path, out: str | Path, *, lm: str = DEFAULT_
         raise ConversionError(f"{src}: the CLAPCap audio encoder is not HTSAT (clap.base.htsat.*)")
     ignore_stft(ledger, "clap.base.htsat.")
     ignore_hf_buffers(ledger, gpt_prefix="gpt.")
-    sd: dict[str, torch.Tensor] = {}
-    for old, new in RENAMES:
-        sd.update(ledger.take(old, new))
-    ledger.finish()
-    tied_lm_head(sd, "lm.model.", src)
-    sub = lambda prefix: {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}  # noqa: E731
-    front = audio_front_end(sub("audio_encoder."), src)
+    sd = renamed(ledger, RENAMES, src)
+    front = audio_front_end(under(sd, "audio_encoder."), src)
     mel_note = front.pop("mel_matrix")
     d_lm = int(sd["lm.model.transformer.wte.weight"].shape[1])
     raw = {
@@ -67,7 +61,7 @@ def import_ms_clapcap(source: str | Path, out: str | Path, *, lm: str = DEFAULT_
         "model": {
             "projection_dim": int(sd["audio_projection.linear1.weight"].shape[0]), "normalize": True,
             "audio_encoder": {"name": "htsat", **front, "trainable": False},
-            "audio_mapper": mapper_table(sub("audio_mapper."), d_lm, src, "audio mapper"),
+            "audio_mapper": mapper_table(under(sd, "audio_mapper."), d_lm, src, "audio mapper"),
             "text_mapper": {"name": "none"},  # no prompt branch: a plain captioner
             "lm": {"name": "gpt2", "pretrained": "lm", "trainable": False},
         },

@@ -73,6 +73,21 @@ RENAMES = [  # reference prefix -> pengi-kit prefix
 ]
 
 
+def renamed(ledger: Any, renames: Any, src: str) -> dict[str, torch.Tensor]:
+    """Every ledger key moved to its pengi-kit name (nothing may be left), GPT-2's tied head checked."""
+    sd: dict[str, torch.Tensor] = {}
+    for old, new in renames:
+        sd.update(ledger.take(old, new))
+    ledger.finish()
+    tied_lm_head(sd, "lm.model.", src)
+    return sd
+
+
+def under(sd: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The entries of ``sd`` below ``prefix``, with the prefix removed."""
+    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+
+
 def ignore_hf_buffers(ledger: KeyLedger, gpt_prefix: str | None = None, text_prefix: str | None = None) -> None:
     import re
 
@@ -144,20 +159,15 @@ def import_pengi(source: str | Path, out: str | Path, *, lm: str = DEFAULT_LM,
     variant = "base" if with_text else "base_no_text_enc"
     ignore_stft(ledger, "audio_encoder.base.htsat.")
     ignore_hf_buffers(ledger, "caption_decoder.gpt.", "caption_encoder.base.")
-    sd: dict[str, torch.Tensor] = {}
-    for old, new in RENAMES:
-        sd.update(ledger.take(old, new))
-    ledger.finish()
-    tied_lm_head(sd, "lm.model.", src)
+    sd = renamed(ledger, RENAMES, src)
 
-    sub = lambda prefix: {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}  # noqa: E731
-    audio_sd = sub("audio_encoder.")
+    audio_sd = under(sd, "audio_encoder.")
     front = audio_front_end(audio_sd, src)
     mel_note = front.pop("mel_matrix")
     d_lm = int(sd["lm.model.transformer.wte.weight"].shape[1])
     d_proj = int(sd["audio_projection.linear1.weight"].shape[0])
-    audio_mapper = mapper_table(sub("audio_mapper."), d_lm, src, "audio mapper")
-    text_mapper = mapper_table(sub("text_mapper."), d_lm, src, "text mapper")
+    audio_mapper = mapper_table(under(sd, "audio_mapper."), d_lm, src, "audio mapper")
+    text_mapper = mapper_table(under(sd, "text_mapper."), d_lm, src, "text mapper")
     if not with_text:
         text_mapper["mask_padding"] = False  # the published mapper was trained without a padding mask
     model_cfg: dict[str, Any] = {
