@@ -399,17 +399,61 @@ class Pengi:
 
     # ------------------------------------------------------------------ embeddings
     def embed_audio(self, audio: AudioLike | Sequence[AudioLike], *, sample_rate: int | None = None,
-                    batch_size: int = 32, progress: bool = False) -> torch.Tensor:
-        """Projected (and, per the recipe, L2-normalised) audio embeddings (N, d_proj)."""
+                    batch_size: int = 32, progress: bool = False, projected: bool = True) -> torch.Tensor:
+        """Projected (and, per the recipe, L2-normalised) audio embeddings (N, d_proj);
+        with ``projected=False`` the audio encoder's own embeddings (N, embed_dim)."""
         from tqdm.auto import tqdm
 
         clips = self._as_list(audio)
+        embed = self.model.embed_audio if projected else self.model.audio_encoder
         out = []
         with ThreadPoolExecutor(max(1, self.num_workers)) as pool, torch.inference_mode():
             for i in tqdm(range(0, len(clips), batch_size), disable=not progress, unit="batch"):
                 waves = list(pool.map(lambda c: self._waveform(c, sample_rate), clips[i:i + batch_size]))
-                out.append(self.model.embed_audio(self._stack(waves)))
-        return torch.cat(out) if out else torch.empty(0, self.model.audio_projection.linear2.out_features)
+                out.append(embed(self._stack(waves)).float().cpu())
+        width = self.model.audio_projection.linear2.out_features if projected else self.model.audio_encoder.embed_dim
+        return torch.cat(out) if out else torch.empty(0, width)
+
+    def log_likelihood(self, audio: AudioLike | Sequence[AudioLike], prompt: str, texts: Sequence[str], *,
+                       sample_rate: int | None = None, batch_size: int = 64,
+                       progress: bool = False) -> torch.Tensor:
+        """How likely the model finds each of ``texts`` as the answer to ``prompt`` about each
+        clip: the mean log-probability per token (end-of-text included), shape (clips, texts).
+
+        Ranks class names for zero-shot classification and captions for retrieval without a
+        text encoder. ``batch_size`` counts (clip, text) rows run through the LM together.
+        """
+        from tqdm.auto import tqdm
+
+        clips, texts = self._as_list(audio), list(texts)
+        target = self.model.tokenize_targets(texts)
+        ids, mask = target["input_ids"].to(self.device), target["attention_mask"].to(self.device)
+        out = torch.empty(len(clips), len(texts))
+        per_clip = max(1, batch_size // max(1, len(texts)))  # clips per step when all texts fit
+        chunk = min(len(texts), batch_size)
+        bar = tqdm(total=len(clips) * len(texts), disable=not progress, unit="pair")
+        with torch.inference_mode():
+            prompt_prefix = self._prompt_prefix([prompt], "none", 1, {})
+            text_embeds = self.model.lm.embed(ids)
+            for c0 in range(0, len(clips), per_clip):
+                prefix = self.model.audio_prefix(self._batch(clips[c0:c0 + per_clip], sample_rate))
+                if prompt_prefix is not None:
+                    prefix = torch.cat([prefix, prompt_prefix.expand(len(prefix), -1, -1)], dim=1)
+                k = prefix.shape[1]
+                for t0 in range(0, len(texts), chunk):
+                    n = min(chunk, len(texts) - t0)
+                    rows = len(prefix) * n
+                    embeds = torch.cat([prefix.repeat_interleave(n, 0),
+                                        text_embeds[t0:t0 + n].repeat(len(prefix), 1, 1).to(prefix.dtype)], dim=1)
+                    tmask = mask[t0:t0 + n].repeat(len(prefix), 1)
+                    logits, _ = self.model.lm(embeds, torch.cat([tmask.new_ones(rows, k), tmask], dim=1))
+                    logp = torch.log_softmax(logits[:, k - 1:-1].float(), dim=-1)
+                    token_logp = logp.gather(2, ids[t0:t0 + n].repeat(len(prefix), 1)[..., None])[..., 0]
+                    mean = (token_logp * tmask).sum(1) / tmask.sum(1)
+                    out[c0:c0 + len(prefix), t0:t0 + n] = mean.view(len(prefix), n).cpu()
+                    bar.update(rows)
+        bar.close()
+        return out
 
     def embed_text(self, texts: str | Iterable[str], *, batch_size: int = 256,
                    progress: bool = False) -> torch.Tensor:

@@ -289,6 +289,69 @@ def describe_cmd(checkpoint: str, inputs: tuple[str, ...], fmt: str, as_json: bo
                    _given(**decoding), describe=True)
 
 
+@main.command("evaluate")
+@click.argument("checkpoint")
+@click.option("--task", type=click.Choice(["captioning", "aqa", "classification", "retrieval", "linear-probe"]),
+              help="One task on --manifest (or use --suite).")
+@click.option("--manifest", help="The evaluation manifest (.jsonl/.csv) for --task.")
+@click.option("--suite", help="A suite file of many tasks, e.g. recipes/eval/pengi_paper.toml.")
+@click.option("--data-root", help="Folder the suite's manifests are relative to (default: the suite's data_root).")
+@click.option("--train-manifest", help="linear-probe: the clips the classifier is fitted on.")
+@click.option("--classes", type=click.Path(dir_okay=False), help="classification/linear-probe: a file with one "
+              "class name per line (default: every label in the manifest).")
+@click.option("--multi-label/--single-label", default=None,
+              help="Labels are comma-separated sets, scored by mAP (default: multi-label when a clip has several).")
+@click.option("--scoring", type=click.Choice(["generate", "likelihood", "embedding", "auto"]),
+              help="classification: generate (Pengi's way, default) or likelihood; retrieval: embedding, "
+                   "likelihood or auto (default).")
+@click.option("--matcher", type=click.Choice(["auto", "text-encoder", "words"]),
+              help="classification by generation: how generated text is matched to class names.")
+@click.option("--prompt", help="Ask this prompt instead of the manifest rows' prompts.")
+@click.option("--limit", type=int, help="Only the first N clips (or questions) of each manifest.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Write results.json, results.md and the predictions here.")
+@click.option("--on-error", type=click.Choice(["skip", "fail"]), default="skip", show_default=True,
+              help="A bad manifest line or clip: report it and leave it out, or stop.")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1 ... or auto.")
+@click.option("--batch-size", type=int, default=32, show_default=True, help="Rows run together.")
+@_decoding_options
+def evaluate_cmd(checkpoint: str, task: str | None, manifest: str | None, suite: str | None, data_root: str | None,
+                 out: Path | None, device: str, **options: Any) -> None:
+    """Score CHECKPOINT on downstream tasks and print one table (see docs/evaluation.md)."""
+    import pengi_kit
+    from pengi_kit.evaluation.suite import TaskSpec, load_suite, run_suite, table, write_report
+
+    task_options = {k: options.pop(k) for k in ("train_manifest", "classes", "multi_label", "matcher", "prompt",
+                                                 "limit")}
+    task_options["method"] = options.pop("scoring")
+    if suite:
+        if task or manifest:
+            raise click.UsageError("give --suite, or --task with --manifest, not both")
+        name, specs = load_suite(suite, data_root)
+        for spec in specs:  # the command line wins over the suite file
+            spec.options.update(_given(**{k: v for k, v in task_options.items() if k != "classes"}))
+    elif task and manifest:
+        name = f"{task} on {manifest}"
+        specs = [TaskSpec(task, task, manifest, options=_given(**task_options))]
+    else:
+        raise click.UsageError("give --task and --manifest, or --suite")
+    pengi = pengi_kit.load(checkpoint, device=device)
+    common = {"on_error": options.pop("on_error"), "batch_size": options.pop("batch_size"), **_given(**options)}
+    run_suite(pengi, specs, **common)
+    click.echo(table(specs))
+    for spec in specs:
+        problems = spec.result.problems if spec.result else []
+        for p in problems[:10]:
+            click.echo(f"warning: [{spec.name}] {p}", err=True)
+        if len(problems) > 10:
+            click.echo(f"warning: [{spec.name}] ... {len(problems) - 10} more (see results.json)", err=True)
+    if out:
+        write_report(out, name, specs, checkpoint)
+        click.echo(f"wrote {out / 'results.json'} and {out / 'results.md'}")
+    if all(s.status.startswith("failed") for s in specs):
+        sys.exit(1)
+
+
 @main.command("demo")
 @click.option("--recipe", default="recipes/demo.toml", show_default=True)
 @overrides_option
@@ -299,7 +362,7 @@ def demo_cmd(recipe: str, overrides: tuple[str, ...], device: str | None) -> Non
 
     import pengi_kit
     from pengi_kit.data.dataset import synthetic_corpus
-    from pengi_kit.demo import evaluate_synthetic, pretrain_audio_tagger, report
+    from pengi_kit.demo import evaluate_synthetic, pretrain_audio_tagger, report, write_eval_set
     from pengi_kit.engine.trainer import Trainer
     from pengi_kit.recipe import load_recipe
 
@@ -319,9 +382,13 @@ def demo_cmd(recipe: str, overrides: tuple[str, ...], device: str | None) -> Non
     accuracy, samples = evaluate_synthetic(pengi, held_out)
     click.echo(report(accuracy, samples))
     click.echo(f"\ntrained in {trained:.0f} s, total {time.perf_counter() - start:.0f} s; checkpoint: {path}")
-    example = Path(path).parent.parent / "example.wav"
+    run = Path(path).parent.parent
+    example = run / "example.wav"
     _write_example(held_out, example)
-    click.echo(f"try: pengi-kit generate {Path(path).parent.parent} {example} --prompt \"this is a sound of\"")
+    train = synthetic_corpus(resolved, "train", pengi.model.sample_rate, pengi.model.clip_seconds)
+    write_eval_set(run / "eval", held_out, train)
+    click.echo(f"try: pengi-kit generate {run} {example} --prompt \"this is a sound of\"")
+    click.echo(f"     pengi-kit evaluate {run} --suite recipes/eval/demo.toml --data-root {run / 'eval'}")
 
 
 def _write_example(corpus: Any, path: Path) -> None:

@@ -66,6 +66,37 @@ def evaluate_synthetic(pengi: Any, corpus: SyntheticCorpus, batch_size: int = 64
     return {t: sum(hits[t]) / len(hits[t]) for t in TASKS}, dict(samples)
 
 
+def write_eval_set(folder: str | Path, held_out: SyntheticCorpus, train: SyntheticCorpus,
+                   probe_train_clips: int = 120) -> Path:
+    """Held-out clips as WAV files and one manifest per task of ``recipes/eval/demo.toml``:
+    captions, classification, aqa (bare yes/no and count answers, as AQA corpora give them)
+    and, for the linear probe, ``probe_train`` over the first training clips."""
+    import soundfile as sf
+
+    from pengi_kit.data.manifest import write_manifest
+
+    folder = Path(folder).resolve()  # manifests store clip paths relative to themselves
+    (folder / "clips").mkdir(parents=True, exist_ok=True)
+    rows: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for split, corpus, size in (("test", held_out, len(held_out)), ("train", train, min(probe_train_clips, len(train)))):
+        for i in range(size):
+            clip = corpus.clip(i)
+            audio = folder / "clips" / f"{split}_{i:04d}.wav"
+            sf.write(audio, clip.audio, corpus.sample_rate)
+            if split == "train":
+                rows["probe_train"].append({"audio": audio, "task": "classification", "text": clip.primary})
+                continue
+            rows["captions"].append({"audio": audio, "task": "caption", "text": clip.caption})
+            rows["classification"].append({"audio": audio, "task": "classification", "text": clip.primary})
+            for task, prompt, target in clip.examples():
+                if task in ("yes/no", "count"):
+                    answer = target.split(",")[0] if task == "yes/no" else target
+                    rows["aqa"].append({"audio": audio, "prompt": prompt, "text": answer, "answer_type": task})
+    for name, items in rows.items():
+        write_manifest(folder / f"{name}.jsonl", items)
+    return folder
+
+
 def report(accuracy: dict[str, float], samples: dict[str, list[tuple[str, str, str]]], shown: int = 3) -> str:
     lines = ["", "Sample generations on held-out clips:"]
     for task in TASKS:

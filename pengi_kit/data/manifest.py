@@ -24,7 +24,7 @@ import json
 import math
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
@@ -51,6 +51,7 @@ class Example:
     task: str | None
     line: int
     source: Path
+    fields: Mapping[str, Any] = field(default_factory=dict, compare=False)  # the row's other keys
 
 
 class _Bad(Exception):
@@ -288,6 +289,7 @@ def _example(row: dict[str, Any], line: int, source: Path, from_csv: bool,
         task=task,
         line=line,
         source=source,
+        fields={k: v for k, v in row.items() if k not in _RESERVED},
     )
 
 
@@ -306,6 +308,7 @@ def write_manifest(path: str | Path, examples: Iterable[Example | dict[str, Any]
             row: dict[str, Any] = {"audio": _relative(item.audio, folder), "prompt": item.prompt}
             if item.task is not None:
                 row["task"] = item.task
+            row.update(item.fields)
             row["text"] = item.text
             for key in ("start", "end"):
                 if getattr(item, key) is not None:

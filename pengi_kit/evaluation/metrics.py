@@ -9,10 +9,11 @@ the numbers equal those of pycocoevalcap (checked in the tests to 1e-9).
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 from collections.abc import Hashable, Mapping, Sequence
 
-__all__ = ["PUNCTUATIONS", "tokenize", "bleu", "rouge_l", "cider_d", "caption_metrics"]
+__all__ = ["PUNCTUATIONS", "ptb_tokenize", "tokenize", "bleu", "rouge_l", "cider_d", "caption_metrics"]
 
 # The tokens pycocoevalcap/tokenizer/ptbtokenizer.py drops after tokenising.
 PUNCTUATIONS = frozenset(
@@ -23,13 +24,40 @@ PUNCTUATIONS = frozenset(
 Tokens = list[str]
 
 
-def tokenize(text: str) -> Tokens:
-    """Lowercase, split on whitespace and drop coco's punctuation tokens.
+# Stanford PTBTokenizer (coco-caption runs 3.4.1 with -lowerCase) in Python: brackets
+# become -lrb- ... (lowercase, so coco's punctuation filter keeps them), clitics and
+# n't split off, punctuation split off unless inside a number, abbreviation or word.
+_CLITIC = r"'(?:s|re|ve|d|ll|m)(?!\w)"
+_TOKEN = re.compile(rf"""
+    (?:[^\W\d_]\.)+(?!\w)                      # a.m.  u.s.  j.
+  | \.{{3,}} | -{{2,}} | [!?]+                    # ...  --  ?!
+  | \w+(?=n't(?!\w)) | n't(?!\w) | {_CLITIC}     # ca n't, man 's
+  | @?\w+(?:(?:[-./&@]|(?<=\d)[,:](?=\d)|'(?!(?:s|re|ve|d|ll|m)(?!\w)))\w+)*   # words, 3.5, 2,000, o'clock
+  | \S
+""", re.VERBOSE)
+_RENAME = {"(": "-lrb-", ")": "-rrb-", "[": "-lsb-", "]": "-rsb-", "{": "-lcb-", "}": "-rcb-", '"': "''"}
+_SPLIT = {"cannot": ["can", "not"], "gonna": ["gon", "na"], "gotta": ["got", "ta"], "wanna": ["wan", "na"],
+          "gimme": ["gim", "me"], "lemme": ["lem", "me"]}
+_ABBREVIATIONS = frozenset("mr mrs ms dr st jr sr vs etc inc ltd co prof mt ft".split())
+_QUOTES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"'})
 
-    Unlike the Java PTBTokenizer this does not split punctuation off words
-    (``"barks."`` stays one token), so pass text whose punctuation is spaced out.
-    """
-    return [w for w in text.lower().split() if w not in PUNCTUATIONS]
+
+def ptb_tokenize(text: str) -> Tokens:
+    """Tokens as coco-caption's PTBTokenizer step gives them, before its punctuation filter."""
+    out: Tokens = []
+    for tok in _TOKEN.findall(text.lower().translate(_QUOTES)):
+        if tok == "." and out and out[-1] in _ABBREVIATIONS:  # "mr." stays one token
+            out[-1] += "."
+        elif tok in _SPLIT:
+            out += _SPLIT[tok]
+        else:
+            out.append("..." if tok.startswith("...") else _RENAME.get(tok, tok))
+    return out
+
+
+def tokenize(text: str) -> Tokens:
+    """coco-caption's tokenisation: PTB tokens, lowercased, without its punctuation tokens."""
+    return [w for w in ptb_tokenize(text) if w not in PUNCTUATIONS]
 
 
 def _ngrams(tokens: Tokens, n: int = 4) -> Counter:

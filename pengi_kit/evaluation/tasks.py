@@ -1,0 +1,343 @@
+"""The downstream tasks of the Pengi paper, each run on a loaded model and a manifest.
+
+Every task reads a manifest (:mod:`pengi_kit.data.manifest`), groups its rows by clip,
+asks the model, and scores the answers with :mod:`~pengi_kit.evaluation.metrics` and
+:mod:`~pengi_kit.evaluation.scores`. Bad manifest lines and unreadable clips are
+reported in :attr:`Result.problems` and left out of the scores (``on_error="skip"``) or
+stop the run (``"fail"``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from pengi_kit.api import Clip, Pengi
+from pengi_kit.data.manifest import read_manifest
+from pengi_kit.errors import PengiKitError
+from pengi_kit.evaluation import java, scores
+from pengi_kit.evaluation.metrics import caption_metrics, tokenize
+
+__all__ = ["TASKS", "Result", "evaluate"]
+
+
+@dataclass
+class Result:
+    """A task's scores (``metrics``), the metrics that could not run with the reason
+    (``unavailable``), per-clip outputs (``predictions``) and what was left out (``problems``)."""
+
+    task: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    unavailable: dict[str, str] = field(default_factory=dict)
+    predictions: list[dict[str, Any]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Group:
+    """The manifest rows about one clip (and, for question answering, one prompt)."""
+
+    clip: Clip
+    prompt: str
+    texts: list[str]
+    fields: dict[str, Any]
+
+
+def _read(manifest: str | Path, on_error: str, limit: int | None, by_prompt: bool = False,
+          result: Result | None = None) -> list[_Group]:
+    examples, bad = read_manifest(manifest, on_error="fail" if on_error == "fail" else "skip")
+    if result is not None:
+        result.problems += bad
+    groups: dict[tuple, _Group] = {}
+    for ex in examples:
+        key = (str(ex.audio), ex.start, ex.end) + ((ex.prompt,) if by_prompt else ())
+        group = groups.get(key)
+        if group is None:
+            if limit is not None and len(groups) >= limit:
+                continue
+            group = groups[key] = _Group(Clip(str(ex.audio), ex.start, ex.end), ex.prompt, [], dict(ex.fields))
+        group.texts.append(ex.text)
+    if not groups:
+        raise PengiKitError(f"{manifest}: no usable rows (see the problems above)" if bad else f"{manifest}: empty")
+    return list(groups.values())
+
+
+def _on_error(on_error: str, result: Result) -> Callable[[Any, Exception], None] | str:
+    if on_error == "fail":
+        return "raise"
+
+    def report(item: Any, exc: Exception) -> None:
+        where = item.path if isinstance(item, Clip) else item
+        result.problems.append(f"{where}: {exc} (left out of the scores)")
+    return report
+
+
+def _generate(pengi: Pengi, groups: list[_Group], result: Result, on_error: str, decoding: dict[str, Any],
+              batch_size: int, prompt: str | None = None) -> list[tuple[_Group, str]]:
+    """(group, generated text) for every group whose clip could be read."""
+    texts = pengi.generate([g.clip for g in groups], [prompt or g.prompt for g in groups], batch_size=batch_size,
+                           progress=True, on_error=_on_error(on_error, result), **decoding)
+    return _usable([(g, t) for g, t in zip(groups, texts) if t is not None], result)
+
+
+def _usable(items: list, result: Result) -> list:
+    if not items:
+        raise PengiKitError(f"no clip could be read ({result.problems[-1] if result.problems else 'empty'})")
+    return items
+
+
+def _readable(pengi: Pengi, groups: list[_Group], result: Result, on_error: str) -> list[_Group]:
+    """The groups whose clips load (scoring tasks need every clip before they start)."""
+    good = []
+    for g in groups:
+        try:
+            pengi._waveform(g.clip, None)
+            good.append(g)
+        except Exception as exc:  # noqa: BLE001 - reported, or re-raised with on_error="fail"
+            if on_error == "fail":
+                raise
+            result.problems.append(f"{g.clip.path}: {exc} (left out of the scores)")
+    return _usable(good, result)
+
+
+# ---------------------------------------------------------------------------- captioning
+def captioning(pengi: Pengi, manifest: str | Path, *, on_error: str = "skip", limit: int | None = None,
+               batch_size: int = 32, prompt: str | None = None, **decoding: Any) -> Result:
+    """One caption per clip (the rows' prompt, ``generate audio caption`` for ``task = "caption"``),
+    scored against all of the clip's rows: BLEU-1..4, METEOR, ROUGE-L, CIDEr-D, SPICE, SPIDEr."""
+    result = Result("captioning")
+    pairs = _generate(pengi, _read(manifest, on_error, limit, result=result), result, on_error, decoding,
+                      batch_size, prompt)
+    preds = {i: text for i, (_, text) in enumerate(pairs)}
+    refs = {i: g.texts for i, (g, _) in enumerate(pairs)}
+    result.metrics = caption_metrics(preds, refs)
+    cands = [" ".join(tokenize(preds[i])) for i in preds]
+    ref_tokens = [[" ".join(tokenize(r)) for r in refs[i]] for i in preds]
+    for name, run in (("METEOR", java.meteor), ("SPICE", java.spice)):
+        try:
+            result.metrics[name] = run(cands, ref_tokens)
+        except java.Unavailable as exc:
+            result.unavailable[name] = str(exc)
+    if "SPICE" in result.metrics:
+        result.metrics["SPIDEr"] = (result.metrics["CIDEr-D"] + result.metrics["SPICE"]) / 2
+    else:
+        result.unavailable["SPIDEr"] = "needs SPICE"
+    result.predictions = [{"audio": g.clip.path, "prompt": prompt or g.prompt, "output": t, "references": g.texts}
+                          for g, t in pairs]
+    return result
+
+
+# ---------------------------------------------------------------------------- question answering
+def aqa(pengi: Pengi, manifest: str | Path, *, on_error: str = "skip", limit: int | None = None,
+        batch_size: int = 32, prompt: str | None = None, **decoding: Any) -> Result:
+    """Accuracy of the answer to each (clip, question), after :func:`~.scores.normalize_answer`;
+    correct if it matches any of the rows' answers. Also by answer type (the rows'
+    ``answer_type``, else yes/no when every answer is yes or no, else open)."""
+    result = Result("aqa")
+    pairs = _generate(pengi, _read(manifest, on_error, limit, by_prompt=True, result=result), result, on_error,
+                      decoding, batch_size, prompt)
+    by_type: dict[str, list[bool]] = {}
+    for g, text in pairs:
+        correct = scores.answer_correct(text, g.texts)
+        kind = g.fields.get("answer_type") or (
+            "yes/no" if {scores.normalize_answer(t) for t in g.texts} <= {"yes", "no"} else "open")
+        by_type.setdefault(str(kind), []).append(correct)
+        result.predictions.append({"audio": g.clip.path, "prompt": g.prompt, "output": text,
+                                   "references": g.texts, "correct": correct, "answer_type": kind})
+    every = [c for cs in by_type.values() for c in cs]
+    result.metrics["accuracy"] = sum(every) / len(every)
+    for kind in sorted(by_type):
+        result.metrics[f"accuracy ({kind})"] = sum(by_type[kind]) / len(by_type[kind])
+    return result
+
+
+# ---------------------------------------------------------------------------- classification
+def _labels(groups: list[_Group], classes: Sequence[str] | None, multi_label: bool | None
+            ) -> tuple[list[str], torch.Tensor, bool]:
+    """The class names, a (clips, classes) 0/1 label matrix and whether it is multi-label.
+
+    A clip's labels are its rows' texts, each split at ``", "`` when ``multi_label``; with
+    ``multi_label=None`` the task is multi-label when some clip has rows with different labels.
+    """
+    per_clip = [[t.strip() for text in g.texts for t in (text.split(",") if multi_label else [text])]
+                for g in groups]
+    if multi_label is None:
+        multi_label = any(len(set(ls)) > 1 for ls in per_clip)
+    classes = list(classes) if classes else sorted({label for ls in per_clip for label in ls})
+    index = {c: i for i, c in enumerate(classes)}
+    labels = torch.zeros(len(groups), len(classes))
+    for row, ls in enumerate(per_clip):
+        for label in ls:
+            if label not in index:
+                raise PengiKitError(f"label {label!r} of {groups[row].clip.path} is not among the {len(classes)} "
+                                    "classes (add it to the --classes file)")
+            labels[row, index[label]] = 1
+    return classes, labels, multi_label
+
+
+def _class_scores(labels: torch.Tensor, matrix: torch.Tensor, multi_label: bool) -> dict[str, float]:
+    if multi_label:
+        return {"mAP": scores.mean_average_precision(matrix, labels)}
+    return {"accuracy": scores.accuracy(matrix, labels.argmax(1))}
+
+
+def text_matcher(pengi: Pengi, matcher: str) -> tuple[str, Callable[[list[str], list[str]], torch.Tensor]]:
+    """(name, function giving a (texts, classes) similarity matrix) for ``matcher``:
+    ``text-encoder`` (cosine of the model's text embeddings, Pengi's way), ``words``
+    (:func:`~.scores.word_similarity`) or ``auto`` (the text encoder when the model has one)."""
+    if matcher == "auto":
+        matcher = "text-encoder" if pengi.model.text_encoder is not None else "words"
+    if matcher == "text-encoder":
+        if pengi.model.text_encoder is None:
+            raise PengiKitError("this model has no text encoder to embed class names (use --matcher words)")
+
+        def encode(texts: list[str], classes: list[str]) -> torch.Tensor:
+            a = torch.nn.functional.normalize(pengi.embed_text(texts).float(), dim=-1)
+            b = torch.nn.functional.normalize(pengi.embed_text(classes).float(), dim=-1)
+            return (a @ b.T).cpu()
+        return matcher, encode
+    if matcher == "words":
+        return matcher, lambda texts, classes: torch.tensor(
+            [[scores.word_similarity(t, c) for c in classes] for t in texts], dtype=torch.float64)
+    raise PengiKitError(f"unknown matcher {matcher!r} (use auto, text-encoder or words)")
+
+
+def classification(pengi: Pengi, manifest: str | Path, *, method: str = "generate", matcher: str = "auto",
+                   classes: Sequence[str] | None = None, multi_label: bool | None = None,
+                   on_error: str = "skip", limit: int | None = None, batch_size: int = 32,
+                   prompt: str | None = None, **decoding: Any) -> Result:
+    """Zero-shot classification; accuracy (single-label) or mAP (multi-label).
+
+    ``method="generate"``: Pengi's way, generate with the rows' prompt (``this is a sound of``
+    for ``task = "classification"``) and score each class by the similarity of the text to
+    the class name (``matcher``). ``method="likelihood"``: score each class name by its mean
+    token log-probability as the answer.
+    """
+    result = Result("classification")
+    groups = _read(manifest, on_error, limit, result=result)
+    if method == "generate":
+        name, match = text_matcher(pengi, matcher)
+        pairs = _generate(pengi, groups, result, on_error, decoding, batch_size, prompt)
+        groups = [g for g, _ in pairs]
+        class_names, labels, multi = _labels(groups, classes, multi_label)
+        matrix = match([t for _, t in pairs], class_names)
+        result.info["matcher"] = name
+        outputs = [t for _, t in pairs]
+    elif method == "likelihood":
+        groups = _readable(pengi, groups, result, on_error)
+        class_names, labels, multi = _labels(groups, classes, multi_label)
+        asked = prompt or groups[0].prompt
+        matrix = pengi.log_likelihood([g.clip for g in groups], asked, class_names, batch_size=batch_size,
+                                      progress=True)
+        outputs = [class_names[i] for i in matrix.argmax(1)]
+    else:
+        raise PengiKitError(f"unknown classification method {method!r} (use generate or likelihood)")
+    result.info.update(method=method, classes=len(class_names), multi_label=multi)
+    result.metrics = _class_scores(labels, matrix, multi)
+    top = matrix.argmax(1)
+    result.predictions = [{"audio": g.clip.path, "output": out, "top_class": class_names[i], "labels": g.texts}
+                          for g, out, i in zip(groups, outputs, top.tolist())]
+    return result
+
+
+# ---------------------------------------------------------------------------- retrieval
+def retrieval(pengi: Pengi, manifest: str | Path, *, method: str = "auto", on_error: str = "skip",
+              limit: int | None = None, batch_size: int = 32, prompt: str | None = None, **_: Any) -> Result:
+    """Text-to-audio and audio-to-text retrieval over a captioning manifest: R@1/5/10, mAP@10.
+
+    ``method="embedding"`` ranks by the cosine of the projected audio and text embeddings
+    (needs a text encoder); ``"likelihood"`` by the caption's mean token log-probability
+    given the clip; ``"auto"`` picks the first that the model supports.
+    """
+    result = Result("retrieval")
+    groups = _readable(pengi, _read(manifest, on_error, limit, result=result), result, on_error)
+    captions = [t for g in groups for t in g.texts]
+    owner = torch.tensor([i for i, g in enumerate(groups) for _ in g.texts])
+    relevant = owner[None, :] == torch.arange(len(groups))[:, None]  # (clips, captions)
+    if method == "auto":
+        method = "embedding" if pengi.model.text_encoder is not None else "likelihood"
+    if method == "embedding":
+        if pengi.model.text_encoder is None:
+            raise PengiKitError("this model has no text encoder (use --method likelihood)")
+        audio = torch.nn.functional.normalize(pengi.embed_audio([g.clip for g in groups], batch_size=batch_size), dim=-1)
+        text = torch.nn.functional.normalize(pengi.embed_text(captions).float().cpu(), dim=-1)
+        similarity = audio @ text.T
+    elif method == "likelihood":
+        asked = prompt or groups[0].prompt
+        similarity = pengi.log_likelihood([g.clip for g in groups], asked, captions, batch_size=batch_size,
+                                          progress=True)
+    else:
+        raise PengiKitError(f"unknown retrieval method {method!r} (use auto, embedding or likelihood)")
+    result.info.update(method=method, clips=len(groups), captions=len(captions))
+    for prefix, sim, rel in (("text-to-audio", similarity.T, relevant.T), ("audio-to-text", similarity, relevant)):
+        result.metrics.update({f"{prefix} {k}": v for k, v in scores.retrieval_scores(sim, rel).items()})
+    return result
+
+
+# ---------------------------------------------------------------------------- linear probe
+def fit_logistic_regression(x: torch.Tensor, y: torch.Tensor, multi_label: bool, l2: float = 1e-3,
+                            steps: int = 100) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A linear classifier on standardised features, trained with L-BFGS on cross-entropy
+    (or per-class binary cross-entropy when ``multi_label``) plus ``l2`` on the weights;
+    returns a function from features to class scores."""
+    mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
+    x = ((x - mean) / std).double()
+    weight = torch.zeros(x.shape[1], y.shape[1], dtype=torch.float64, requires_grad=True)
+    bias = torch.zeros(y.shape[1], dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([weight, bias], max_iter=steps, line_search_fn="strong_wolfe")
+    target = y.double() if multi_label else y.argmax(1)
+    loss_fn = torch.nn.functional.binary_cross_entropy_with_logits if multi_label else torch.nn.functional.cross_entropy
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = loss_fn(x @ weight + bias, target) + l2 * weight.pow(2).sum()
+        loss.backward()
+        return loss
+    with torch.enable_grad():
+        opt.step(closure)
+    weight, bias = weight.detach(), bias.detach()
+    return lambda feats: ((feats - mean) / std).double() @ weight + bias
+
+
+def linear_probe(pengi: Pengi, manifest: str | Path, *, train_manifest: str | Path | None = None,
+                 classes: Sequence[str] | None = None, multi_label: bool | None = None, on_error: str = "skip",
+                 limit: int | None = None, batch_size: int = 32, **_: Any) -> Result:
+    """Logistic regression on the audio encoder's embeddings of ``train_manifest``'s clips,
+    scored on ``manifest``'s: accuracy, or mAP when multi-label."""
+    if train_manifest is None:
+        raise PengiKitError("the linear probe needs --train-manifest (the clips to fit the classifier on)")
+    result = Result("linear-probe")
+    train = _readable(pengi, _read(train_manifest, on_error, None, result=result), result, on_error)
+    test = _readable(pengi, _read(manifest, on_error, limit, result=result), result, on_error)
+    class_names, labels, multi = _labels(train + test, classes, multi_label)
+    feats = pengi.embed_audio([g.clip for g in train + test], batch_size=batch_size, progress=True, projected=False)
+    predict = fit_logistic_regression(feats[:len(train)], labels[:len(train)], multi)
+    matrix = predict(feats[len(train):])
+    result.metrics = _class_scores(labels[len(train):], matrix, multi)
+    result.info.update(train_clips=len(train), test_clips=len(test), classes=len(class_names), multi_label=multi)
+    result.predictions = [{"audio": g.clip.path, "top_class": class_names[i], "labels": g.texts}
+                          for g, i in zip(test, matrix.argmax(1).tolist())]
+    return result
+
+
+TASKS: dict[str, Callable[..., Result]] = {
+    "captioning": captioning,
+    "aqa": aqa,
+    "classification": classification,
+    "retrieval": retrieval,
+    "linear-probe": linear_probe,
+}
+
+
+def evaluate(pengi: Pengi, task: str, manifest: str | Path, **options: Any) -> Result:
+    """Run ``task`` (one of :data:`TASKS`) on ``manifest``; ``options`` as the task function takes."""
+    if task not in TASKS:
+        import difflib
+
+        close = difflib.get_close_matches(task, TASKS, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise PengiKitError(f"unknown task {task!r} ({hint}tasks: {', '.join(TASKS)})")
+    return TASKS[task](pengi, manifest, **options)
