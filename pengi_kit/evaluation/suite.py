@@ -81,7 +81,8 @@ def load_suite(path: str | Path, data_root: str | Path | None = None) -> tuple[s
                 raise PengiKitError(f"{where}: unknown key {key!r} ({f'did you mean {close[0]!r}? ' if close else ''}"
                                     f"keys: {', '.join(_KEYS)})")
             if not isinstance(value, _KEYS[key]) or (_KEYS[key] is int and isinstance(value, bool)):
-                raise PengiKitError(f"{where}: {key} must be a {_KEYS[key].__name__}, got {value!r}")
+                kind = {str: "string", int: "integer", bool: "boolean", list: "list", dict: "table"}[_KEYS[key]]
+                raise PengiKitError(f"{where}: {key} must be of type {kind}, got {value!r}")
         for key in ("name", "task", "manifest"):
             if key not in table:
                 raise PengiKitError(f"{where}: missing {key!r}")
@@ -112,7 +113,8 @@ def run_suite(pengi: Any, specs: list[TaskSpec], **common: Any) -> list[TaskSpec
                 continue
         missing = [p for p in (spec.manifest, options.get("train_manifest")) if p and not Path(p).exists()]
         if missing:
-            spec.status = f"skipped: {missing[0]} not found" + (f" (make it: {spec.prepare})" if spec.prepare else "")
+            hint = f"make it: {spec.prepare}" if spec.prepare.startswith("pengi-kit") else spec.prepare
+            spec.status = f"skipped: {missing[0]} not found" + (f" ({hint})" if hint else "")
             continue
         click.echo(f"[{spec.name}] {spec.task} on {spec.manifest}", err=True)
         try:
@@ -155,8 +157,9 @@ def table(specs: list[TaskSpec], width: int = 40) -> str:
     rows = [("task", "metric", "ours", "Pengi (published)")]
     for label, metric, ours, published in _rows(specs):
         if len(ours) > width:
-            notes.append(ours)
-            ours = f"{ours.split(':')[0]} [{len(notes)}]"
+            if ours not in notes:
+                notes.append(ours)
+            ours = f"{ours.split(':')[0]} [{notes.index(ours) + 1}]"
         rows.append((label, metric, ours, published))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     lines = []

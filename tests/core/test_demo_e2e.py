@@ -1,4 +1,5 @@
 """End to end: the offline demo pretrains its tagger, trains a small Pengi and learns."""
+import json
 import re
 
 from click.testing import CliRunner
@@ -21,3 +22,20 @@ def test_demo_trains_a_model_that_learned(tmp_path):
                                           "--prompt", "this is a sound of"])
     assert generated.exit_code == 0 and generated.output.split("\t")[1].strip() in {
         "low tone", "high tone", "rising chirp", "falling chirp", "noise burst", "click train"}, generated.output
+
+    # the demo's evaluation suite on the held-out clips it wrote: one table, JSON and Markdown
+    report = out / "report"
+    evaluated = CliRunner().invoke(main, ["evaluate", str(out), "--suite", "recipes/eval/demo.toml",
+                                          "--data-root", str(out / "eval"), "--out", str(report)])
+    assert evaluated.exit_code == 0, evaluated.output
+    scores = {(t["name"], m): v for t in json.loads((report / "results.json").read_text())["tasks"]
+              for m, v in t["metrics"].items()}
+    assert scores[("zero-shot classification (generate)", "accuracy")] >= 0.8, evaluated.output
+    assert scores[("zero-shot classification (likelihood)", "accuracy")] >= 0.8, evaluated.output
+    assert scores[("question answering", "accuracy (yes/no)")] >= 0.7, evaluated.output
+    assert scores[("linear probe", "accuracy")] >= 0.8, evaluated.output
+    # retrieval by likelihood beats chance (1/40 at R@1) by far
+    assert scores[("retrieval (likelihood)", "text-to-audio R@1")] >= 0.2, evaluated.output
+    assert scores[("captioning", "CIDEr-D")] > 1.0, evaluated.output
+    assert re.search(r"^captioning\s+SPICE\s+(unavailable|0\.\d{4})", evaluated.output, re.M), evaluated.output
+    assert "| linear probe | accuracy |" in (report / "results.md").read_text()
