@@ -261,7 +261,7 @@ def retrieval(pengi: Pengi, manifest: str | Path, *, method: str = "auto", on_er
         method = "embedding" if pengi.model.text_encoder is not None else "likelihood"
     if method == "embedding":
         if pengi.model.text_encoder is None:
-            raise PengiKitError("this model has no text encoder (use --method likelihood)")
+            raise PengiKitError("this model has no text encoder (use --scoring likelihood)")
         audio = torch.nn.functional.normalize(pengi.embed_audio([g.clip for g in groups], batch_size=batch_size), dim=-1)
         text = torch.nn.functional.normalize(pengi.embed_text(captions).float().cpu(), dim=-1)
         similarity = audio @ text.T
