@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Install pengi-kit with its test extras into .venv and run the whole test suite.
+# Install pengi-kit with its test extras and the plugins in plugins/ into .venv, and run
+# the whole test suite: tests/ and each plugin's tests (pyproject.toml's testpaths).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e ".[test]"
+.venv/bin/python -m pip install -q -e plugins/pengi-kit-timm -e plugins/pengi-kit-openclip \
+    -e plugins/pengi-kit-plugin-template
 .venv/bin/python -m pytest -q "$@"

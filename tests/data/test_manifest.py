@@ -198,12 +198,13 @@ def test_write_then_read_round_trips(tmp_path):
     out = tmp_path / "copy.jsonl"
     assert write_manifest(out, examples) == 2
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert rows[0] == {"audio": "clips/a.wav", "prompt": "question: loud?", "task": "qa", "text": "yes", "start": 0.5}
+    assert rows[0] == {"audio": "clips/a.wav", "prompt": "question: loud?", "task": "qa", "question": "loud?",
+                       "text": "yes", "start": 0.5}  # the row's other fields are kept
     again, errors = read_manifest(out)
     assert errors == []
     for before, after in zip(examples, again):
-        assert (before.audio, before.prompt, before.text, before.start, before.end, before.task) == (
-            after.audio, after.prompt, after.text, after.start, after.end, after.task)
+        assert (before.audio, before.prompt, before.text, before.start, before.end, before.task, before.fields) == (
+            after.audio, after.prompt, after.text, after.start, after.end, after.task, after.fields)
 
 
 def test_write_dicts_and_rejects_other_things(tmp_path):
