@@ -46,11 +46,10 @@ class _Group:
     fields: dict[str, Any]
 
 
-def _read(manifest: str | Path, on_error: str, limit: int | None, by_prompt: bool = False,
-          result: Result | None = None) -> list[_Group]:
+def _read(manifest: str | Path, result: Result, on_error: str, limit: int | None,
+          by_prompt: bool = False) -> list[_Group]:
     examples, bad = read_manifest(manifest, on_error="fail" if on_error == "fail" else "skip")
-    if result is not None:
-        result.problems += bad
+    result.problems += bad
     groups: dict[tuple, _Group] = {}
     for ex in examples:
         key = (str(ex.audio), ex.start, ex.end) + ((ex.prompt,) if by_prompt else ())
@@ -61,7 +60,7 @@ def _read(manifest: str | Path, on_error: str, limit: int | None, by_prompt: boo
             group = groups[key] = _Group(Clip(str(ex.audio), ex.start, ex.end), ex.prompt, [], dict(ex.fields))
         group.texts.append(ex.text)
     if not groups:
-        raise PengiKitError(f"{manifest}: no usable rows (see the problems above)" if bad else f"{manifest}: empty")
+        raise PengiKitError(f"{manifest}: no usable rows ({bad[0]})" if bad else f"{manifest}: empty")
     return list(groups.values())
 
 
@@ -109,7 +108,7 @@ def captioning(pengi: Pengi, manifest: str | Path, *, on_error: str = "skip", li
     """One caption per clip (the rows' prompt, ``generate audio caption`` for ``task = "caption"``),
     scored against all of the clip's rows: BLEU-1..4, METEOR, ROUGE-L, CIDEr-D, SPICE, SPIDEr."""
     result = Result("captioning")
-    pairs = _generate(pengi, _read(manifest, on_error, limit, result=result), result, on_error, decoding,
+    pairs = _generate(pengi, _read(manifest, result, on_error, limit), result, on_error, decoding,
                       batch_size, prompt)
     preds = {i: text for i, (_, text) in enumerate(pairs)}
     refs = {i: g.texts for i, (g, _) in enumerate(pairs)}
@@ -137,7 +136,7 @@ def aqa(pengi: Pengi, manifest: str | Path, *, on_error: str = "skip", limit: in
     correct if it matches any of the rows' answers. Also by answer type (the rows'
     ``answer_type``, else yes/no when every answer is yes or no, else open)."""
     result = Result("aqa")
-    pairs = _generate(pengi, _read(manifest, on_error, limit, by_prompt=True, result=result), result, on_error,
+    pairs = _generate(pengi, _read(manifest, result, on_error, limit, by_prompt=True), result, on_error,
                       decoding, batch_size, prompt)
     by_type: dict[str, list[bool]] = {}
     for g, text in pairs:
@@ -217,7 +216,7 @@ def classification(pengi: Pengi, manifest: str | Path, *, method: str = "generat
     token log-probability as the answer.
     """
     result = Result("classification")
-    groups = _read(manifest, on_error, limit, result=result)
+    groups = _read(manifest, result, on_error, limit)
     if method == "generate":
         name, match = text_matcher(pengi, matcher)
         pairs = _generate(pengi, groups, result, on_error, decoding, batch_size, prompt)
@@ -253,7 +252,7 @@ def retrieval(pengi: Pengi, manifest: str | Path, *, method: str = "auto", on_er
     given the clip; ``"auto"`` picks the first that the model supports.
     """
     result = Result("retrieval")
-    groups = _readable(pengi, _read(manifest, on_error, limit, result=result), result, on_error)
+    groups = _readable(pengi, _read(manifest, result, on_error, limit), result, on_error)
     captions = [t for g in groups for t in g.texts]
     owner = torch.tensor([i for i, g in enumerate(groups) for _ in g.texts])
     relevant = owner[None, :] == torch.arange(len(groups))[:, None]  # (clips, captions)
@@ -310,8 +309,8 @@ def linear_probe(pengi: Pengi, manifest: str | Path, *, train_manifest: str | Pa
     if train_manifest is None:
         raise PengiKitError("the linear probe needs --train-manifest (the clips to fit the classifier on)")
     result = Result("linear-probe")
-    train = _readable(pengi, _read(train_manifest, on_error, None, result=result), result, on_error)
-    test = _readable(pengi, _read(manifest, on_error, limit, result=result), result, on_error)
+    train = _readable(pengi, _read(train_manifest, result, on_error, None), result, on_error)
+    test = _readable(pengi, _read(manifest, result, on_error, limit), result, on_error)
     class_names, labels, multi = _labels(train + test, classes, multi_label)
     feats = pengi.embed_audio([g.clip for g in train + test], batch_size=batch_size, progress=True, projected=False)
     predict = fit_logistic_regression(feats[:len(train)], labels[:len(train)], multi)
