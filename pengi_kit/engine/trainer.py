@@ -101,7 +101,7 @@ class Trainer:
     def _resume(self) -> None:
         try:
             path = ckpt.resolve(self.out)
-        except ckpt.CheckpointError as exc:
+        except ckpt.CheckpointError:
             if not ckpt.checkpoints(self.out):
                 self._log_line(f"no checkpoint in {self.out}/checkpoints: starting from scratch")
                 return

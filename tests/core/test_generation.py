@@ -1,5 +1,4 @@
 """Decoding over the KV cache against plain uncached decoding that re-runs the whole sequence."""
-import math
 
 import pytest
 import torch

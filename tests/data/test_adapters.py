@@ -8,7 +8,6 @@ import json
 import re
 from pathlib import Path
 
-import pytest
 from click.testing import CliRunner
 
 from pengi_kit.cli import main

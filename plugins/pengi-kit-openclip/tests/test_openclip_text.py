@@ -1,6 +1,5 @@
 """pengi-kit-openclip: contract, tokenizer round trip, local weights, the entry point, a recipe that trains."""
 import json
-import math
 import os
 import subprocess
 import sys
@@ -12,11 +11,9 @@ import open_clip
 import pytest
 import torch
 
-import pengi_kit
-from pengi_kit.engine.trainer import Trainer
 from pengi_kit.errors import WeightsError
-from pengi_kit.recipe import from_dict, load_recipe
-from pengi_kit.testing import check_component
+from pengi_kit.recipe import load_recipe
+from pengi_kit.testing import check_component, check_trains
 from pengi_kit_openclip.text import openclip_text
 
 RECIPE = Path(__file__).parents[1] / "recipes" / "pengi_openclip.toml"
@@ -80,35 +77,9 @@ def test_example_recipe_validates():
     assert encoder["name"] == "openclip-text" and encoder["pretrained"] == "laion2b_s34b_b79k"
 
 
-def tiny_recipe(out_dir, text_encoder):
-    """Pengi with a text encoder, small enough to train in seconds on the synthetic corpus."""
-    return {
-        "name": "tiny", "seed": 0,
-        "model": {
-            "projection_dim": 16, "prompt_length": 16, "target_length": 16,
-            "audio_encoder": {"name": "cnn14", "sample_rate": 16000, "width": 2, "clip_seconds": 0.5,
-                              "spec_augment": False},
-            "text_encoder": text_encoder,
-            "audio_mapper": {"name": "mlp", "prefix_length": 2},
-            "text_mapper": {"name": "mlp", "prefix_length": 2},
-            "lm": {"name": "gpt2", "pretrained": "", "tokenizer": "pengi_kit.data.synthetic:tokenizer",
-                   "n_layer": 1, "n_embd": 32, "n_head": 2, "n_positions": 64, "trainable": True},
-        },
-        "data": {"synthetic_train_size": 48, "synthetic_valid_size": 8},
-        "optim": {"lr": 3e-3, "warmup_steps": 1},
-        "train": {"batch_size": 8, "max_steps": 6, "log_every": 1, "output_dir": str(out_dir)},
-        "generate": {"method": "greedy", "max_new_tokens": 4},
-    }
-
-
 def test_trains_in_a_recipe_and_the_checkpoint_loads(tmp_path):
     encoder = {"name": "openclip-text", "model_name": TINY, "pretrained": "", "trainable": True}
-    checkpoint = Trainer(from_dict(tiny_recipe(tmp_path / "run", encoder)), progress=False).fit()
-    assert checkpoint.is_dir()
-    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    losses = [r["loss"] for r in rows if "loss" in r]
-    assert len(losses) == 6 and all(math.isfinite(x) for x in losses) and losses[-1] < losses[0]
-    pengi = pengi_kit.load(tmp_path / "run")
+    pengi = check_trains(tmp_path / "run", text_encoder=encoder)  # trains, checks the loss, loads, generates
     assert pengi.model.text_encoder.model.visual is None
     texts = pengi.generate((torch.randn(8000).numpy() * 0.1, 16000), ["this is a sound of", "generate audio caption"])
     assert len(texts) == 2 and all(isinstance(t, str) for t in texts)

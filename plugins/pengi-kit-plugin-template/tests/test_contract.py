@@ -3,7 +3,7 @@ import json
 import subprocess
 import sys
 
-from pengi_kit.testing import check_component
+from pengi_kit.testing import check_component, check_trains
 
 NAME = "template-cnn"  # rename: your component's name
 
@@ -17,3 +17,8 @@ def test_registered_through_the_installed_entry_point():
                          capture_output=True, text=True, check=True).stdout
     rows = {row["name"]: row["plugin"] for row in json.loads(out)}
     assert rows[NAME] == "template"  # the entry point's name in pyproject.toml
+
+
+def test_trains_in_a_tiny_pengi(tmp_path):
+    # a few training steps with the encoder in a small offline recipe; the loss must fall
+    check_trains(tmp_path / "run", audio_encoder={"name": NAME, "clip_seconds": 0.5, "channels": 4})

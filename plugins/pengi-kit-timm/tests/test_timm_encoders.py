@@ -1,6 +1,5 @@
 """pengi-kit-timm: contract, weights adaptation, the entry point, and a recipe that trains."""
 import json
-import math
 import os
 import subprocess
 import sys
@@ -14,11 +13,9 @@ import torch
 from safetensors.torch import save_file
 from timm.layers import resample_abs_pos_embed
 
-import pengi_kit
-from pengi_kit.engine.trainer import Trainer
 from pengi_kit.errors import WeightsError
-from pengi_kit.recipe import from_dict, load_recipe
-from pengi_kit.testing import check_component
+from pengi_kit.recipe import load_recipe
+from pengi_kit.testing import check_component, check_trains
 from pengi_kit_timm.encoders import timm_ast, timm_efficientnet
 from pengi_kit_timm.plugin import TINY_FRONTEND
 
@@ -96,33 +93,9 @@ def test_example_recipe_validates():
     assert encoder["name"] == "timm-ast" and encoder["pretrained"] == "augreg_in21k"
 
 
-def tiny_recipe(out_dir, audio_encoder):
-    """Pengi without a text encoder, small enough to train in seconds on the synthetic corpus."""
-    return {
-        "name": "tiny", "seed": 0,
-        "model": {
-            "projection_dim": 16, "prompt_length": 16, "target_length": 16,
-            "audio_encoder": audio_encoder,
-            "audio_mapper": {"name": "mlp", "prefix_length": 2},
-            "text_mapper": {"name": "transformer", "prefix_length": 16, "num_layers": 1, "num_heads": 2},
-            "lm": {"name": "gpt2", "pretrained": "", "tokenizer": "pengi_kit.data.synthetic:tokenizer",
-                   "n_layer": 1, "n_embd": 32, "n_head": 2, "n_positions": 64, "trainable": True},
-        },
-        "data": {"synthetic_train_size": 48, "synthetic_valid_size": 8},
-        "optim": {"lr": 3e-3, "warmup_steps": 1},
-        "train": {"batch_size": 8, "max_steps": 6, "log_every": 1, "output_dir": str(out_dir)},
-        "generate": {"method": "greedy", "max_new_tokens": 4},
-    }
-
-
 def test_ast_trains_in_a_recipe_and_the_checkpoint_loads(tmp_path):
     encoder = {"name": "timm-ast", **TINY_FRONTEND, "model_name": "vit_tiny_patch16_224", "model_args": TINY_VIT}
-    checkpoint = Trainer(from_dict(tiny_recipe(tmp_path / "run", encoder)), progress=False).fit()
-    assert checkpoint.is_dir()
-    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    losses = [r["loss"] for r in rows if "loss" in r]
-    assert len(losses) == 6 and all(math.isfinite(x) for x in losses) and losses[-1] < losses[0]
-    pengi = pengi_kit.load(tmp_path / "run")
+    pengi = check_trains(tmp_path / "run", audio_encoder=encoder)  # trains, checks the loss, loads, generates
     assert pengi.model.audio_encoder.backbone.patch_embed.grid_size == (2, 4)
     texts = pengi.generate([(torch.randn(8000).numpy() * 0.1, 16000)], "this is a sound of")
     assert len(texts) == 1 and isinstance(texts[0], str)
