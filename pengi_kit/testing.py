@@ -187,3 +187,22 @@ def check_trains(out_dir: Any, steps: int = 6, **components: dict[str, Any]) -> 
     texts = pengi.generate([(torch.rand(rate) * 0.2 - 0.1, rate)], "this is a sound of")
     assert len(texts) == 1 and isinstance(texts[0], str)
     return pengi
+
+
+def check_installed(plugin: str, distribution: str, components: list[tuple[str, str]]) -> None:
+    """Check in a fresh interpreter, as a user would see it, that the entry point ``plugin`` of the
+    installed ``distribution`` loads without error and registers each (kind, name) of ``components``."""
+    import json
+    import subprocess
+    import sys
+
+    def cli(*args: str) -> Any:
+        return json.loads(subprocess.run([sys.executable, "-m", "pengi_kit", *args, "--json"], capture_output=True,
+                                         text=True, check=True).stdout)
+
+    found = next((p for p in cli("plugins") if p["name"] == plugin), None)
+    assert found is not None, f"no installed plugin {plugin!r} (is {distribution} installed?)"
+    assert found["distribution"] == distribution and not found["error"], found
+    listed = {(r["kind"], r["name"]): r["plugin"] for r in cli("list-components")}
+    for component in components:
+        assert listed.get(component) == plugin, f"{component} is not registered by {plugin!r}: {listed.get(component)}"

@@ -1,8 +1,5 @@
 """pengi-kit-openclip: contract, tokenizer round trip, local weights, the entry point, a recipe that trains."""
-import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
@@ -13,7 +10,7 @@ import torch
 
 from pengi_kit.errors import WeightsError
 from pengi_kit.recipe import load_recipe
-from pengi_kit.testing import check_component, check_trains
+from pengi_kit.testing import check_component, check_installed, check_trains
 from pengi_kit_openclip.text import openclip_text
 
 RECIPE = Path(__file__).parents[1] / "recipes" / "pengi_openclip.toml"
@@ -26,15 +23,7 @@ def test_contract():
 
 
 def test_component_comes_from_the_installed_distribution():
-    def cli(*args):
-        out = subprocess.run([sys.executable, "-m", "pengi_kit", *args, "--json"], capture_output=True, text=True,
-                             check=True).stdout
-        return json.loads(out)
-
-    rows = {r["name"]: r["plugin"] for r in cli("list-components", "--kind", "text_encoder")}
-    assert rows["openclip-text"] == "openclip"
-    plugin = next(p for p in cli("plugins") if p["name"] == "openclip")
-    assert plugin["distribution"] == "pengi-kit-openclip" and not plugin["error"]
+    check_installed("openclip", "pengi-kit-openclip", [("text_encoder", "openclip-text")])
 
 
 def test_any_max_length_gives_open_clips_own_embedding():

@@ -1,9 +1,6 @@
 """The checks every pengi-kit component passes, run on this plugin's encoder as installed."""
-import json
-import subprocess
-import sys
 
-from pengi_kit.testing import check_component, check_trains
+from pengi_kit.testing import check_component, check_installed, check_trains
 
 NAME = "template-cnn"  # rename: your component's name
 
@@ -13,10 +10,8 @@ def test_contract():
 
 
 def test_registered_through_the_installed_entry_point():
-    out = subprocess.run([sys.executable, "-m", "pengi_kit", "list-components", "--kind", "audio_encoder", "--json"],
-                         capture_output=True, text=True, check=True).stdout
-    rows = {row["name"]: row["plugin"] for row in json.loads(out)}
-    assert rows[NAME] == "template"  # the entry point's name in pyproject.toml
+    # "template": the entry point's name in pyproject.toml; then the distribution's name
+    check_installed("template", "pengi-kit-plugin-template", [("audio_encoder", NAME)])
 
 
 def test_trains_in_a_tiny_pengi(tmp_path):

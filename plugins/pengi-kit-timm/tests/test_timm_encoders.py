@@ -1,8 +1,5 @@
 """pengi-kit-timm: contract, weights adaptation, the entry point, and a recipe that trains."""
-import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
@@ -15,7 +12,7 @@ from timm.layers import resample_abs_pos_embed
 
 from pengi_kit.errors import WeightsError
 from pengi_kit.recipe import load_recipe
-from pengi_kit.testing import check_component, check_trains
+from pengi_kit.testing import check_component, check_installed, check_trains
 from pengi_kit_timm.encoders import timm_ast, timm_efficientnet
 from pengi_kit_timm.plugin import TINY_FRONTEND
 
@@ -29,15 +26,7 @@ def test_contract(name):
 
 
 def test_components_come_from_the_installed_distribution():
-    def cli(*args):
-        out = subprocess.run([sys.executable, "-m", "pengi_kit", *args, "--json"], capture_output=True, text=True,
-                             check=True).stdout
-        return json.loads(out)
-
-    rows = {r["name"]: r["plugin"] for r in cli("list-components", "--kind", "audio_encoder")}
-    assert rows["timm-ast"] == rows["timm-efficientnet"] == "timm"
-    plugin = next(p for p in cli("plugins") if p["name"] == "timm")
-    assert plugin["distribution"] == "pengi-kit-timm" and not plugin["error"]
+    check_installed("timm", "pengi-kit-timm", [("audio_encoder", "timm-ast"), ("audio_encoder", "timm-efficientnet")])
 
 
 def test_ast_geometry_matches_ast():
