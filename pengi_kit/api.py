@@ -398,45 +398,70 @@ class Pengi:
             row = []
 
     # ------------------------------------------------------------------ embeddings
+    def _load(self, pool: ThreadPoolExecutor, items: Sequence[AudioLike], sample_rate: int | None,
+              handle: Callable[[Any, Exception], None]) -> tuple[list[int], torch.Tensor | None]:
+        """Load ``items`` in ``pool``: the positions that loaded and their stacked waveforms;
+        each one that fails goes to ``handle``."""
+        futures = [pool.submit(self._waveform, item, sample_rate) for item in items]
+        good, waves = [], []
+        for i, (item, future) in enumerate(zip(items, futures)):
+            try:
+                waves.append(future.result())
+                good.append(i)
+            except Exception as exc:  # noqa: BLE001 - reported or re-raised by the handler
+                handle(item, exc)
+        return good, (self._stack(waves) if waves else None)
+
     def embed_audio(self, audio: AudioLike | Sequence[AudioLike], *, sample_rate: int | None = None,
-                    batch_size: int = 32, progress: bool = False, projected: bool = True) -> torch.Tensor:
+                    batch_size: int = 32, progress: bool = False, projected: bool = True,
+                    on_error: OnError = "raise") -> torch.Tensor:
         """Projected (and, per the recipe, L2-normalised) audio embeddings (N, d_proj);
-        with ``projected=False`` the audio encoder's own embeddings (N, embed_dim)."""
+        with ``projected=False`` the audio encoder's own embeddings (N, embed_dim).
+        ``on_error`` as for :meth:`generate`; a skipped clip's row is NaN."""
         from tqdm.auto import tqdm
 
         clips = self._as_list(audio)
+        handle = self._error_handler(on_error)
         embed = self.model.embed_audio if projected else self.model.audio_encoder
-        out = []
+        width = self.model.audio_projection.linear2.out_features if projected else self.model.audio_encoder.embed_dim
+        out = torch.full((len(clips), width), float("nan"))
         with ThreadPoolExecutor(max(1, self.num_workers)) as pool, torch.inference_mode():
             for i in tqdm(range(0, len(clips), batch_size), disable=not progress, unit="batch"):
-                waves = list(pool.map(lambda c: self._waveform(c, sample_rate), clips[i:i + batch_size]))
-                out.append(embed(self._stack(waves)).float().cpu())
-        width = self.model.audio_projection.linear2.out_features if projected else self.model.audio_encoder.embed_dim
-        return torch.cat(out) if out else torch.empty(0, width)
+                good, waves = self._load(pool, clips[i:i + batch_size], sample_rate, handle)
+                if good:
+                    out[[i + g for g in good]] = embed(waves).float().cpu()
+        return out
 
     def log_likelihood(self, audio: AudioLike | Sequence[AudioLike], prompt: str, texts: Sequence[str], *,
-                       sample_rate: int | None = None, batch_size: int = 64,
-                       progress: bool = False) -> torch.Tensor:
+                       sample_rate: int | None = None, batch_size: int = 64, progress: bool = False,
+                       on_error: OnError = "raise") -> torch.Tensor:
         """How likely the model finds each of ``texts`` as the answer to ``prompt`` about each
         clip: the mean log-probability per token (end-of-text included), shape (clips, texts).
 
         Ranks class names for zero-shot classification and captions for retrieval without a
         text encoder. ``batch_size`` counts (clip, text) rows run through the LM together.
+        ``on_error`` as for :meth:`generate`; a skipped clip's row is NaN.
         """
         from tqdm.auto import tqdm
 
         clips, texts = self._as_list(audio), list(texts)
+        handle = self._error_handler(on_error)
         target = self.model.tokenize_targets(texts)
         ids, mask = target["input_ids"].to(self.device), target["attention_mask"].to(self.device)
-        out = torch.empty(len(clips), len(texts))
+        out = torch.full((len(clips), len(texts)), float("nan"))
         per_clip = max(1, batch_size // max(1, len(texts)))  # clips per step when all texts fit
         chunk = min(len(texts), batch_size)
         bar = tqdm(total=len(clips) * len(texts), disable=not progress, unit="pair")
-        with torch.inference_mode():
+        with ThreadPoolExecutor(max(1, self.num_workers)) as pool, torch.inference_mode():
             prompt_prefix = self._prompt_prefix([prompt], "none", 1, {})
             text_embeds = self.model.lm.embed(ids)
             for c0 in range(0, len(clips), per_clip):
-                prefix = self.model.audio_prefix(self._batch(clips[c0:c0 + per_clip], sample_rate))
+                good, waves = self._load(pool, clips[c0:c0 + per_clip], sample_rate, handle)
+                bar.update((min(per_clip, len(clips) - c0) - len(good)) * len(texts))
+                if not good:
+                    continue
+                rows_of = torch.tensor([c0 + g for g in good])
+                prefix = self.model.audio_prefix(waves)
                 if prompt_prefix is not None:
                     prefix = torch.cat([prefix, prompt_prefix.expand(len(prefix), -1, -1)], dim=1)
                 k = prefix.shape[1]
@@ -450,7 +475,7 @@ class Pengi:
                     logp = torch.log_softmax(logits[:, k - 1:-1].float(), dim=-1)
                     token_logp = logp.gather(2, ids[t0:t0 + n].repeat(len(prefix), 1)[..., None])[..., 0]
                     mean = (token_logp * tmask).sum(1) / tmask.sum(1)
-                    out[c0:c0 + len(prefix), t0:t0 + n] = mean.view(len(prefix), n).cpu()
+                    out[rows_of, t0:t0 + n] = mean.view(len(prefix), n).cpu()
                     bar.update(rows)
         bar.close()
         return out

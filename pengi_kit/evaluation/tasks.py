@@ -88,18 +88,10 @@ def _usable(items: list, result: Result) -> list:
     return items
 
 
-def _readable(pengi: Pengi, groups: list[_Group], result: Result, on_error: str) -> list[_Group]:
-    """The groups whose clips load (scoring tasks need every clip before they start)."""
-    good = []
-    for g in groups:
-        try:
-            pengi._waveform(g.clip, None)
-            good.append(g)
-        except Exception as exc:  # noqa: BLE001 - reported, or re-raised with on_error="fail"
-            if on_error == "fail":
-                raise
-            result.problems.append(f"{g.clip.path}: {exc} (left out of the scores)")
-    return _usable(good, result)
+def _scored(groups: list[_Group], matrix: torch.Tensor, result: Result) -> tuple[list[_Group], torch.Tensor]:
+    """The groups, and their rows of ``matrix``, whose clips loaded (a skipped clip's row is NaN)."""
+    kept = ~torch.isnan(matrix).any(dim=1)
+    return _usable([g for g, k in zip(groups, kept.tolist()) if k], result), matrix[kept]
 
 
 # ---------------------------------------------------------------------------- captioning
@@ -226,11 +218,12 @@ def classification(pengi: Pengi, manifest: str | Path, *, method: str = "generat
         result.info["matcher"] = name
         outputs = [t for _, t in pairs]
     elif method == "likelihood":
-        groups = _readable(pengi, groups, result, on_error)
-        class_names, labels, multi = _labels(groups, classes, multi_label)
+        class_names = _labels(groups, classes, multi_label)[0]
         asked = prompt or groups[0].prompt
         matrix = pengi.log_likelihood([g.clip for g in groups], asked, class_names, batch_size=batch_size,
-                                      progress=True)
+                                      progress=True, on_error=_on_error(on_error, result))
+        groups, matrix = _scored(groups, matrix, result)
+        class_names, labels, multi = _labels(groups, class_names, multi_label)
         outputs = [class_names[i] for i in matrix.argmax(1)]
     else:
         raise PengiKitError(f"unknown classification method {method!r} (use generate or likelihood)")
@@ -252,24 +245,31 @@ def retrieval(pengi: Pengi, manifest: str | Path, *, method: str = "auto", on_er
     given the clip; ``"auto"`` picks the first that the model supports.
     """
     result = Result("retrieval")
-    groups = _readable(pengi, _read(manifest, result, on_error, limit), result, on_error)
-    captions = [t for g in groups for t in g.texts]
-    owner = torch.tensor([i for i, g in enumerate(groups) for _ in g.texts])
-    relevant = owner[None, :] == torch.arange(len(groups))[:, None]  # (clips, captions)
+    groups = _read(manifest, result, on_error, limit)
+    clips = [g.clip for g in groups]
     if method == "auto":
         method = "embedding" if pengi.model.text_encoder is not None else "likelihood"
     if method == "embedding":
         if pengi.model.text_encoder is None:
             raise PengiKitError("this model has no text encoder (use --scoring likelihood)")
-        audio = torch.nn.functional.normalize(pengi.embed_audio([g.clip for g in groups], batch_size=batch_size), dim=-1)
+        audio = pengi.embed_audio(clips, batch_size=batch_size, on_error=_on_error(on_error, result))
+        groups, audio = _scored(groups, audio, result)
+        captions = [t for g in groups for t in g.texts]
         text = torch.nn.functional.normalize(pengi.embed_text(captions).float().cpu(), dim=-1)
-        similarity = audio @ text.T
+        similarity = torch.nn.functional.normalize(audio, dim=-1) @ text.T
     elif method == "likelihood":
-        asked = prompt or groups[0].prompt
-        similarity = pengi.log_likelihood([g.clip for g in groups], asked, captions, batch_size=batch_size,
-                                          progress=True)
+        captions = [t for g in groups for t in g.texts]
+        owner = torch.tensor([i for i, g in enumerate(groups) for _ in g.texts])
+        similarity = pengi.log_likelihood(clips, prompt or groups[0].prompt, captions, batch_size=batch_size,
+                                          progress=True, on_error=_on_error(on_error, result))
+        loaded = ~torch.isnan(similarity).any(dim=1)  # captions of skipped clips leave the pool too
+        groups, similarity = _scored(groups, similarity, result)
+        similarity = similarity[:, loaded[owner]]
+        captions = [c for c, keep in zip(captions, loaded[owner].tolist()) if keep]
     else:
         raise PengiKitError(f"unknown retrieval method {method!r} (use auto, embedding or likelihood)")
+    owner = torch.tensor([i for i, g in enumerate(groups) for _ in g.texts])
+    relevant = owner[None, :] == torch.arange(len(groups))[:, None]  # (clips, captions)
     result.info.update(method=method, clips=len(groups), captions=len(captions))
     for prefix, sim, rel in (("text-to-audio", similarity.T, relevant.T), ("audio-to-text", similarity, relevant)):
         result.metrics.update({f"{prefix} {k}": v for k, v in scores.retrieval_scores(sim, rel).items()})
@@ -309,10 +309,16 @@ def linear_probe(pengi: Pengi, manifest: str | Path, *, train_manifest: str | Pa
     if train_manifest is None:
         raise PengiKitError("the linear probe needs --train-manifest (the clips to fit the classifier on)")
     result = Result("linear-probe")
-    train = _readable(pengi, _read(train_manifest, result, on_error, None), result, on_error)
-    test = _readable(pengi, _read(manifest, result, on_error, limit), result, on_error)
+    handle = _on_error(on_error, result)
+
+    def embedded(groups: list[_Group]) -> tuple[list[_Group], torch.Tensor]:
+        return _scored(groups, pengi.embed_audio([g.clip for g in groups], batch_size=batch_size, progress=True,
+                                                 projected=False, on_error=handle), result)
+
+    train, train_feats = embedded(_read(train_manifest, result, on_error, None))
+    test, test_feats = embedded(_read(manifest, result, on_error, limit))
     class_names, labels, multi = _labels(train + test, classes, multi_label)
-    feats = pengi.embed_audio([g.clip for g in train + test], batch_size=batch_size, progress=True, projected=False)
+    feats = torch.cat([train_feats, test_feats])
     predict = fit_logistic_regression(feats[:len(train)], labels[:len(train)], multi)
     matrix = predict(feats[len(train):])
     result.metrics = _class_scores(labels[len(train):], matrix, multi)

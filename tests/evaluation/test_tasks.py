@@ -63,6 +63,11 @@ def test_bad_input_is_reported_and_left_out(pengi, corpus):
         assert any(p.startswith(str(corpus / "broken.wav")) for p in result.problems)
         assert 0 <= result.metrics["accuracy"] <= 1
     assert result.info["classes"] == 2 and result.info["multi_label"] is False
+    # scoring without generation: the broken clip's row, and its caption as a candidate, leave too
+    result = evaluate(pengi, "retrieval", corpus / "cls.jsonl", method="likelihood")
+    assert (result.info["clips"], result.info["captions"], len(result.problems)) == (3, 3, 2)
+    result = evaluate(pengi, "linear-probe", corpus / "cls.jsonl", train_manifest=corpus / "cls.jsonl")
+    assert (result.info["train_clips"], result.info["test_clips"], len(result.problems)) == (3, 3, 4)
     with pytest.raises(Exception):
         evaluate(pengi, "classification", corpus / "cls.jsonl", on_error="fail")
 
