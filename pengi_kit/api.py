@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence, Union
 import numpy as np
 import torch
 
-from pengi_kit.generation import Decoding, cut_at_stop, generate as decode
+from pengi_kit.generation import Decoding, cut_at_stop, generate as decode, reference_text
 from pengi_kit.model import PengiModel, build_model
 
 
@@ -70,10 +70,31 @@ def collect_inputs(inputs: Iterable[str | Path], prompts: Sequence[str] = (DEFAU
     Files and folder contents get every one of ``prompts``; manifest rows bring their
     own prompt, and rows without one get every one of ``prompts``, whose ``{fields}``
     are filled from the row. Returns the jobs and one message per problem (a missing
-    input, a bad manifest line); nothing is opened but manifests.
+    input, a bad manifest line, and in a folder every entry named like audio that is
+    not a regular file: a broken symlink, a symlink loop, a named pipe ...); nothing is
+    opened but manifests.
     """
+    import stat
+
+    from pengi_kit.data.audio import check_audio_file
     from pengi_kit.data.manifest import MANIFEST_SUFFIXES, read_manifest
     from pengi_kit.errors import PengiKitError
+
+    def kind(path: Path) -> str:
+        """``"file"`` (regular), ``"dir"``, or ``"other"`` (anything unreadable as a file)."""
+        try:
+            mode = path.stat().st_mode
+        except OSError:  # broken symlink, symlink loop, no permission ...
+            return "other"
+        return "file" if stat.S_ISREG(mode) else "dir" if stat.S_ISDIR(mode) else "other"
+
+    def not_a_file(path: Path) -> str:
+        """Why ``path`` (not a regular file, not a folder) cannot be read, in one line."""
+        try:
+            check_audio_file(path)
+        except PengiKitError as exc:
+            return str(exc)
+        return f"{path}: is not a regular file (point to the audio file itself)"  # changed meanwhile
 
     prompts = list(prompts) or [DEFAULT_PROMPT]
     jobs: list[Job] = []
@@ -81,8 +102,12 @@ def collect_inputs(inputs: Iterable[str | Path], prompts: Sequence[str] = (DEFAU
     for given in inputs:
         path = Path(given)
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
-            if not files:
+            named = [(p, kind(p)) for p in sorted(path.rglob("*")) if p.suffix.lower() in AUDIO_EXTENSIONS]
+            files = [p for p, k in named if k == "file"]
+            # a folder named like audio is walked, not read; anything else left out is reported
+            bad = [not_a_file(p) for p, k in named if k == "other"]
+            problems += bad
+            if not files and not bad:
                 problems.append(f"{given}: folder holds no audio files ({', '.join(AUDIO_EXTENSIONS)})")
             jobs += [Job(Clip(str(f)), prompt, str(f)) for f in files for prompt in prompts]
         elif path.suffix.lower() in MANIFEST_SUFFIXES and path.is_file():
@@ -99,6 +124,8 @@ def collect_inputs(inputs: Iterable[str | Path], prompts: Sequence[str] = (DEFAU
                 jobs += [Job(Clip(str(r.audio), r.start, r.end), r.prompt, str(r.audio)) for r in rows]
         elif path.is_file():
             jobs += [Job(Clip(str(given)), prompt, str(given)) for prompt in prompts]
+        elif os.path.lexists(path):  # a pipe, a socket, a broken symlink, a symlink loop ...
+            problems.append(not_a_file(path))
         else:
             problems.append(f"{given}: no such file or folder (check the path)")
     return jobs, problems
@@ -110,7 +137,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> PengiMod
     from pengi_kit.recipe import from_dict
     from pengi_kit.sources import resolve_relative
 
-    path = ckpt.resolve(path)
+    path = ckpt.resolve(_checkpoint_folder(path))
     meta = ckpt.verify(path)
     # sources inside the checkpoint (an importer's lm/, text_encoder/) are relative to it
     model = build_model(from_dict(resolve_relative(ckpt.read_recipe(path), path)))
@@ -118,13 +145,37 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> PengiMod
     return model.to(_device(device)).eval()
 
 
+def _checkpoint_folder(path: str | Path) -> Path:
+    """``path`` if it is a folder; a file gets a one-line error saying what to pass instead."""
+    from pengi_kit.errors import CheckpointError
+
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint folder (pass a run directory such as runs/demo, a "
+                              "checkpoint folder, or a folder written by `pengi-kit import`)")
+    if path.is_dir():
+        return path
+    if path.suffix == ".toml":
+        raise CheckpointError(f"{path} is a recipe, not a checkpoint: train it first (`pengi-kit train {path}`) "
+                              "and pass the run directory it prints")
+    if path.suffix in (".pth", ".pt", ".ckpt", ".bin"):
+        raise CheckpointError(f"{path} is a weights file, not a checkpoint folder: import it first "
+                              "(`pengi-kit import --help` lists the formats) and pass the folder it writes")
+    raise CheckpointError(f"{path} is a file, not a checkpoint folder: pass the folder that holds it "
+                          f"({path.parent})")
+
+
 def _device(device: str | torch.device | None) -> torch.device:
+    """A torch device from ``"auto"``, ``"cpu"``, ``"cuda:1"`` ...; one-line errors for the rest."""
+    from pengi_kit.errors import PengiKitError
+
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise PengiKitError(f"--device {device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        from pengi_kit.errors import PengiKitError
-
         raise PengiKitError(f"device {device} requested but torch sees no CUDA GPU (use --device cpu)")
     return device
 
@@ -224,7 +275,7 @@ class Pengi:
 
     def generate(self, audio: AudioLike | Sequence[AudioLike],
                  prompts: str | Sequence[str] | Sequence[Sequence[str]], *, sample_rate: int | None = None,
-                 batch_size: int = 32, progress: bool = False, on_error: OnError = "raise",
+                 batch_size: int = 32, progress: bool | None = False, on_error: OnError = "raise",
                  **decoding: Any) -> list[Any]:
         """Text for each (clip, prompt) pair.
 
@@ -268,14 +319,14 @@ class Pengi:
         return out[0] if single else out
 
     def generate_pairs(self, clips: Sequence[AudioLike], pairs: Sequence[tuple[int, str]], *,
-                       sample_rate: int | None = None, batch_size: int = 32, progress: bool = False,
+                       sample_rate: int | None = None, batch_size: int = 32, progress: bool | None = False,
                        on_error: OnError = "raise", **decoding: Any) -> Iterator[tuple[int, str | None]]:
         """Yield ``(pair index, text)`` in order for ``pairs`` of (index into ``clips``, prompt).
 
         Streams: results come batch by batch. Clips that several pairs share (or that
         appear several times in ``clips``) are loaded and encoded once.
         """
-        from tqdm.auto import tqdm
+        from pengi_kit.progress import bar as progress_bar
 
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -294,7 +345,7 @@ class Pengi:
         results: dict[int, str | None] = {}
         prompt_cache: dict[str, torch.Tensor] = {}  # per call: weights may change between calls
         emitted = 0
-        bar = tqdm(total=len(pairs), disable=not progress, unit="text")
+        bar = progress_bar(len(pairs), "generating", "text", enabled=progress)
         with ThreadPoolExecutor(max(1, self.num_workers)) as pool:
             def submit(chunk: list[int]) -> list[Any]:
                 return [pool.submit(self._waveform, first_item[u], sample_rate) for u in chunk]
@@ -363,9 +414,16 @@ class Pengi:
         return torch.stack([cache[p] for p in prompts])
 
     def _decode(self, prefix: torch.Tensor, cfg: Decoding) -> list[str]:
+        """Generated texts: tidied (special tokens dropped, ends stripped), or with
+        ``compat="pengi"`` exactly the reference wrapper's strings (:func:`reference_text`)."""
         tok = self.model.lm.tokenizer
-        texts = tok.batch_decode(decode(self.model.lm, prefix, cfg), skip_special_tokens=True)
-        return [cut_at_stop(t, cfg.stop).strip() for t in texts]
+        if cfg.compat == "pengi":  # the reference keeps the stop id (GPT-2: a trailing space) in its text
+            rows = decode(self.model.lm, prefix, cfg, keep_stop=not cfg.stop)
+            texts = [cut_at_stop(reference_text(tok, row), cfg.stop) for row in rows]
+        else:
+            texts = tok.batch_decode(decode(self.model.lm, prefix, cfg), skip_special_tokens=True)
+            texts = [cut_at_stop(t, cfg.stop).strip() for t in texts]
+        return [t.capitalize() for t in texts] if cfg.capitalize else texts
 
     def describe(self, audio: AudioLike | Sequence[AudioLike], **kwargs: Any) -> Any:
         """Caption, metadata and sound events, asked with the reference ``describe`` prompts.
@@ -382,8 +440,12 @@ class Pengi:
 
     def iter_describe(self, clips: Sequence[AudioLike], **kwargs: Any) -> Iterator[tuple[int, dict[str, str] | None]]:
         """Yield ``(clip index, description or None)`` in order, batch by batch (see :meth:`describe`)."""
+        from dataclasses import fields
+
         prompts = list(DESCRIBE_PROMPTS.values())
         pairs = [(i, p) for i in range(len(clips)) for p in prompts]
+        names = {f.name for f in fields(Decoding)}
+        compat = self.decoding(**{k: v for k, v in kwargs.items() if k in names}).compat
         row: list[str | None] = []
         for index, text in self.generate_pairs(clips, pairs, **kwargs):
             row.append(text)
@@ -392,8 +454,12 @@ class Pengi:
             item = None
             if all(t is not None for t in row):
                 item = dict(zip(DESCRIBE_PROMPTS, row))
-                item["summary"] = (f"{item['caption']} {item['metadata']} "
-                                   f"this audio contains sound events: {item['sound_events']}.")
+                if compat == "pengi":  # the reference's exact concatenation of its untrimmed texts
+                    item["summary"] = (item["caption"] + item["metadata"] + "this audio contains sound events: "
+                                       + item["sound_events"][:-1] + ".")
+                else:
+                    item["summary"] = (f"{item['caption']} {item['metadata']} "
+                                       f"this audio contains sound events: {item['sound_events']}.")
             yield index // len(prompts), item
             row = []
 
@@ -413,27 +479,30 @@ class Pengi:
         return good, (self._stack(waves) if waves else None)
 
     def embed_audio(self, audio: AudioLike | Sequence[AudioLike], *, sample_rate: int | None = None,
-                    batch_size: int = 32, progress: bool = False, projected: bool = True,
+                    batch_size: int = 32, progress: bool | None = False, projected: bool = True,
                     on_error: OnError = "raise") -> torch.Tensor:
         """Projected (and, per the recipe, L2-normalised) audio embeddings (N, d_proj);
         with ``projected=False`` the audio encoder's own embeddings (N, embed_dim).
         ``on_error`` as for :meth:`generate`; a skipped clip's row is NaN."""
-        from tqdm.auto import tqdm
+        from pengi_kit.progress import bar as progress_bar
 
         clips = self._as_list(audio)
         handle = self._error_handler(on_error)
         embed = self.model.embed_audio if projected else self.model.audio_encoder
         width = self.model.audio_projection.linear2.out_features if projected else self.model.audio_encoder.embed_dim
         out = torch.full((len(clips), width), float("nan"))
+        bar = progress_bar(len(clips), "embedding audio", "clip", enabled=progress)
         with ThreadPoolExecutor(max(1, self.num_workers)) as pool, torch.inference_mode():
-            for i in tqdm(range(0, len(clips), batch_size), disable=not progress, unit="batch"):
+            for i in range(0, len(clips), batch_size):
                 good, waves = self._load(pool, clips[i:i + batch_size], sample_rate, handle)
                 if good:
                     out[[i + g for g in good]] = embed(waves).float().cpu()
+                bar.update(len(clips[i:i + batch_size]))
+        bar.close()
         return out
 
     def log_likelihood(self, audio: AudioLike | Sequence[AudioLike], prompt: str, texts: Sequence[str], *,
-                       sample_rate: int | None = None, batch_size: int = 64, progress: bool = False,
+                       sample_rate: int | None = None, batch_size: int = 64, progress: bool | None = False,
                        on_error: OnError = "raise") -> torch.Tensor:
         """How likely the model finds each of ``texts`` as the answer to ``prompt`` about each
         clip: the mean log-probability per token (end-of-text included), shape (clips, texts).
@@ -442,7 +511,7 @@ class Pengi:
         text encoder. ``batch_size`` counts (clip, text) rows run through the LM together.
         ``on_error`` as for :meth:`generate`; a skipped clip's row is NaN.
         """
-        from tqdm.auto import tqdm
+        from pengi_kit.progress import bar as progress_bar
 
         clips, texts = self._as_list(audio), list(texts)
         handle = self._error_handler(on_error)
@@ -451,7 +520,7 @@ class Pengi:
         out = torch.full((len(clips), len(texts)), float("nan"))
         per_clip = max(1, batch_size // max(1, len(texts)))  # clips per step when all texts fit
         chunk = min(len(texts), batch_size)
-        bar = tqdm(total=len(clips) * len(texts), disable=not progress, unit="pair")
+        bar = progress_bar(len(clips) * len(texts), "scoring texts", "pair", enabled=progress)
         with ThreadPoolExecutor(max(1, self.num_workers)) as pool, torch.inference_mode():
             prompt_prefix = self._prompt_prefix([prompt], "none", 1, {})
             text_embeds = self.model.lm.embed(ids)
@@ -481,17 +550,20 @@ class Pengi:
         return out
 
     def embed_text(self, texts: str | Iterable[str], *, batch_size: int = 256,
-                   progress: bool = False) -> torch.Tensor:
+                   progress: bool | None = False) -> torch.Tensor:
         """Projected (and, per the recipe, L2-normalised) text embeddings (N, d_proj); needs a text encoder."""
-        from tqdm.auto import tqdm
+        from pengi_kit.progress import bar as progress_bar
 
         texts = [texts] if isinstance(texts, str) else list(texts)
         out = []
+        bar = progress_bar(len(texts), "embedding texts", "text", enabled=progress)
         with torch.inference_mode():
-            for i in tqdm(range(0, len(texts), batch_size), disable=not progress, unit="batch"):
+            for i in range(0, len(texts), batch_size):
                 tokens = self.model.tokenize_prompts(texts[i:i + batch_size])
                 out.append(self.model.embed_text(tokens["input_ids"].to(self.device),
                                                  tokens["attention_mask"].to(self.device)))
+                bar.update(len(texts[i:i + batch_size]))
+        bar.close()
         return torch.cat(out)
 
 

@@ -26,14 +26,14 @@ class _Group(click.Group):
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="pengi-kit")
+@click.version_option(package_name="pengi-kit", prog_name="pengi-kit")
 def main() -> None:
     """pengi-kit: audio language models of the Pengi kind."""
 
 
 @main.command("list-components")
 @click.option("--kind", help="Only this kind (audio_encoder, text_encoder, mapper, causal_lm, dataset).")
-@click.option("--json", "as_json", is_flag=True, help="JSON lines instead of a table.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of objects instead of a table.")
 def list_components_cmd(kind: str | None, as_json: bool) -> None:
     """List registered components (imports no torch)."""
     from pengi_kit import list_components
@@ -51,7 +51,7 @@ def list_components_cmd(kind: str | None, as_json: bool) -> None:
 
 
 @main.command("plugins")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of objects instead of a table.")
 def plugins_cmd(as_json: bool) -> None:
     """List loaded plugins with their versions and hooks."""
     from pengi_kit.plugins import state
@@ -69,10 +69,12 @@ def plugins_cmd(as_json: bool) -> None:
 @click.argument("recipe")
 @overrides_option
 def validate_cmd(recipe: str, overrides: tuple[str, ...]) -> None:
-    """Check a recipe: keys, types, component names and arguments. Loads no weights."""
-    from pengi_kit.recipe import load_recipe
+    """Check a recipe: keys, types, ranges, component names and arguments, and that the files
+    it names exist. Loads no weights."""
+    from pengi_kit.recipe import check_files, load_recipe
 
     resolved = load_recipe(recipe, overrides)
+    check_files(resolved)
     parts = ", ".join(f"{slot}={table['name']}" for slot, table in resolved["model"].items() if isinstance(table, dict))
     click.echo(f"ok: {recipe} ({parts})")
 
@@ -90,7 +92,10 @@ def show_cmd(recipe: str, overrides: tuple[str, ...]) -> None:
 @main.command("train")
 @click.argument("recipe")
 @overrides_option
-@click.option("--resume", is_flag=True, help="Continue from the newest intact checkpoint in the output directory.")
+@click.option("--resume", is_flag=True, help="Continue the run in the output directory from its newest intact "
+              "checkpoint.")
+@click.option("--overwrite", is_flag=True, help="Delete the run already in the output directory (its checkpoints, "
+              "best/, metrics.jsonl and tensorboard/; nothing else) and start over.")
 @click.option("--device", default=None, help="cpu, cuda ... (default: cuda when available; each process "
               "takes the GPU of its local rank).")
 @click.option("--nproc-per-node", type=int, default=1, show_default=True,
@@ -101,18 +106,48 @@ def show_cmd(recipe: str, overrides: tuple[str, ...]) -> None:
 @click.option("--rdzv-backend", default="c10d", show_default=True)
 @click.option("--rdzv-id", default="pengi-kit", show_default=True, help="Job id shared by every machine.")
 @click.option("--max-restarts", type=int, default=0, show_default=True,
-              help="Restart the workers this often on failure (use with --resume).")
-def train_cmd(recipe: str, overrides: tuple[str, ...], resume: bool, device: str | None, nproc_per_node: int,
-              nnodes: str, node_rank: int, rdzv_endpoint: str, rdzv_backend: str, rdzv_id: str,
+              help="Restart the workers this often on failure; a restart continues the run from its newest "
+                   "checkpoint.")
+def train_cmd(recipe: str, overrides: tuple[str, ...], resume: bool, overwrite: bool, device: str | None,
+              nproc_per_node: int, nnodes: str, node_rank: int, rdzv_endpoint: str, rdzv_backend: str, rdzv_id: str,
               max_restarts: int) -> None:
-    """Train a recipe, on one process or, with --nproc-per-node/--nnodes, many (DDP)."""
+    """Train a recipe, on one process or, with --nproc-per-node/--nnodes, many (DDP).
+
+    The run goes to train.output_dir (default runs/<name>). A directory that already
+    holds a run is refused: --resume continues that run, --overwrite starts over.
+    Ctrl-C or SIGTERM stops after the current step with a checkpoint and the command
+    that continues the run (exit status 130 or 143); a second one aborts at once.
+    """
     import os
 
-    from pengi_kit.recipe import load_recipe
+    from pengi_kit.progress import say
+    from pengi_kit.recipe import check_files, load_recipe
+    from pengi_kit.sources import offline_if_hub_unreachable
 
-    resolved = load_recipe(recipe, overrides)  # fail fast, before any process starts
-    if (nproc_per_node > 1 or nnodes != "1") and "LOCAL_RANK" not in os.environ:
-        from torch.distributed.run import main as torchrun
+    resolved = load_recipe(recipe, overrides)  # fail fast, before any process starts or weight loads
+    check_files(resolved)
+    note = offline_if_hub_unreachable(resolved)
+    if note and "LOCAL_RANK" not in os.environ:
+        say(f"pengi-kit: {note}")
+    from pengi_kit.engine.distributed import resolve_device
+    from pengi_kit.engine.trainer import Trainer, run_dir_taken
+
+    many = nproc_per_node > 1 or nnodes != "1"
+    args = _train_args(recipe, overrides)  # this command line, less --resume and --overwrite
+    if "LOCAL_RANK" not in os.environ:  # the launching process: one line, before any process or model starts
+        if resume and overwrite:
+            raise PengiKitError("--resume continues the run in train.output_dir and --overwrite deletes it: "
+                                "give one of them")
+        resolve_device(device, nproc_per_node - 1, nproc_per_node)
+        problem = None if resume or overwrite else run_dir_taken(resolved["train"]["output_dir"])
+        if problem:
+            raise PengiKitError(problem)
+    if many and "LOCAL_RANK" not in os.environ:
+        import signal
+
+        from torch.distributed.elastic.multiprocessing.api import SignalException
+        from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+        from torch.distributed.run import parse_args, run
 
         launch = [f"--nproc-per-node={nproc_per_node}", f"--nnodes={nnodes}", f"--max-restarts={max_restarts}"]
         if rdzv_endpoint:
@@ -120,31 +155,78 @@ def train_cmd(recipe: str, overrides: tuple[str, ...], resume: bool, device: str
                        f"--rdzv-backend={rdzv_backend}", f"--rdzv-id={rdzv_id}"]
         else:
             launch += ["--standalone"]
-        worker = ["-m", "pengi_kit", "train", recipe, *[a for o in overrides for a in ("-s", o)]]
-        worker += (["--resume"] if resume else []) + (["--device", device] if device else [])
-        torchrun(launch + worker)
+        worker = ["-m", "pengi_kit", "train", *args] + (["--resume"] if resume else [])
+        worker += ["--overwrite"] if overwrite else []
+        os.environ["PENGI_KIT_RUN_CHECKED"] = "1"  # the output directory held no other run: restarts continue it
+        try:
+            run(parse_args(launch + worker))
+        except SignalException as exc:  # passed on to the workers, which stopped with a checkpoint
+            sys.exit(128 + int(exc.sigval))
+        except ChildFailedError as exc:
+            codes = {failure.exitcode for failure in exc.failures.values()}
+            if codes == {2} or (codes and codes <= {128 + signal.SIGINT, 128 + signal.SIGTERM}):
+                sys.exit(max(codes))  # the workers said why (an error line, or where they stopped)
+            raise
         return
-    from pengi_kit.engine.distributed import teardown
-    from pengi_kit.engine.trainer import Trainer
-
-    trainer = Trainer(resolved, resume=resume, device=device)
-    path = trainer.fit()
-    teardown(trainer.dist)
-    if int(os.environ.get("RANK", "0")) == 0:
+    trainer = Trainer(resolved, resume=resume, overwrite=overwrite, device=device)
+    path = _fit(trainer, args)
+    if trainer.dist.is_main:
         click.echo(f"checkpoint: {path}")
 
 
+def _train_args(recipe: str, overrides: tuple[str, ...]) -> list[str]:
+    """The arguments of the running ``train`` command that rebuild its run, without ``--resume``
+    and ``--overwrite``: what a worker process gets, and what the continue-line repeats."""
+    ctx = click.get_current_context()
+    args = [recipe, *[a for o in overrides for a in ("-s", o)]]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if isinstance(param, click.Option) and not param.is_flag and param.name != "overrides" \
+                and value is not None and value != param.default:
+            args += [param.opts[0], str(value)]
+    return args
+
+
+def _fit(trainer: Any, args: list[str]) -> Path:
+    """``trainer.fit()``; on SIGINT/SIGTERM one line with the checkpoint and the command that
+    continues the run, then exit status 130/143 (every process; rank 0 prints)."""
+    import shlex
+
+    from pengi_kit.engine.distributed import teardown
+    from pengi_kit.engine.trainer import TrainingAborted, TrainingInterrupted
+
+    try:
+        path = trainer.fit()
+    except TrainingInterrupted as exc:
+        teardown(trainer.dist)
+        if trainer.dist.is_main:
+            click.echo(f"{exc}; continue with: {shlex.join(['pengi-kit', 'train', *args, '--resume'])}", err=True)
+        sys.exit(exc.exit_status)
+    except TrainingAborted as exc:
+        if trainer.dist.is_main:
+            click.echo(f"{exc} (no checkpoint of the current step; --resume continues from the newest "
+                       f"checkpoint in {trainer.out})", err=True)
+        sys.exit(128 + exc.signum)
+    teardown(trainer.dist)
+    return path
+
+
 def _decoding_options(f: Any) -> Any:
+    from pengi_kit.recipe import SCHEMA
+
+    def option(name: str, kind: Any, **extra: Any) -> Any:
+        field = SCHEMA["generate"][name]
+        kind = click.Choice(field.choices) if field.choices else kind
+        return click.option(f"--{name.replace('_', '-')}", type=kind, help=field.help + " [recipe: [generate]]",
+                            **extra)
+
     for opt in reversed([
-        click.option("--method", type=click.Choice(["beam", "greedy", "sample"]), help="Decoding method."),
-        click.option("--beam-size", type=int), click.option("--max-new-tokens", type=int),
-        click.option("--min-new-tokens", type=int), click.option("--length-penalty", type=float),
-        click.option("--temperature", type=float), click.option("--top-k", type=int),
-        click.option("--top-p", type=float), click.option("--seed", type=int, help="Seed for sampling."),
-        click.option("--no-repeat-ngram-size", type=int),
-        click.option("--stop", multiple=True, help="A string that ends the text (repeatable)."),
-        click.option("--compat", type=click.Choice(["none", "pengi"]),
-                     help="pengi: decode token for token as the reference Pengi wrapper."),
+        option("method", str), option("beam_size", int), option("max_new_tokens", int),
+        option("min_new_tokens", int), option("length_penalty", float), option("temperature", float),
+        option("top_k", int), option("top_p", float),
+        click.option("--seed", type=int, help="Seed for sampling (default: unseeded)."),
+        option("no_repeat_ngram_size", int),
+        option("stop", str, multiple=True), option("compat", str),
     ]):
         f = opt(f)
     return f
@@ -158,7 +240,8 @@ def _inference_options(f: Any) -> Any:
         click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
                      help="Write the results to this file instead of standard output."),
         click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1 ... or auto."),
-        click.option("--batch-size", type=int, default=32, show_default=True, help="Rows decoded together."),
+        click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
+                     help="Rows decoded together."),
         click.option("--progress/--no-progress", default=None,
                      help="Progress bar on standard error (default: when it is a terminal)."),
     ]):
@@ -166,12 +249,25 @@ def _inference_options(f: Any) -> Any:
     return f
 
 
+def _writable(out: Path | None) -> None:
+    """``--out`` names a file in an existing folder (checked before a model loads)."""
+    if out is not None and not out.parent.is_dir():
+        raise PengiKitError(f"--out {out}: folder {out.parent} does not exist; create it first (mkdir -p {out.parent})")
+
+
 def _given(**options: Any) -> dict[str, Any]:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in options.items() if v not in (None, ())}
 
 
 class _Writer:
-    """Results as text, JSON lines or CSV, one row at a time (flushed, so long runs stream)."""
+    r"""Results as text, JSON lines or CSV, one row at a time (flushed, so long runs stream).
+
+    Text: one line per row, columns tab-separated; a backslash, newline, carriage return
+    or tab inside a value is written as ``\\``, ``\n``, ``\r``, ``\t``, so every other
+    character (leading and trailing spaces included) is printed as it is and nothing is lost.
+    """
+
+    ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"})
 
     def __init__(self, fmt: str, out: Path | None, columns: list[str]) -> None:
         import csv
@@ -188,7 +284,7 @@ class _Writer:
         elif self.csv:
             self.csv.writerow(row)
         else:
-            self.stream.write("\t".join(" ".join(str(row.get(c, "")).split()) for c in self.columns) + "\n")
+            self.stream.write("\t".join(str(row.get(c, "")).translate(self.ESCAPES) for c in self.columns) + "\n")
         self.stream.flush()
 
     def close(self) -> None:
@@ -201,12 +297,14 @@ def _run_inference(checkpoint: str, inputs: tuple[str, ...], prompts: list[str],
                    decoding: dict[str, Any], describe: bool) -> None:
     """Shared by generate and describe: expand inputs, report bad ones, stream results."""
     import pengi_kit
-    from pengi_kit.api import DESCRIBE_PROMPTS, collect_inputs
+    from pengi_kit.api import DESCRIBE_PROMPTS, _checkpoint_folder, _device, collect_inputs
+    from pengi_kit.progress import say
 
     fmt = "jsonl" if as_json else fmt
+    _checkpoint_folder(checkpoint), _device(device), _writable(out)  # before the model loads
     jobs, problems = collect_inputs(inputs, prompts)
     for problem in problems:
-        click.echo(f"skipped: {problem}", err=True)
+        say(f"skipped: {problem}")
     if describe:  # one row per clip
         jobs = list({(j.audio, j.name): j for j in jobs}.values())
     if not jobs:
@@ -224,10 +322,10 @@ def _run_inference(checkpoint: str, inputs: tuple[str, ...], prompts: list[str],
         name = str(getattr(item, "path", item))
         message = " ".join(str(exc).split()) or type(exc).__name__
         named = message.startswith((name, str(Path(name))))
-        click.echo(f"skipped: {message}" if named else f"skipped: {name}: {message}", err=True)
+        say(f"skipped: {message}" if named else f"skipped: {name}: {message}")
 
-    segments = any(j.segment for j in jobs)
-    extra = ["start", "end"] if segments else []
+    # jsonl/csv carry start/end fields; the text format names a segment in its audio column
+    extra = ["start", "end"] if fmt != "text" and any(j.segment for j in jobs) else []
     show = progress if progress is not None else sys.stderr.isatty()
     clips = [j.audio for j in jobs]
     options = dict(batch_size=batch_size, progress=show, on_error=report, **decoding)
@@ -246,7 +344,11 @@ def _run_inference(checkpoint: str, inputs: tuple[str, ...], prompts: list[str],
     try:
         for job, row in results:
             if row is not None:
-                writer.write({"audio": job.name, **job.segment, **row})
+                audio = job.name
+                if fmt == "text" and job.segment:
+                    end = job.segment.get("end")
+                    audio += f"[{job.segment.get('start', 0):g}-{'' if end is None else format(end, 'g')}]"
+                writer.write({"audio": audio, **job.segment, **row})
                 written += 1
     finally:
         writer.close()
@@ -313,28 +415,32 @@ def describe_cmd(checkpoint: str, inputs: tuple[str, ...], fmt: str, as_json: bo
 @click.option("--on-error", type=click.Choice(["skip", "fail"]), default="skip", show_default=True,
               help="A bad manifest line or clip: report it and leave it out, or stop.")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1 ... or auto.")
-@click.option("--batch-size", type=int, default=32, show_default=True, help="Rows run together.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Rows run together.")
 @_decoding_options
 def evaluate_cmd(checkpoint: str, task: str | None, manifest: str | None, suite: str | None, data_root: str | None,
                  out: Path | None, device: str, **options: Any) -> None:
-    """Score CHECKPOINT on downstream tasks and print one table (see docs/evaluation.md)."""
-    import pengi_kit
+    """Score CHECKPOINT on downstream tasks and print one table (see docs/evaluation.md).
+
+    Exit status 1 when no task could be scored (every one skipped or failed)."""
+    if suite and (task or manifest):
+        raise click.UsageError("give --suite, or --task with --manifest, not both")
+    if not suite and not (task and manifest):
+        raise click.UsageError("give --task and --manifest, or --suite")
+    import pengi_kit  # torch loads only once the command line is known to be good
+    from pengi_kit.api import _checkpoint_folder, _device
     from pengi_kit.evaluation.suite import TaskSpec, load_suite, run_suite, table, write_report
 
+    _checkpoint_folder(checkpoint), _device(device)
     task_options = {k: options.pop(k) for k in ("train_manifest", "classes", "multi_label", "matcher", "prompt",
                                                  "limit")}
     task_options["method"] = options.pop("scoring")
     if suite:
-        if task or manifest:
-            raise click.UsageError("give --suite, or --task with --manifest, not both")
         name, specs = load_suite(suite, data_root)
         for spec in specs:  # the command line wins over the suite file
             spec.options.update(_given(**{k: v for k, v in task_options.items() if k != "classes"}))
-    elif task and manifest:
+    else:
         name = f"{task} on {manifest}"
         specs = [TaskSpec(task, task, manifest, options=_given(**task_options))]
-    else:
-        raise click.UsageError("give --task and --manifest, or --suite")
     pengi = pengi_kit.load(checkpoint, device=device)
     common = {"on_error": options.pop("on_error"), "batch_size": options.pop("batch_size"), **_given(**options)}
     run_suite(pengi, specs, **common)
@@ -348,25 +454,34 @@ def evaluate_cmd(checkpoint: str, task: str | None, manifest: str | None, suite:
     if out:
         write_report(out, name, specs, checkpoint)
         click.echo(f"wrote {out / 'results.json'} and {out / 'results.md'}")
-    if all(s.status.startswith("failed") for s in specs):
+    if not any(s.status == "ok" for s in specs):
+        click.echo("error: no task could be scored (see the table)", err=True)
         sys.exit(1)
 
 
 @main.command("demo")
 @click.option("--recipe", default="recipes/demo.toml", show_default=True)
 @overrides_option
-@click.option("--device", default=None)
+@click.option("--device", default=None, help="cpu, cuda ... (default: cuda when available).")
 def demo_cmd(recipe: str, overrides: tuple[str, ...], device: str | None) -> None:
-    """Train the demo recipe offline on synthetic clips and score held-out clips."""
+    """Train the demo recipe offline on synthetic clips and score held-out clips.
+
+    The demo is meant to be re-run: each run starts over in train.output_dir (default
+    runs/demo), deleting the previous run there (checkpoints, best/, metrics); the
+    pretrained tagger kept in that folder stays and is reused. To train the demo recipe
+    further without losing a run, use `pengi-kit train` with another train.output_dir.
+    """
     import time
 
     import pengi_kit
     from pengi_kit.data.dataset import synthetic_corpus
     from pengi_kit.demo import evaluate_synthetic, pretrain_audio_tagger, report, write_eval_set
+    from pengi_kit.engine.distributed import resolve_device
     from pengi_kit.engine.trainer import Trainer
     from pengi_kit.recipe import load_recipe
 
     resolved = load_recipe(recipe, overrides)
+    resolve_device(device)  # one line, before the tagger trains
     start = time.perf_counter()
     encoder = resolved["model"]["audio_encoder"]
     if encoder.get("pretrained"):
@@ -375,7 +490,9 @@ def demo_cmd(recipe: str, overrides: tuple[str, ...], device: str | None) -> Non
         if not tagger.exists():
             click.echo(f"pretraining the audio encoder as a tagger of the synthetic sounds -> {tagger}")
             pretrain_audio_tagger(resolved, tagger)
-    path = Trainer(resolved, device=device).fit()
+    # its own run directory: start over (remove_run keeps the tagger and any other file there)
+    path = _fit(Trainer(resolved, overwrite=True, device=device),
+                [recipe, *[a for o in overrides for a in ("-s", o)], *(["--device", device] if device else [])])
     trained = time.perf_counter() - start
     pengi = pengi_kit.load(path, device=device or "cpu")
     held_out = synthetic_corpus(resolved, "valid", pengi.model.sample_rate, pengi.model.clip_seconds)
@@ -456,7 +573,8 @@ def data_prepare_cmd(name: str, root: Path, out: Path, splits: tuple[str, ...]) 
 @click.option("--jobs", "-j", type=int, default=1, show_default=True, help="Decoding processes.")
 @click.option("--max-seconds", type=float, default=3600.0, show_default=True,
               help="Longer clips or segments are problems.")
-@click.option("--progress/--no-progress", default=True, show_default=True)
+@click.option("--progress/--no-progress", default=None,
+              help="Progress bar on standard error (default: when it is a terminal).")
 def data_check_cmd(manifest: Path, jobs: int, max_seconds: float, progress: bool) -> None:
     """Decode every clip of MANIFEST; one line per problem, then statistics. Exit 1 on problems."""
     from pengi_kit.data.check import check_manifest

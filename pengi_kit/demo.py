@@ -57,7 +57,7 @@ def evaluate_synthetic(pengi: Any, corpus: SyntheticCorpus, batch_size: int = 64
             for clip in (corpus.clip(i) for i in range(len(corpus)))
             for task, prompt, target in clip.examples()]
     outputs = pengi.generate([(r[1], corpus.sample_rate) for r in rows], [r[2] for r in rows],
-                             batch_size=batch_size, progress=True, **decoding)
+                             batch_size=batch_size, progress=None, **decoding)
     hits: dict[str, list[bool]] = defaultdict(list)
     samples: dict[str, list[tuple[str, str, str]]] = defaultdict(list)
     for (task, _, prompt, target), output in zip(rows, outputs):

@@ -19,7 +19,8 @@ Two modes (``compat``):
   beam stays in the beam with its score and is extended by token 0 at no cost, and
   the clip ends when every beam has stopped or after ``max_new_tokens`` (the
   reference's ``entry_length``, 67 unless given). The reference decodes one clip at
-  a time; batching here gives the same tokens.
+  a time; batching here gives the same tokens. Its text is :func:`reference_text` of
+  the tokens, the stop id included (``generate(..., keep_stop=True)``).
 """
 from __future__ import annotations
 
@@ -41,7 +42,9 @@ DEFAULT_MAX_NEW_TOKENS = 30
 class Decoding:
     """Decoding settings; the recipe's ``[generate]`` table holds the defaults.
 
-    ``max_new_tokens=None`` means 30, or 67 with ``compat="pengi"``.
+    ``max_new_tokens=None`` means 30, or 67 with ``compat="pengi"``. ``capitalize``
+    upper-cases the first character of each text and lower-cases the rest (Python's
+    ``str.capitalize``, what msclap's CLAPCap ``generate_caption`` returns).
     """
 
     method: str = "beam"
@@ -56,6 +59,7 @@ class Decoding:
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
     compat: str = "none"
+    capitalize: bool = False
 
     def __post_init__(self) -> None:
         if self.compat is None:
@@ -119,16 +123,37 @@ def cut_at_stop(text: str, stop: list[str]) -> str:
     return text
 
 
+# transformers < 4.45 cleaned decoded text by default (``clean_up_tokenization_spaces``),
+# GPT-2's too; the reference wrappers pin such versions (Pengi: 4.30), so their text has it
+_REFERENCE_CLEANUP = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
+                      (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"))
+
+
+def reference_text(tokenizer: Any, ids: list[int]) -> str:
+    """The string the reference wrappers return for ``ids`` (``tokenizer.decode(tokens[:length])``
+    in Pengi's ``_generate_beam`` and msclap's): every token decoded, special ones
+    (a literal ``<|endoftext|>``) and the stop id (GPT-2's 220, a trailing space) included,
+    nothing stripped, and the clean-up of spaces before punctuation that the transformers
+    they pin applied by default (`` .`` -> ``.``, `` 's`` -> ``'s`` ...), whatever the
+    installed version does."""
+    text = tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    for old, new in _REFERENCE_CLEANUP:
+        text = text.replace(old, new)
+    return text
+
+
 @torch.no_grad()
-def generate(lm: Any, prefix: torch.Tensor, cfg: Decoding) -> list[list[int]]:
-    """Token ids (without the stop id) for each row of ``prefix`` (B, P, D)."""
+def generate(lm: Any, prefix: torch.Tensor, cfg: Decoding, *, keep_stop: bool = False) -> list[list[int]]:
+    """Token ids for each row of ``prefix`` (B, P, D), without the stop id, or with
+    ``keep_stop`` ending with it where the row stopped (the reference's text includes it;
+    a row that a ``stop`` string ended may then end with a stop id it did not generate)."""
     if prefix.shape[0] == 0:
         return []
     if cfg.method == "beam" and cfg.compat == "pengi":
-        return _beam_search_pengi(lm, prefix, cfg)
+        return _beam_search_pengi(lm, prefix, cfg, keep_stop)
     if cfg.method == "beam" and cfg.beam_size > 1:
-        return _beam_search(lm, prefix, cfg)
-    return _greedy_or_sample(lm, prefix, cfg)
+        return _beam_search(lm, prefix, cfg, keep_stop)
+    return _greedy_or_sample(lm, prefix, cfg, keep_stop)
 
 
 # ---------------------------------------------------------------------- helpers
@@ -209,13 +234,13 @@ def _hits_stop_string(lm: Any, rows: list[list[int]], cfg: Decoding) -> list[boo
     return [any(s in decode(row) for s in cfg.stop) for row in rows]
 
 
-def _until(row: list[int], stop: int) -> list[int]:
-    return row[: row.index(stop)] if stop in row else row
+def _until(row: list[int], stop: int, keep: bool = False) -> list[int]:
+    return row[: row.index(stop) + int(keep)] if stop in row else row
 
 
 # ---------------------------------------------------------------------- greedy / sampling
 
-def _greedy_or_sample(lm: Any, prefix: torch.Tensor, cfg: Decoding) -> list[list[int]]:
+def _greedy_or_sample(lm: Any, prefix: torch.Tensor, cfg: Decoding, keep_stop: bool = False) -> list[list[int]]:
     b, p, device = prefix.shape[0], prefix.shape[1], prefix.device
     stop, steps = stop_token_id(lm, cfg), cfg.max_tokens
     generator = None
@@ -252,12 +277,12 @@ def _greedy_or_sample(lm: Any, prefix: torch.Tensor, cfg: Decoding) -> list[list
             run.select(keep)
         logits = run(lm.embed(nxt[:, None]))
     out[alive] = tokens
-    return [_until(row, stop) for row in out.tolist()]
+    return [_until(row, stop, keep_stop) for row in out.tolist()]
 
 
 # ---------------------------------------------------------------------- beam search
 
-def _beam_search(lm: Any, prefix: torch.Tensor, cfg: Decoding) -> list[list[int]]:
+def _beam_search(lm: Any, prefix: torch.Tensor, cfg: Decoding, keep_stop: bool = False) -> list[list[int]]:
     """Beam search that keeps the k best finished hypotheses per clip (see the module doc).
 
     At each step the 2k best candidates of a clip are ranked; an ending one (stop id, or
@@ -332,10 +357,10 @@ def _beam_search(lm: Any, prefix: torch.Tensor, cfg: Decoding) -> list[list[int]
         tokens[:, step] = next_token.view(-1)
         run.select(flat, keep_first=0 if n_done else p)  # beams of a clip share its prefix
         logits = run(lm.embed(next_token.view(-1, 1)))
-    return [_until(r, stop) for r in out.tolist()]
+    return [_until(r, stop, keep_stop) for r in out.tolist()]
 
 
-def _beam_search_pengi(lm: Any, prefix: torch.Tensor, cfg: Decoding) -> list[list[int]]:
+def _beam_search_pengi(lm: Any, prefix: torch.Tensor, cfg: Decoding, keep_stop: bool = False) -> list[list[int]]:
     """The reference wrapper's beam search, batched over clips (see the module doc)."""
     b, p, device = prefix.shape[0], prefix.shape[1], prefix.device
     k, steps, stop = cfg.beam_size, cfg.max_tokens, stop_token_id(lm, cfg)
@@ -392,5 +417,5 @@ def _beam_search_pengi(lm: Any, prefix: torch.Tensor, cfg: Decoding) -> list[lis
     result = []
     for row, length in zip(out_tokens.tolist(), out_lengths.tolist()):
         row = row[:length]  # the reference's text is tokens[:length], its stop id included
-        result.append(row[:-1] if row and row[-1] == stop else row)
+        result.append(row[:-1] if row and row[-1] == stop and not keep_stop else row)
     return result

@@ -26,6 +26,32 @@ class Field:
     default: Any
     help: str
     choices: tuple[Any, ...] = ()
+    range: str = ""  # allowed values, e.g. ">= 1", "> 0", "[0, 1)"; arrays: each item, with length given
+
+    def check(self, where: str, value: Any) -> None:
+        """Raise a one-line RecipeError naming ``where`` and the allowed values when ``value`` is outside them."""
+        if self.choices and value not in self.choices:
+            raise RecipeError(f"{where}: {value!r} is not one of {', '.join(map(repr, self.choices))}")
+        if not self.range:
+            return
+        items = value if isinstance(value, list) else [value]
+        size = len(self.default) if isinstance(self.default, list) else None
+        if size is not None and len(items) != size:
+            raise RecipeError(f"{where}: expected {size} numbers, each {self.range}; got {value!r}")
+        for item in items:
+            if isinstance(item, bool) or not isinstance(item, (int, float)) or not _in_range(item, self.range):
+                each = "each " if size else ""
+                raise RecipeError(f"{where}: must be {each}{self.range}, got {value!r}")
+
+
+def _in_range(value: float, spec: str) -> bool:
+    """``spec`` is ">= a", "> a" or an interval "[a, b)", "(a, b]" ..."""
+    if spec[0] in "<>":
+        op, bound = spec.split()
+        return {">=": value >= float(bound), ">": value > float(bound)}[op]
+    low, high = (float(x) for x in spec[1:-1].split(","))
+    return ((low <= value) if spec[0] == "[" else (low < value)) and \
+        ((value <= high) if spec[-1] == "]" else (value < high))
 
 
 COMPONENT_SLOTS = {
@@ -53,11 +79,13 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "extends": Field(str, "", "A recipe this one starts from (name in the same folder or a path)."),
     },
     "model": {
-        "projection_dim": Field(int, 1024, "Width of the shared audio/text projection space (d_proj)."),
+        "projection_dim": Field(int, 1024, "Width of the shared audio/text projection space (d_proj).", range=">= 1"),
         "normalize": Field(bool, True, "L2-normalise projected embeddings before the mappers."),
-        "projection_dropout": Field(float, 0.5, "Dropout inside the audio and text projections (Pengi: 0.5)."),
-        "prompt_length": Field(int, 40, "Prompt tokens given to the text encoder (or the sequence mapper)."),
-        "target_length": Field(int, 77, "Maximum target tokens, end-of-text included."),
+        "projection_dropout": Field(float, 0.5, "Dropout inside the audio and text projections (Pengi: 0.5).",
+                                    range="[0, 1)"),
+        "prompt_length": Field(int, 40, "Prompt tokens given to the text encoder (or the sequence mapper).",
+                               range=">= 1"),
+        "target_length": Field(int, 77, "Maximum target tokens, end-of-text included.", range=">= 2"),
     },
     "data": {
         "train": Field((str, list), "synthetic",
@@ -65,37 +93,40 @@ SCHEMA: dict[str, dict[str, Field]] = {
                        "corpus), or a list of tables {manifest = ..., weight = 1.0, task = ..., templates = {...}} "
                        "mixed by weight."),
         "valid": Field((str, list), "synthetic", "Validation data, as data.train (weights ignored), or '' for none."),
-        "synthetic_train_size": Field(int, 4000, "Clips in the synthetic training split."),
-        "synthetic_valid_size": Field(int, 400, "Clips in the synthetic validation split."),
+        "synthetic_train_size": Field(int, 4000, "Clips in the synthetic training split.", range=">= 1"),
+        "synthetic_valid_size": Field(int, 400, "Clips in the synthetic validation split.", range=">= 1"),
         "train_crop": Field(str, "random", "How training clips longer than the encoder's clip are cut.",
                             ("random", "start", "centre")),
         "eval_crop": Field(str, "start", "How evaluation and inference clips are cut.", ("start", "centre")),
         "on_error": Field(str, "skip", "A bad clip or manifest line: 'skip' (reported) or 'fail'.", ("skip", "fail")),
-        "num_workers": Field(int, 0, "DataLoader worker processes (results are the same for any number)."),
-        "bucket_batches": Field(int, 50, "Batches per pool sorted by target-text length (less padding); 0: off."),
-        "max_seconds": Field(float, 3600.0, "A clip or segment longer than this is bad input (reported)."),
+        "num_workers": Field(int, 0, "DataLoader worker processes (results are the same for any number).",
+                             range=">= 0"),
+        "bucket_batches": Field(int, 50, "Batches per pool sorted by target-text length (less padding); 0: off.",
+                                range=">= 0"),
+        "max_seconds": Field(float, 3600.0, "A clip or segment longer than this is bad input (reported).", range="> 0"),
     },
     "optim": {
         "name": Field(str, "adamw", "Optimiser.", ("adam", "adamw")),
-        "lr": Field(float, 1e-4, "Peak learning rate."),
-        "weight_decay": Field(float, 0.0, "Decoupled weight decay (adamw) or L2 (adam)."),
-        "betas": Field(list, [0.9, 0.999], "Adam betas."),
-        "warmup_steps": Field(int, 2000, "Linear warm-up steps."),
+        "lr": Field(float, 1e-4, "Peak learning rate.", range="> 0"),
+        "weight_decay": Field(float, 0.0, "Decoupled weight decay (adamw) or L2 (adam).", range=">= 0"),
+        "betas": Field(list, [0.9, 0.999], "Adam betas.", range="[0, 1)"),
+        "warmup_steps": Field(int, 2000, "Linear warm-up steps.", range=">= 0"),
         "schedule": Field(str, "linear", "After warm-up: linear decay to 0, cosine, or constant.",
                           ("linear", "cosine", "constant")),
-        "grad_clip": Field(float, 1.0, "Clip the global gradient norm to this; 0 disables."),
+        "grad_clip": Field(float, 1.0, "Clip the global gradient norm to this; 0 disables.", range=">= 0"),
     },
     "train": {
-        "batch_size": Field(int, 32, "Clips per optimiser step (before gradient accumulation)."),
-        "epochs": Field(int, 1, "Passes over the training data (ignored when max_steps > 0)."),
-        "max_steps": Field(int, 0, "Optimiser steps to run; 0 means epochs decide."),
-        "grad_accum": Field(int, 1, "Micro-batches accumulated per optimiser step."),
+        "batch_size": Field(int, 32, "Clips per optimiser step (before gradient accumulation).", range=">= 1"),
+        "epochs": Field(int, 1, "Passes over the training data (ignored when max_steps > 0).", range=">= 1"),
+        "max_steps": Field(int, 0, "Optimiser steps to run; 0 means epochs decide.", range=">= 0"),
+        "grad_accum": Field(int, 1, "Micro-batches accumulated per optimiser step.", range=">= 1"),
         "precision": Field(str, "fp32", "Autocast precision.", ("fp32", "bf16", "fp16")),
-        "log_every": Field(int, 20, "Steps between metric log lines."),
-        "eval_every": Field(int, 0, "Steps between validations; 0 means at the end of each epoch."),
-        "save_every": Field(int, 0, "Steps between checkpoints; 0 means at the end of each epoch."),
-        "keep_last": Field(int, 2, "Step checkpoints kept (the newest ones)."),
-        "max_nonfinite_steps": Field(int, 20, "Stop (with a checkpoint) after this many non-finite steps in a row."),
+        "log_every": Field(int, 20, "Steps between metric log lines.", range=">= 1"),
+        "eval_every": Field(int, 0, "Steps between validations; 0 means at the end of each epoch.", range=">= 0"),
+        "save_every": Field(int, 0, "Steps between checkpoints; 0 means at the end of each epoch.", range=">= 0"),
+        "keep_last": Field(int, 2, "Step checkpoints kept (the newest ones).", range=">= 1"),
+        "max_nonfinite_steps": Field(int, 20, "Stop (with a checkpoint) after this many non-finite steps "
+                                     "in a row.", range=">= 1"),
         "save_frozen": Field(bool, False, "Also copy frozen pretrained components into checkpoints."),
         "output_dir": Field(str, "", "Where checkpoints and logs go; default runs/<name>."),
         "compile": Field(bool, False, "Wrap the model with torch.compile (after DDP wrapping)."),
@@ -119,6 +150,8 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "compat": Field(str, "none", "'pengi': decode token for token as the reference Pengi wrapper (stop on "
                         "' <|endoftext|>''s first token, its beam ranking, prompt embedding not normalised).",
                         ("none", "pengi")),
+        "capitalize": Field(bool, False, "Upper-case each text's first character and lower-case the rest "
+                            "(str.capitalize), as msclap's CLAPCap captions."),
     },
 }
 SECTIONS = [s for s in SCHEMA if s] + ["model"]
@@ -316,8 +349,7 @@ def validate(raw: dict[str, Any], registry: Any | None = None) -> dict[str, Any]
                 raise RecipeError(f"{section}.{key}: unknown key; {_suggest(key, set(fields) | extra)}")
             field = fields[key]
             out[key] = _check_type(f"{section}.{key}", value, field.type)
-            if field.choices and out[key] not in field.choices:
-                raise RecipeError(f"{section}.{key}: {value!r} is not one of {', '.join(map(repr, field.choices))}")
+            field.check(f"{section}.{key}", out[key])
         for key, field in fields.items():
             out.setdefault(key, copy.deepcopy(field.default))
         if section == "model":
@@ -340,10 +372,13 @@ def validate(raw: dict[str, Any], registry: Any | None = None) -> dict[str, Any]
 
 
 def _check_consistency(recipe: dict[str, Any]) -> None:
+    from pengi_kit.generation import Decoding
+
+    try:
+        Decoding(**recipe["generate"])
+    except ValueError as exc:
+        raise RecipeError(f"[generate]: {exc}") from None
     train = recipe["train"]
-    for key in ("batch_size", "grad_accum"):
-        if train[key] < 1:
-            raise RecipeError(f"train.{key}: must be at least 1, got {train[key]}")
     if train["batch_size"] % train["grad_accum"]:
         raise RecipeError(f"train.batch_size {train['batch_size']} is not divisible by train.grad_accum "
                           f"{train['grad_accum']}; make it a multiple")
@@ -403,6 +438,52 @@ def _check_data_sources(recipe: dict[str, Any]) -> None:
                     template_fields(entry["task"])
                 except TemplateError as exc:
                     raise RecipeError(f"{where}.task: {exc}") from None
+
+
+_WEIGHT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors", ".json", ".npz")
+
+
+def looks_local(source: str) -> bool:
+    """Whether a ``pretrained``/``tokenizer`` value names a local path rather than a hub id or tag:
+    it exists, or it is written as a path (``./x``, ``/x``, ``~/x``, ``a/b/c``, ``x.pth``)."""
+    path = Path(source).expanduser()
+    return (path.exists() or source.startswith((".", "/", "~")) or source.count("/") > 1
+            or path.suffix.lower() in _WEIGHT_SUFFIXES)
+
+
+def check_files(recipe: dict[str, Any]) -> None:
+    """Every local file a resolved recipe names exists: component weights (``pretrained``,
+    ``tokenizer``) and the data sources. Run before any model is built or weight downloaded,
+    so that ``validate`` refuses what ``train`` could not start. Checkpoints do not need it:
+    their recipes may name training data that is long gone."""
+    from pengi_kit.data.shards import is_shard_source, resolve_shards
+
+    for slot, table in recipe["model"].items():
+        if not isinstance(table, dict):
+            continue
+        for key in ("pretrained", "tokenizer"):
+            value = table.get(key)
+            if isinstance(value, str) and value and looks_local(value) and not Path(value).expanduser().exists():
+                fix = ("run `pengi-kit demo` first: it pretrains this encoder" if recipe["name"] == "demo" else
+                       "check the path (relative to the current directory); `pengi-kit import` writes weights "
+                       "from a published checkpoint")
+                raise RecipeError(f"model.{slot}.{key}: '{value}' does not exist ({fix})")
+    for split in ("train", "valid"):
+        entries = recipe["data"][split]
+        for i, entry in enumerate([entries] if isinstance(entries, str) else entries):
+            name = entry if isinstance(entry, str) else entry["manifest"]
+            where = f"data.{split}" + ("" if isinstance(entries, str) else f"[{i}].manifest")
+            if not name or name == "synthetic":
+                continue
+            if is_shard_source(name):
+                try:
+                    resolve_shards(name)
+                except PengiKitError as exc:
+                    raise RecipeError(f"{where}: {exc}") from None
+            elif not Path(name).is_file():
+                raise RecipeError(f"{where}: manifest '{name}' not found (paths are relative to the current "
+                                  f"directory, {Path.cwd()}); write one with `pengi-kit data prepare`, or use "
+                                  "'synthetic'")
 
 
 def load_recipe(ref: str | Path, overrides: typing.Sequence[str] = (), registry: Any | None = None) -> dict[str, Any]:

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -73,4 +75,59 @@ def resolve_relative(recipe: dict[str, Any], base: str | Path) -> dict[str, Any]
     return out
 
 
-__all__ = ["ARCHITECTURE_ONLY", "is_architecture_only", "mark_architecture_only", "resolve_relative"]
+def hub_sources(recipe: dict[str, Any]) -> list[str]:
+    """The ``pretrained``/``tokenizer`` values of a resolved recipe that name hub ids or tags."""
+    from pengi_kit.recipe import looks_local
+
+    found = []
+    for table in recipe.get("model", {}).values():
+        for key in ("pretrained", "tokenizer"):
+            value = table.get(key) if isinstance(table, dict) else None
+            if isinstance(value, str) and value and value != "byte" and ":" not in value and not looks_local(value):
+                found.append(value)
+    return found
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the Hugging Face hub (``HF_ENDPOINT``) opens within ``timeout``
+    seconds (name lookup included, which sockets cannot time out by themselves)."""
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    url = urlsplit(constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    ok: list[bool] = []
+
+    def connect() -> None:
+        import socket
+
+        try:
+            socket.create_connection((url.hostname, port), timeout=timeout).close()
+            ok.append(True)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=connect, daemon=True)
+    thread.start()
+    thread.join(timeout + 0.5)
+    return bool(ok)
+
+
+def offline_if_hub_unreachable(recipe: dict[str, Any]) -> str | None:
+    """Before a recipe's hub weights load: when the hub cannot be reached, switch the Hugging
+    Face libraries to their local cache (``HF_HUB_OFFLINE``) so that a missing model fails at
+    once with its name, not after a minute of retries. Returns a note to print, or None."""
+    from huggingface_hub import constants
+
+    wanted = hub_sources(recipe)
+    if not wanted or constants.HF_HUB_OFFLINE or hub_reachable():
+        return None
+    constants.HF_HUB_OFFLINE = True
+    os.environ["HF_HUB_OFFLINE"] = "1"  # and for worker processes
+    return (f"the Hugging Face hub ({constants.ENDPOINT}) cannot be reached: loading "
+            f"{', '.join(dict.fromkeys(wanted))} from the local cache only")
+
+
+__all__ = ["ARCHITECTURE_ONLY", "is_architecture_only", "mark_architecture_only", "resolve_relative",
+           "hub_sources", "hub_reachable", "offline_if_hub_unreachable"]

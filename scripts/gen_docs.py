@@ -23,6 +23,7 @@ import argparse
 import ast
 import importlib
 import inspect
+import posixpath
 import re
 import sys
 import tomllib
@@ -41,16 +42,28 @@ if str(ROOT) not in sys.path:
 # ---------------------------------------------------------------- markdown helpers
 
 _CODE = re.compile(r"(`[^`]*`)")
+# "docs/data.md" or "docs/data.md#anchor" in help text (command help is read in a terminal too)
+_DOCS_PAGE = re.compile(r"(?<![\w/.\-\[(])docs/((?:[\w-]+/)*[\w-]+\.md)(#[\w-]+)?(?![\w/])")
+
+
+def docs_links(s: str) -> str:
+    """Mentions of ``docs/<page>.md`` as links relative to the generated pages (in docs/reference/)."""
+    def link(m: re.Match[str]) -> str:
+        rel = posixpath.relpath(f"docs/{m[1]}", REFERENCE.as_posix())
+        return f"[{m[0]}]({rel}{m[2] or ''})"
+
+    return _DOCS_PAGE.sub(link, s)
 
 
 def text(s: str, table: bool = False) -> str:
-    """Plain text for markdown: ``<``, ``*`` (and ``|`` in a table cell) escaped outside code spans."""
+    """Plain text for markdown: ``<``, ``*`` (and ``|`` in a table cell) escaped outside code spans,
+    and ``docs/<page>.md`` made a link."""
     parts = _CODE.split(s)
     for i in range(0, len(parts), 2):
         part = parts[i].replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("*", r"\*")
         if table:
             part = part.replace("|", r"\|")
-        parts[i] = part
+        parts[i] = docs_links(part)
     out = "".join(parts)
     return " ".join(out.split()) if table else out
 
@@ -213,6 +226,8 @@ def render_recipes() -> str:
             meaning = text(field.help, table=True)
             if field.choices:
                 meaning += " One of " + ", ".join(cell(toml_value(c)) for c in field.choices) + "."
+            if field.range:
+                meaning += f" Allowed: {cell(field.range)}" + (" each." if isinstance(field.default, list) else ".")
             rows.append([cell(key), type_name(field.type), cell(toml_value(field.default)), meaning])
         out.append(table(["key", "type", "default", "meaning"], rows))
         if section == "data":

@@ -33,7 +33,7 @@ def hf_load(loader: Callable[..., Any], source: str, what: str, **kwargs: Any) -
     except (OSError, ValueError, EnvironmentError) as exc:
         where = "local directory" if Path(source).exists() else "Hugging Face hub id"
         raise WeightsError(
-            f"cannot load {what} '{source}' ({where}): {str(exc).splitlines()[0][:200]}. "
+            f"cannot load {what} '{source}' ({where}): {str(exc).splitlines()[0].rstrip('.')}. "
             f"Download it where the hub is reachable (`hf download {source}`) so it is in the "
             "Hugging Face cache (HF_HOME), or set `pretrained` to a local directory saved with "
             "save_pretrained()") from exc

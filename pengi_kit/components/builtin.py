@@ -49,7 +49,21 @@ BUILTIN = [  # kind, name, factory, description, example_args (a small offline i
 ]
 
 
+# Short and spelled-out names users type for the corpora (`pengi-kit data prepare fsdd`).
+# Hyphenated "esc-50" is left to the "did you mean 'esc50'?" hint.
+DATASET_ALIASES = {
+    "clotho": ("clotho-v2", "clotho2"),
+    "audiocaps": ("audio-caps",),
+    "clotho-aqa": ("clotho_aqa", "clothoaqa"),
+    "urbansound8k": ("us8k", "urbansound", "urban-sound-8k", "urbansound-8k"),
+    "fsd50k": ("fsd-50k",),
+    "gtzan": ("gtzan-genre",),
+    "free-spoken-digit": ("fsdd", "free-spoken-digit-dataset", "free_spoken_digit", "spoken-digit"),
+}
+
+
 @hookimpl
 def register_components(register):
     for kind, name, factory, description, example_args in BUILTIN:
-        register(kind, name, factory, description=description, example_args=example_args)
+        aliases = DATASET_ALIASES.get(name, ()) if kind == "dataset" else ()
+        register(kind, name, factory, description=description, example_args=example_args, aliases=aliases)

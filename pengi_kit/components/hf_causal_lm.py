@@ -1,6 +1,7 @@
 """Causal LMs of the GPT-2 family through transformers."""
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -21,6 +22,9 @@ class HFCausalLM(nn.Module):
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
+        # transformers renamed the KV-cache argument and output field from past_key_values to cache
+        # (the old name now warns on every call); use whichever this installed version takes
+        self._cache_name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         self.hidden_size = int(model.config.hidden_size)
         self.eos_token_id = int(tokenizer.eos_token_id)
         self.pad_token_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None
@@ -37,10 +41,10 @@ class HFCausalLM(nn.Module):
                 use_cache: bool = False, logits_to_keep: int = 0) -> tuple[torch.Tensor, Any]:
         """``logits_to_keep=n`` computes logits for the last n positions only (0: all), as
         decoding needs just the last one after a long prefix."""
-        out = self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                         past_key_values=past_key_values, position_ids=position_ids,
-                         use_cache=use_cache or past_key_values is not None, logits_to_keep=logits_to_keep)
-        return out.logits, out.past_key_values
+        out = self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
+                         use_cache=use_cache or past_key_values is not None, logits_to_keep=logits_to_keep,
+                         **{self._cache_name: past_key_values})
+        return out.logits, out[self._cache_name] if self._cache_name in out else None
 
     def new_cache(self, max_length: int) -> Any:
         """An empty KV cache with room for ``max_length`` positions, written in place (no

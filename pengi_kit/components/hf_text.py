@@ -12,7 +12,8 @@ from torch import nn
 
 from pengi_kit.components._hf import BYTE_TOKENIZER, hf_model, load_tokenizer, reject_config_args
 
-POOLINGS = ("projection", "first", "pooler", "last")
+POOLINGS = ("projection", "first", "pooler", "last", "msclap")
+MSCLAP_PAD = "!"  # msclap's GPT-2 pad token (id 0), whose ids its pooling counts out
 
 
 class HFTextEncoder(nn.Module):
@@ -22,7 +23,10 @@ class HFTextEncoder(nn.Module):
     ``pooling="first"``: the first token's last hidden state (RoBERTa's <s>, BERT's [CLS]);
     ``pooling="pooler"``: the model's pooler output (tanh of a dense layer over the
     first token; LAION-CLAP's RoBERTa); ``pooling="last"``: the last non-padding
-    token's hidden state (a causal LM's end-of-text; Microsoft CLAP 2023's GPT-2).
+    token's hidden state (a causal LM's end-of-text); ``pooling="msclap"``: the hidden
+    state at Microsoft CLAP 2023's position, the number of ids other than the pad id
+    minus one (msclap pads GPT-2 with ``'!'``, id 0, and counts the ids that are not 0,
+    so each ``'!'`` of a text moves the position one token earlier).
     ``suffix`` is appended to every text before tokenising.
     """
 
@@ -48,6 +52,9 @@ class HFTextEncoder(nn.Module):
         if self.pooling == "last":
             last = attention_mask.long().sum(-1).clamp(min=1) - 1
             return out.last_hidden_state[torch.arange(input_ids.shape[0], device=input_ids.device), last]
+        if self.pooling == "msclap":  # as msclap's TextEncoder: torch.ne(ids, pad).sum(-1) - 1 (-1 wraps, as there)
+            position = (input_ids != self.tokenizer.pad_token_id).sum(-1) - 1
+            return out.last_hidden_state[torch.arange(input_ids.shape[0], device=input_ids.device), position]
         return out.last_hidden_state[:, 0]
 
 
@@ -155,12 +162,23 @@ def gpt2_text(
     n_head: int | None = None,
     n_positions: int | None = None,
     suffix: str = " <|endoftext|>",
+    pooling: str = "last",
 ) -> HFTextEncoder:
     """GPT-2 as a text encoder (Microsoft CLAP 2023): ``suffix`` is appended to each
     text and the embedding is the last non-padding token's hidden state, i.e. the
     end-of-text token's. The default suffix is the reference's ``' <|endoftext|>'``
     (a space token, then end-of-text), which is what its weights were trained with.
+
+    ``pooling="msclap"`` reproduces msclap exactly, texts with ``'!'`` included: the
+    tokenizer gets ``'!'`` as its pad token the way msclap adds it (a special token,
+    so a ``'!'`` is always its own token, id 0 in GPT-2), and the embedding is taken at
+    the number of ids other than ``'!'`` minus one. For a text without ``'!'`` that is
+    the end-of-text token, as with ``"last"``; each ``'!'`` moves it one token earlier
+    ("Rain falls on a metal roof!" is pooled at the space before end-of-text).
+    ``pengi-kit import ms-clap`` sets it for the 2023 model.
     """
+    if pooling not in ("last", "msclap"):
+        raise ValueError(f"gpt2-text: pooling must be 'last' or 'msclap', got {pooling!r}")
     from transformers import GPT2Config, GPT2Model
 
     sizes = dict(n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_positions=n_positions)
@@ -173,6 +191,8 @@ def gpt2_text(
         config = GPT2Config(vocab_size=len(tok), bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id,
                             **{k: v for k, v in sizes.items() if v is not None})
         model = GPT2Model(config)
-    if tok.pad_token is None:
+    if pooling == "msclap":
+        tok.add_special_tokens({"pad_token": MSCLAP_PAD})  # as msclap's CLAPWrapper.load_clap
+    elif tok.pad_token is None:
         tok.pad_token = tok.eos_token  # pooling follows the attention mask, so the pad id is irrelevant
-    return HFTextEncoder(model, tok, "last", int(model.config.hidden_size), suffix=suffix)
+    return HFTextEncoder(model, tok, pooling, int(model.config.hidden_size), suffix=suffix)

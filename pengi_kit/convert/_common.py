@@ -31,11 +31,68 @@ class ConversionError(WeightsError):
 
 # ---------------------------------------------------------------- reading
 
-def read_state_dict(path: str | Path, containers: tuple[str, ...] = ("model", "state_dict")) -> dict[str, torch.Tensor]:
-    """The state dict inside a reference checkpoint, with a DDP ``module.`` prefix removed.
+# containers under which the published files keep their state dict
+CONTAINERS = ("model", "state_dict")
 
-    Loading never unpickles arbitrary objects (``weights_only=True``): a file that
-    needs them is refused with the reason.
+
+@dataclass(frozen=True)
+class Layout:
+    """How a published format is recognised: prefixes every file of it has, prefixes none has."""
+
+    name: str
+    needs: tuple[str, ...]
+    lacks: tuple[str, ...] = ()
+
+
+# in the order they are tried; a file is of the first layout it fits
+LAYOUTS = {
+    "pengi": Layout("Pengi", ("caption_decoder.gpt.", "audio_encoder.base.")),
+    "ms-clapcap": Layout("CLAPCap", ("clap_project.", "gpt.")),
+    "ms-clap": Layout("Microsoft CLAP", ("audio_encoder.base.", "caption_encoder.base."), ("caption_decoder.",)),
+    "laion-clap": Layout("LAION-CLAP", ("audio_branch.", "text_branch.")),
+    "panns": Layout("PANNs Cnn14", ("conv_block1.", "fc_audioset.")),
+}
+
+
+def _fits(keys: Iterable[str], layout: Layout) -> tuple[list[str], list[str]]:
+    """The needed prefixes that ``keys`` lack and the excluded ones they have."""
+    keys = list(keys)
+    missing = [p for p in layout.needs if not any(k.startswith(p) for k in keys)]
+    extra = [p for p in layout.lacks if any(k.startswith(p) for k in keys)]
+    return missing, extra
+
+
+def detect_format(keys: Iterable[str]) -> str | None:
+    """The importer format whose characteristic keys ``keys`` (``module.`` stripped) have; None if none."""
+    keys = list(keys)
+    return next((fmt for fmt, layout in LAYOUTS.items() if _fits(keys, layout) == ([], [])), None)
+
+
+def check_format(sd: Mapping[str, Any], fmt: str, source: str) -> None:
+    """Refuse a state dict that is not of ``fmt``, naming the format it is (and its command)."""
+    layout = LAYOUTS[fmt]
+    missing, extra = _fits(sd, layout)
+    if not missing and not extra:
+        return
+    why = (f"no {' / '.join(p + '*' for p in missing)} keys" if missing
+           else f"it has {' / '.join(p + '*' for p in extra)} keys")
+    found = detect_format(sd)
+    if found is not None:
+        raise ConversionError(f"{source}: this is not a {layout.name} checkpoint ({why}); it looks like a "
+                              f"{LAYOUTS[found].name} checkpoint: use `pengi-kit import {found}`")
+    raise ConversionError(f"{source}: this is not a {layout.name} checkpoint ({why}); its {len(sd)} "
+                          f"key{'s' if len(sd) != 1 else ''} ({short(sd, 4)}) fit none of the formats pengi-kit imports "
+                          f"({', '.join(LAYOUTS)})")
+
+
+def read_state_dict(path: str | Path, fmt: str | None = None) -> dict[str, torch.Tensor]:
+    """The state dict inside a reference checkpoint, with a DDP ``module.`` prefix removed;
+    with ``fmt``, checked to be of that format first (:func:`check_format`).
+
+    The state dict is the file's top-level dict of tensors or the one it keeps under
+    ``"model"`` or ``"state_dict"`` (whatever the format, so that a file of another
+    format is recognised and named). Loading never unpickles arbitrary objects
+    (``weights_only=True``): a file that needs them is refused with the reason.
     """
     path = Path(path)
     if not path.is_file():
@@ -49,21 +106,43 @@ def read_state_dict(path: str | Path, containers: tuple[str, ...] = ("model", "s
             except Exception as exc:  # noqa: BLE001 -- any unreadable file is the same user error
                 raise ConversionError(f"{path}: cannot be read as a torch checkpoint with weights_only=True "
                                       f"({_load_error(exc)})") from None
+    where = "the file"
     if isinstance(obj, Mapping):
-        for key in containers:
+        for key in CONTAINERS:
             if isinstance(obj.get(key), Mapping):
-                obj = obj[key]
+                obj, where = obj[key], f"the state dict under {key!r}"
                 break
     if not isinstance(obj, Mapping) or not obj:
-        raise ConversionError(f"{path}: no state dict found (looked for a dict of tensors, or one under "
-                              f"{' / '.join(repr(c) for c in containers)})")
-    odd = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
-    if odd:
-        raise ConversionError(f"{path}: the state dict holds non-tensor entries: {short(map(str, odd))}")
-    sd = dict(obj)
+        raise ConversionError(f"{path}: no state dict found: the file holds {_describe(obj)} (looked for a dict "
+                              f"of tensors, or one under {' / '.join(repr(c) for c in CONTAINERS)})")
+    sd = {str(k): v for k, v in obj.items()}
     if all(k.startswith("module.") for k in sd):
         sd = {k[len("module."):]: v for k, v in sd.items()}
+    tensors = {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise ConversionError(f"{path}: no state dict found: {where} holds {_describe(sd)} and no tensors "
+                              f"(looked for a dict of tensors, or one under "
+                              f"{' / '.join(repr(c) for c in CONTAINERS)})")
+    if fmt is not None:
+        check_format(tensors, fmt, str(path))
+    odd = sorted(k for k in sd if k not in tensors)
+    if odd:
+        raise ConversionError(f"{path}: {where} holds non-tensor entries: "
+                              + ", ".join(f"{k} ({_describe(sd[k])})" for k in odd[:6])
+                              + (f" (+{len(odd) - 6} more)" if len(odd) > 6 else ""))
     return sd
+
+
+def _describe(obj: Any) -> str:
+    """What a loaded object is, in a few words: ``a dict with keys 'epoch', 'optimizer'``."""
+    if isinstance(obj, Mapping):
+        if not obj:
+            return "an empty dict"
+        keys = [repr(k) for k in list(obj)[:6]]
+        return f"a dict with keys {', '.join(keys)}" + (f" (+{len(obj) - 6} more)" if len(obj) > 6 else "")
+    if isinstance(obj, (list, tuple)):
+        return f"a {type(obj).__name__} of {len(obj)} items"
+    return f"a {type(obj).__name__}"
 
 
 def _numpy_data_globals() -> list[Any]:
@@ -76,13 +155,17 @@ def _numpy_data_globals() -> list[Any]:
 
 
 def _load_error(exc: Exception) -> str:
-    """The informative line of a torch.load error (weights_only names the refused global)."""
+    """The informative part of a torch.load error, whole (weights_only names the refused global)."""
     lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(exc).splitlines()]
     lines = [line for line in lines if line] or [type(exc).__name__]
-    refused = next((line for line in lines if "Unsupported global" in line or "Unsupported operand" in line), None)
-    if refused:
-        return f"it would unpickle arbitrary objects, which pengi-kit refuses: {refused[:200]}"
-    return lines[0][:200]
+    refused = next((line for line in lines if "Unsupported global" in line), None)
+    if refused:  # its first sentence names the global; the rest tells how to allow it, which pengi-kit will not
+        sentence = refused[refused.index("Unsupported global"):].split(". ")[0].rstrip(".")
+        return f"it would unpickle arbitrary objects, which pengi-kit refuses: {sentence}"
+    operand = next((line for line in lines if line.startswith("Unsupported operand")), None)
+    if operand:
+        return f"it is not a torch checkpoint, or one that needs arbitrary objects unpickled: {operand}"
+    return lines[0]
 
 
 # ---------------------------------------------------------------- strict key accounting

@@ -39,7 +39,9 @@ branch.
 Microsoft CLAP (``{"model": ...}``): ``audio_encoder.base.*`` -> Cnn14 (2022: 44.1 kHz,
 5 s) or ``audio_encoder.base.htsat.*`` -> HTSAT (2023: 44.1 kHz, 7 s);
 ``caption_encoder.base.*`` -> BERT (2022, [CLS] hidden state; its unused pooler is
-ignored) or GPT-2 (2023, end-of-text hidden state); ``audio_encoder.projection.*``,
+ignored) or GPT-2 (2023, pooled as msclap pools: at the number of ids that are not its
+pad token ``'!'`` minus one, the end-of-text token unless the text holds ``'!'``;
+``gpt2-text`` with ``pooling = "msclap"``); ``audio_encoder.projection.*``,
 ``caption_encoder.projection.*``, ``logit_scale`` -> heads.
 """
 from __future__ import annotations
@@ -66,7 +68,7 @@ HEADS_FILE = "heads.safetensors"
 TEXT_TOWERS = {
     "roberta": ("RobertaModel", "roberta-base", {"pooling": "pooler"}),
     "bert": ("BertModel", "bert-base-uncased", {"pooling": "first"}),
-    "gpt2-text": ("GPT2Model", "gpt2", {}),
+    "gpt2-text": ("GPT2Model", "gpt2", {"pooling": "msclap"}),  # msclap's pooled position, '!' included
 }
 
 
@@ -225,9 +227,7 @@ def import_laion_clap(source: str | Path, out: str | Path, *, text_encoder: str 
                       force: bool = False) -> dict[str, Any]:
     """Import a LAION-CLAP checkpoint (HTSAT audio branch, RoBERTa text branch)."""
     src, out = str(source), Path(out)
-    ledger = KeyLedger(read_state_dict(source, ("state_dict",)), src)
-    if not ledger.has("audio_branch.") or not ledger.has("text_branch."):
-        raise ConversionError(f"{src}: not a LAION-CLAP checkpoint (no audio_branch.* / text_branch.* keys)")
+    ledger = KeyLedger(read_state_dict(source, "laion-clap"), src)
     fused = [k for k in ledger.sd if re.search(r"fusion_model|mel_conv", k)]
     if fused:
         raise ConversionError(f"{src}: a feature-fusion checkpoint ({short_list(fused)}); pengi-kit's HTSAT has no "
@@ -269,10 +269,7 @@ def import_ms_clap(source: str | Path, out: str | Path, *, text_encoder: str | N
                    force: bool = False) -> dict[str, Any]:
     """Import Microsoft CLAP 2022 (Cnn14 + BERT) or 2023 (HTSAT + GPT-2)."""
     src, out = str(source), Path(out)
-    ledger = KeyLedger(read_state_dict(source, ("model",)), src)
-    if not ledger.has("audio_encoder.base.") or not ledger.has("caption_encoder.base."):
-        raise ConversionError(f"{src}: not a Microsoft CLAP checkpoint (no audio_encoder.base.* / "
-                              "caption_encoder.base.* keys)")
+    ledger = KeyLedger(read_state_dict(source, "ms-clap"), src)
     if ledger.has("audio_encoder.base.htsat."):
         year, audio_prefix = "2023", "audio_encoder.base.htsat."
     elif ledger.has("audio_encoder.base.conv_block1."):

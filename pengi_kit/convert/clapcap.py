@@ -17,6 +17,13 @@ prefix is the audio prefix alone and prompts are ignored. Keys:
 
 Ignored as for Pengi: the STFT kernels and GPT-2's causal-mask constants. The output
 is a checkpoint directory like the Pengi importer's (architecture-only ``lm/``).
+
+Generation: ``CLAPWrapper.generate_caption`` decodes with the same ``_generate_beam``
+as Pengi's wrapper (its defaults: ``beam_size=5, entry_length=67, temperature=1.``; stop
+token ``' <|endoftext|>'``) and returns ``caption.capitalize()``. The recipe's
+``[generate]`` table says so (:data:`REFERENCE_GENERATE`: ``compat = "pengi"``,
+``capitalize = true``), so a plain ``pengi-kit generate`` gives msclap's captions;
+``--compat none`` switches to pengi-kit's own search.
 """
 from __future__ import annotations
 
@@ -30,6 +37,9 @@ from pengi_kit.convert.pengi import (
     DEFAULT_LM, _copy_tree, audio_front_end, build_imported, ignore_hf_buffers, renamed, under,
 )
 
+# msclap's CLAPWrapper.generate_caption defaults, its _generate_beam (Pengi's) and its str.capitalize()
+REFERENCE_GENERATE = {"method": "beam", "beam_size": 5, "temperature": 1.0, "max_new_tokens": 67, "compat": "pengi",
+                      "capitalize": True}
 RENAMES = [("clap.base.htsat.", "audio_encoder."), ("clap.projection.", "audio_projection."),
            ("clap_project.", "audio_mapper."), ("gpt.", "lm.model.")]
 
@@ -45,9 +55,7 @@ def import_ms_clapcap(source: str | Path, out: str | Path, *, lm: str = DEFAULT_
     from pengi_kit.recipe import from_dict
 
     src = str(source)
-    ledger = KeyLedger(read_state_dict(source, ("model",)), src)
-    if not ledger.has("clap_project.") or not ledger.has("gpt."):
-        raise ConversionError(f"{src}: not a CLAPCap checkpoint (no clap_project.* / gpt.* keys)")
+    ledger = KeyLedger(read_state_dict(source, "ms-clapcap"), src)
     if not ledger.has("clap.base.htsat."):
         raise ConversionError(f"{src}: the CLAPCap audio encoder is not HTSAT (clap.base.htsat.*)")
     ignore_stft(ledger, "clap.base.htsat.")
@@ -66,7 +74,7 @@ def import_ms_clapcap(source: str | Path, out: str | Path, *, lm: str = DEFAULT_
             "lm": {"name": "gpt2", "pretrained": "lm", "trainable": False},
         },
         "train": {"save_frozen": True},
-        "generate": {"method": "beam", "beam_size": 5, "temperature": 1.0, "max_new_tokens": 67},
+        "generate": dict(REFERENCE_GENERATE),
     }
     report: dict[str, Any] = {"format": "ms-clapcap", "variant": "2023", "lm": lm, "mel_matrix": mel_note,
                               "source": source_info(source, "ms-clapcap"), "mapped": len(ledger.taken),

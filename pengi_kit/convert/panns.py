@@ -49,9 +49,10 @@ def write_cnn14(folder: Path, args: dict[str, Any], sd: dict[str, Any], source: 
 def import_panns(source: str | Path, out: str | Path, *, force: bool = False) -> dict[str, Any]:
     """Import a PANNs Cnn14 checkpoint into the encoder folder ``out``."""
     src = str(source)
-    ledger = KeyLedger(read_state_dict(source, ("model",)), src)
+    ledger = KeyLedger(read_state_dict(source, "panns"), src)
     if "conv_block1.conv1.weight" not in ledger.sd or "logmel_extractor.melW" not in ledger.sd:
-        raise ConversionError(f"{src}: not a PANNs Cnn14 checkpoint (no conv_block1 / logmel_extractor keys)")
+        raise ConversionError(f"{src}: a PANNs checkpoint without conv_block1.conv1.weight / "
+                              "logmel_extractor.melW; only Cnn14 with its torchlibrosa front-end is supported")
     sd, arch = take_cnn14(ledger, "")
     ledger.finish()
     by_fft = {window: rate for rate, (window, _, _) in FRONTEND_SETTINGS.items()}

@@ -31,6 +31,15 @@ the same: its pad token is ``'!'`` and a post-processor appends the space and
 end-of-text tokens to every prompt (:func:`reference_prompt_tokenizer`; targets are
 tokenised without special tokens, so they are unaffected).
 
+Generation: the recipe's ``[generate]`` table holds the reference's inference settings
+(:data:`REFERENCE_GENERATE`), so that a plain ``pengi-kit generate`` answers as
+``PengiWrapper.generate`` called as the Pengi README and ``example.py`` call it
+(``max_len=30, beam_size=3, temperature=1.0, stop_token=' <|endoftext|>'``; the
+wrapper's ``generate`` has no defaults of its own) with ``compat = "pengi"``: the
+reference's beam search and stop token, its unnormalised prompt embedding, and its
+text (leading space, stop token and any literal ``<|endoftext|>`` kept). ``--compat
+none`` switches to pengi-kit's own search and tidied text.
+
 The output is a checkpoint directory whose ``model.safetensors`` holds every weight.
 The LM's and the text encoder's config and tokenizer come from ``lm`` and
 ``text_encoder`` (hub ids or local folders) and are saved, without weights, in the
@@ -60,6 +69,9 @@ DEFAULT_LM = "gpt2"
 DEFAULT_TEXT_ENCODER = "openai/clip-vit-base-patch16"
 # (mel sample rate, fmin, fmax) that the reference HTSAT front-ends may have used
 MEL_CANDIDATES = [(32000, 50.0, 14000.0), (32000, 50.0, 8000.0), (44100, 50.0, 14000.0), (44100, 50.0, 8000.0)]
+# PengiWrapper.generate/describe as the Pengi README and example.py call them (max_len=30,
+# beam_size=3, temperature=1.0, stop_token=' <|endoftext|>'), in the reference's compat mode
+REFERENCE_GENERATE = {"method": "beam", "beam_size": 3, "temperature": 1.0, "max_new_tokens": 30, "compat": "pengi"}
 
 RENAMES = [  # reference prefix -> pengi-kit prefix
     ("audio_encoder.base.htsat.", "audio_encoder."),
@@ -151,10 +163,10 @@ def import_pengi(source: str | Path, out: str | Path, *, lm: str = DEFAULT_LM,
     from pengi_kit.recipe import from_dict
 
     src = str(source)
-    ledger = KeyLedger(read_state_dict(source, ("model",)), src)
-    if not ledger.has("caption_decoder.gpt.") or not ledger.has("audio_encoder.base.htsat."):
-        raise ConversionError(f"{src}: not a Pengi checkpoint (no caption_decoder.gpt.* / "
-                              "audio_encoder.base.htsat.* keys)")
+    ledger = KeyLedger(read_state_dict(source, "pengi"), src)
+    if not ledger.has("audio_encoder.base.htsat."):
+        raise ConversionError(f"{src}: the Pengi audio encoder is not HTSAT (no audio_encoder.base.htsat.* keys); "
+                              "only the published HTSAT models are supported")
     with_text = ledger.has("caption_encoder.")
     variant = "base" if with_text else "base_no_text_enc"
     ignore_stft(ledger, "audio_encoder.base.htsat.")
@@ -183,7 +195,7 @@ def import_pengi(source: str | Path, out: str | Path, *, lm: str = DEFAULT_LM,
         "name": f"pengi-{variant}",
         "model": model_cfg,
         "train": {"save_frozen": True},  # every weight lives in model.safetensors
-        "generate": {"method": "beam", "beam_size": 5, "temperature": 1.0, "max_new_tokens": 67},
+        "generate": dict(REFERENCE_GENERATE),
     }
     report = {"format": "pengi", "variant": variant, "source": source_info(source, "pengi", variant=variant),
               "lm": lm, "text_encoder": text_encoder if with_text else None, "mel_matrix": mel_note,

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,12 +142,14 @@ def _by_youtube_id(root: Path) -> dict[str, Path]:
     """Audio files under ``root`` by the 11-character YouTube id their names start with
     (``<id>.wav``, ``Y<id>.wav``, ``<id>_<start>.flac`` ...)."""
     index: dict[str, Path] = {}
-    for path in sorted(root.rglob("*")):
-        if path.suffix.lower() in AUDIO_SUFFIXES and path.is_file():
-            stem = path.stem
-            index.setdefault(stem[:11], path)
-            if stem.startswith("Y") and len(stem) >= 12:
-                index.setdefault(stem[1:12], path)
+    named = [p for p in sorted(root.rglob("*")) if p.suffix.lower() in AUDIO_SUFFIXES and not p.is_dir()]
+    # regular files first; a broken symlink or a pipe is indexed only where nothing better is, so that
+    # `prepare` reports it by its real problem rather than as a missing download
+    for path in sorted(named, key=lambda p: not p.is_file()):
+        stem = path.stem
+        index.setdefault(stem[:11], path)
+        if stem.startswith("Y") and len(stem) >= 12:
+            index.setdefault(stem[1:12], path)
     return index
 
 
@@ -278,12 +281,28 @@ class PrepareReport:
     problems: list[str] = field(default_factory=list)
 
 
+def _why_not_a_file(audio: Path) -> str:
+    """``"<path>: <reason>"`` for an audio path that is not a regular file."""
+    from pengi_kit.data.audio import check_audio_file
+
+    if not os.path.lexists(audio):
+        return f"{audio}: audio file not found"
+    try:
+        check_audio_file(audio)  # stat only: it is not a regular file, so it is not opened
+    except PengiKitError as exc:
+        return str(exc)
+    return f"{audio}: is not a regular file"
+
+
 def prepare(name: str, root: str | Path, out: str | Path, *, splits: Iterable[str] = (),
             registry: Any | None = None) -> PrepareReport:
     """Run the ``dataset`` adapter ``name`` on ``root`` and write its rows to ``out`` (JSONL).
 
-    Rows whose audio file is missing are left out and listed in ``problems``, as are
-    the adapter's own problems. ``splits`` keeps only those splits.
+    Rows whose audio file is missing (or is not a regular file: a broken symlink, a
+    named pipe ...) are left out and listed in ``problems``, as are the adapter's own
+    problems. ``splits`` keeps only those splits. Audio paths are written relative to
+    the manifest's folder (absolute when outside it), so the manifest loads from
+    wherever it is written, whatever the current folder and however ``root`` is given.
     """
     from pengi_kit.data.manifest import write_manifest
     from pengi_kit.data.templates import TEMPLATES, TemplateError, render
@@ -311,7 +330,7 @@ def prepare(name: str, root: str | Path, out: str | Path, *, splits: Iterable[st
         if audio not in present:
             present[audio] = audio.is_file()
             if not present[audio]:
-                report.problems.append(f"{audio}: audio file not found (left out)")
+                report.problems.append(f"{_why_not_a_file(audio)} (left out)")
         if not present[audio]:
             continue
         try:
@@ -319,7 +338,9 @@ def prepare(name: str, root: str | Path, out: str | Path, *, splits: Iterable[st
                 render(item["task"], **item)
         except TemplateError as exc:
             raise AdapterError(f"{name}: adapter wrote a row that does not render: {exc}") from None
-        rows.append(item)
+        # absolute here, so that the manifest holds paths relative to its own folder (or
+        # absolute), never relative to the folder `prepare` happened to run in
+        rows.append({**item, "audio": Path(os.path.abspath(audio))})
         report.splits[item.get("split", "")] += 1
         report.tasks[item["task"]] += 1
     if not rows:

@@ -11,15 +11,28 @@ Example::
 
 A source may also be an open binary file (``io.BytesIO`` of a shard member); give it a
 ``name`` for the messages.
+
+A path is checked before anything opens it (:func:`check_audio_file`): only a readable
+regular file gets to libsndfile, so a named pipe cannot block a run, and a symlink loop,
+a broken symlink or a permission problem is named as what it is. What libmpg123 (inside
+libsndfile) prints on the C-level standard error while a file is opened or an MP3 is
+decoded is kept off the terminal; the problem reaches the caller as the error instead.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
 import math
+import os
 import re
+import stat
+import sys
+import tempfile
+import threading
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, Iterator
 
 import numpy as np
 import soundfile as sf
@@ -27,7 +40,8 @@ import soxr
 
 from pengi_kit.errors import AudioError
 
-__all__ = ["load_audio", "fit_length", "audio_formats", "FIT_MODES"]
+__all__ = ["load_audio", "fit_length", "audio_formats", "audio_info", "check_audio_file", "read_audio_bytes",
+           "FIT_MODES"]
 
 FIT_MODES = ("start", "centre", "random")
 _SOXR_QUALITIES = ("QQ", "LQ", "MQ", "HQ", "VHQ")
@@ -57,26 +71,252 @@ def _clean(message: str) -> str:
     return message.strip().removeprefix("Error : ").rstrip(".")
 
 
+# ---------------------------------------------------------------- before anything opens a path
+
+_NOT_FOUND_FIX = "check the path, or the manifest it came from"
+_PERMISSION_FIX = "check the file's permissions: it must be readable by this user, its folders searchable"
+
+
+def _special_kind(mode: int) -> str | None:
+    """What a file that is neither a regular file nor a folder is, in words."""
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    if not stat.S_ISREG(mode):
+        return "a special file"
+    return None
+
+
+def _access_error(path: Path | str, exc: OSError) -> AudioError:
+    """The :class:`AudioError` for an ``os.stat``/``os.open`` failure, naming its real cause."""
+    code = exc.errno
+    if code == errno.ELOOP:
+        return _fail(path, "symlink loop: its symbolic links lead back to themselves and never reach a file",
+                     "point the link at the real audio file, or remove it")
+    if code == errno.ENOENT:
+        try:
+            is_link = stat.S_ISLNK(os.lstat(path).st_mode)
+            target = os.readlink(path) if is_link else ""
+        except OSError:
+            is_link = False
+        if is_link:
+            return _fail(path, f"broken symlink (points to {target} which does not exist)",
+                         "restore the file it points to, or remove the link")
+        return _fail(path, "audio file not found", _NOT_FOUND_FIX)
+    if code == errno.ENOTDIR:
+        return _fail(path, "audio file not found (a part of its path is a file, not a folder)", _NOT_FOUND_FIX)
+    if code in (errno.EACCES, errno.EPERM):
+        return _fail(path, "permission denied", _PERMISSION_FIX)
+    if code == errno.ENAMETOOLONG:
+        return _fail(path, "path too long for the file system", "shorten the path")
+    return _fail(path, f"cannot open the file: {exc.strerror or exc}", "check the file and the disk it is on")
+
+
+def _checked_fd(path: Path | str) -> int:
+    """A read-only descriptor of ``path`` once it is known to be a non-empty regular file.
+
+    ``os.stat`` comes first, so a pipe, a socket or a device is refused without being
+    opened; the open is non-blocking all the same, and its ``fstat`` confirms the file
+    did not change in between.
+    """
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise _access_error(path, exc) from None
+    if stat.S_ISDIR(st.st_mode):
+        raise _fail(path, "is a directory, not an audio file", "point to the audio file itself")
+    kind = _special_kind(st.st_mode)
+    if kind:
+        raise _fail(path, f"is {kind}, not a regular file",
+                    "point to the audio file itself; pipes and devices are not read, they can block forever")
+    if st.st_size == 0:
+        raise _fail(path, "audio file is empty (0 bytes)", "re-export or re-download it")
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise _access_error(path, exc) from None
+    try:
+        kind = _special_kind(os.fstat(fd).st_mode)
+    except OSError as exc:
+        os.close(fd)
+        raise _access_error(path, exc) from None
+    if kind:
+        os.close(fd)
+        raise _fail(path, f"is {kind}, not a regular file (it was replaced while being opened)",
+                    "point to the audio file itself")
+    return fd
+
+
+def check_audio_file(path: str | os.PathLike[str]) -> None:
+    """Raise :class:`AudioError` unless ``path`` is a readable, non-empty regular file.
+
+    Nothing but ``stat`` touches a path that is not a regular file, so this never blocks
+    on a named pipe. Each refusal names its cause: not found, broken symlink (and its
+    target), symlink loop, permission denied, a directory, a named pipe, a socket or a
+    device, an empty file.
+    """
+    os.close(_checked_fd(path))
+
+
+def read_audio_bytes(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of an audio file, after the checks of :func:`check_audio_file`."""
+    fd = _checked_fd(path)
+    try:
+        with os.fdopen(fd, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise _fail(path, f"cannot read the file: {exc.strerror or exc}",
+                    "check the file and the disk it is on") from None
+
+
+# ---------------------------------------------------------------- libmpg123's messages
+
+# libmpg123 prints to the C-level stderr: "Note: Illegal Audio-MPEG-Header ...", "Warning: ...",
+# "[src/libmpg123/parse.c:wetwork():1349] error: Giving up resync ...".
+_MPG123_NOISE = re.compile(rb"^(?:\[src/libmpg123/[^\]]*\] )?(?:Note|Warning|Error|note|warning|error): ")
+
+
+class _StderrSink:
+    """Reference-counted redirection of file descriptor 2 into a temporary file.
+
+    The first ``hold`` redirects, the last ``release`` restores fd 2 and writes back
+    whatever was captured meanwhile except libmpg123's lines, so other threads' output
+    (progress bars, reports) is delayed, not lost. The temporary file is kept for the
+    next time (one per process).
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.depth = 0
+        self.saved: int | None = None
+        self.sink: BinaryIO | None = None
+
+    def hold(self) -> bool:
+        with self.lock:
+            if self.depth == 0:
+                _flush_python_stderr()
+                saved = None
+                try:
+                    if self.sink is None:
+                        self.sink = tempfile.TemporaryFile()  # type: ignore[assignment]
+                    saved = os.dup(2)
+                    os.dup2(self.sink.fileno(), 2)  # type: ignore[union-attr]
+                except (OSError, ValueError):  # no fd 2, no temporary folder: stay loud
+                    if saved is not None:
+                        os.close(saved)
+                    return False
+                self.saved = saved
+            self.depth += 1
+            return True
+
+    def release(self) -> None:
+        with self.lock:
+            self.depth -= 1
+            if self.depth:
+                return
+            _flush_python_stderr()
+            saved, sink = self.saved, self.sink
+            self.saved = None
+            assert saved is not None and sink is not None
+            os.dup2(saved, 2)
+            os.close(saved)
+            try:
+                sink.seek(0)
+                captured = sink.read()
+                sink.seek(0)
+                sink.truncate()
+            except OSError:
+                captured = b""
+                sink.close()
+                self.sink = None
+        if not captured:
+            return
+        keep = b"".join(line for line in captured.splitlines(keepends=True) if not _MPG123_NOISE.match(line))
+        while keep:
+            try:
+                keep = keep[os.write(2, keep):]
+            except OSError:
+                break
+
+    def after_fork(self) -> None:
+        """In a forked child (a DataLoader worker): its own lock and sink, fd 2 as it should be."""
+        self.lock = threading.Lock()
+        if self.depth and self.saved is not None:  # forked while another thread held it
+            with contextlib.suppress(OSError):
+                os.dup2(self.saved, 2)
+                os.close(self.saved)
+        if self.sink is not None:  # its offset is shared with the parent's: never use it here
+            with contextlib.suppress(OSError):
+                self.sink.close()
+        self.depth, self.saved, self.sink = 0, None, None
+
+
+def _flush_python_stderr() -> None:
+    for stream in {id(s): s for s in (sys.stderr, sys.__stderr__) if s is not None}.values():
+        with contextlib.suppress(Exception):
+            stream.flush()
+
+
+_STDERR = _StderrSink()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_STDERR.after_fork)
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Keep libmpg123's messages (written to fd 2 from C) off the terminal meanwhile."""
+    held = _STDERR.hold()
+    try:
+        yield
+    finally:
+        if held:
+            _STDERR.release()
+
+
+# ---------------------------------------------------------------- opening
+
+# libsndfile's answer when no reader recognised the file and its last resort, libmpg123,
+# found no MPEG audio in it either (it is not about pipes: the path was checked first).
+_NO_MPEG = "not a regular file (possibly a pipe?)"
+
+
 def _open(path: Path | str, source: Path | BinaryIO) -> sf.SoundFile:
     """Open ``source`` (a path, or a file object named ``path`` in messages)."""
     if not isinstance(source, Path):  # e.g. an in-memory member of a shard
         if isinstance(source, io.BytesIO) and not source.getbuffer().nbytes:
             raise _fail(path, "audio file is empty (0 bytes)", "re-export or re-download it")
-    elif not source.exists():
-        raise _fail(path, "audio file not found", "check the path, or the manifest it came from")
-    elif source.is_dir():
-        raise _fail(path, "is a directory, not an audio file", "point to the audio file itself")
-    elif source.stat().st_size == 0:
-        raise _fail(path, "audio file is empty (0 bytes)", "re-export or re-download it")
+    else:
+        check_audio_file(source)
     try:
-        return sf.SoundFile(source)
+        with _quiet_stderr():
+            return sf.SoundFile(source)
     except (RuntimeError, OSError, ValueError, TypeError) as exc:
         msg = str(exc).split(": ", 1)[-1] if "Error opening" in str(exc) else str(exc)
-        raise _fail(
-            path,
-            f"unreadable audio header: {_clean(msg)}",
-            "the file is corrupt or not a format libsndfile reads; re-encode it to WAV or FLAC",
-        ) from None
+        fix = "the file is corrupt or not a format libsndfile reads; re-encode it to WAV or FLAC"
+        if _NO_MPEG in msg:
+            if Path(str(path)).suffix.lower() in (".mp3", ".mp2", ".mpga", ".mpeg"):
+                raise _fail(path, "not an MP3 file: no MPEG audio frames found",
+                            "the file is corrupt or not MP3 at all; re-download it, or re-encode it to WAV or FLAC"
+                            ) from None
+            msg = "format not recognised (no known audio header, no MPEG audio frames)"
+        raise _fail(path, f"unreadable audio header: {_clean(msg)}", fix) from None
+
+
+def audio_info(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The header of an audio file: ``{"rate", "channels", "frames", "format", "subtype"}``.
+
+    Raises :class:`AudioError`, as :func:`load_audio` does, when the file cannot be opened.
+    """
+    source = Path(path)
+    with _open(source, source) as f:
+        return {"rate": f.samplerate, "channels": f.channels, "frames": f.frames, "format": f.format,
+                "subtype": f.subtype}
 
 
 def _check_wav_truncation(path: Path | str, f: sf.SoundFile) -> None:
@@ -100,7 +340,8 @@ def _read(path: Path | str, f: sf.SoundFile, first: int, count: int) -> np.ndarr
         if f.format == "MP3":
             # mpg123 through libsndfile can seek inexactly and can even lose samples
             # across read calls on some VBR files; one read from frame 0 is exact.
-            data = f.read(first + count, dtype="float32", always_2d=True)[first:]
+            with _quiet_stderr():  # a damaged stream makes libmpg123 talk on stderr
+                data = f.read(first + count, dtype="float32", always_2d=True)[first:]
         else:
             f.seek(first)
             data = f.read(count, dtype="float32", always_2d=True)

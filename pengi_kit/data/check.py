@@ -1,8 +1,10 @@
 """``pengi-kit data check``: decode every clip of a manifest, list each problem, sum it up.
 
 Each distinct clip (or ``start``/``end`` segment) is decoded once at its own rate,
-with the checks of :func:`pengi_kit.data.audio.load_audio` (missing, empty, corrupt,
-truncated, NaN/inf, no channels, implausible rate, too long ...). Bad manifest lines
+with the checks of :func:`pengi_kit.data.audio.load_audio` (missing, broken symlink,
+symlink loop, permission denied, a named pipe or device instead of a file, empty,
+corrupt, not really MP3, truncated, NaN/inf, no channels, implausible rate, too long
+...); a path is checked before anything opens it, so nothing blocks. Bad manifest lines
 are problems too. Example::
 
     report = check_manifest("train.jsonl", jobs=4)
@@ -12,7 +14,6 @@ from __future__ import annotations
 
 import re
 import statistics
-import sys
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -55,33 +56,30 @@ class CheckReport:
 
 
 def probe(item: tuple[str, float | None, float | None, float]) -> dict[str, Any]:
-    """Decode one clip or segment at its own rate: its properties, or ``{"error": line}``."""
-    import soundfile as sf
+    """Decode one clip or segment at its own rate: its properties, or ``{"error": line}``.
 
-    from pengi_kit.data.audio import load_audio
+    The path is checked before it is opened (a named pipe is refused, not read), as
+    :func:`~pengi_kit.data.audio.load_audio` does.
+    """
+    from pengi_kit.data.audio import audio_info, load_audio
     from pengi_kit.errors import PengiKitError
 
     path, start, end, max_seconds = item
     try:
-        info = sf.info(path)
-        rate = info.samplerate if 1_000 <= info.samplerate <= 768_000 else 16_000
-    except Exception:  # load_audio says what is wrong, in its words
-        info, rate = None, 16_000
-    try:
+        info = audio_info(path)
+        rate = info["rate"] if 1_000 <= info["rate"] <= 768_000 else 16_000
         wav = load_audio(path, rate, start=start, end=end, max_seconds=max_seconds)
     except PengiKitError as exc:
         return {"error": str(exc)}
-    assert info is not None
-    return {"seconds": len(wav) / rate, "rate": info.samplerate, "channels": info.channels,
-            "format": f"{info.format} {info.subtype}"}
+    return {"seconds": len(wav) / rate, "rate": info["rate"], "channels": info["channels"],
+            "format": f"{info['format']} {info['subtype']}"}
 
 
 def check_manifest(path: str | Path, *, jobs: int = 1, max_seconds: float = 3600.0,
-                   progress: bool = True) -> CheckReport:
+                   progress: bool | None = None) -> CheckReport:
     """Check every line and every clip of a manifest; see the module docstring."""
-    from tqdm.auto import tqdm
-
     from pengi_kit.data.manifest import read_manifest
+    from pengi_kit.progress import bar as progress_bar
 
     examples, line_errors = read_manifest(path, on_error="skip")
     report = CheckReport(rows=len(examples), problems=list(line_errors))
@@ -90,8 +88,7 @@ def check_manifest(path: str | Path, *, jobs: int = 1, max_seconds: float = 3600
         users.setdefault((str(ex.audio), ex.start, ex.end), []).append(ex)
     items = [(*key, max_seconds) for key in users]
     report.clips = len(items)
-    bar = tqdm(total=len(items), unit="clip", disable=not progress, file=sys.stderr, dynamic_ncols=True,
-               mininterval=0.5)
+    bar = progress_bar(len(items), "checking", "clip", enabled=progress)
     if jobs > 1:
         with ProcessPoolExecutor(jobs) as pool:
             results = list(_tick(pool.map(probe, items, chunksize=16), bar))

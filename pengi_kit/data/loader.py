@@ -8,7 +8,8 @@ its batch ``k`` on. A map-style dataset goes through
 a :class:`~pengi_kit.data.shards.ShardDataset` streams and batches itself. Either way
 the batches depend on the seed, the epoch and the rank only, not on ``num_workers``:
 items are pure functions of ``(seed, epoch, draw)`` and the DataLoader returns
-worker results in order.
+worker results in order. Only whole batches train: the examples left over at the end
+of an epoch sit out, different ones each epoch (:meth:`TrainLoader.examples_per_epoch`).
 """
 from __future__ import annotations
 
@@ -28,12 +29,23 @@ def _whole(batch: Any) -> Any:
     return batch
 
 
+def _ignore_interrupts(worker_id: int) -> None:
+    """Worker processes leave SIGINT and SIGTERM to the main process: a Ctrl-C reaches the whole
+    process group, torchrun signals it, and the trainer stops cleanly after the current step
+    (a worker that died of the signal first would turn that into a DataLoader error)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def _options(num_workers: int, pin_memory: bool, seed: int) -> dict[str, Any]:
     options: dict[str, Any] = {"num_workers": num_workers, "pin_memory": pin_memory,
                                # worker base seeds come from here, not from the global RNG
                                "generator": torch.Generator().manual_seed(seed)}
     if num_workers:
         options["prefetch_factor"] = 4
+        options["worker_init_fn"] = _ignore_interrupts
     return options
 
 
@@ -64,6 +76,15 @@ class TrainLoader:
         if self.sampler is None:
             return self.dataset.batches_per_epoch  # type: ignore[attr-defined]
         return self.sampler.batches_per_epoch
+
+    def examples_per_epoch(self) -> tuple[int, int]:
+        """``(used, drawn)``: examples in the whole batches of an epoch, over every rank, and
+        examples drawn for it; the ``drawn - used`` left over fill no batch and sit out (the
+        sampler rotates which ones; a shard stream leaves out a random tail each epoch)."""
+        used = len(self) * self.batch_size * self.world_size
+        if self.sampler is None:
+            return used, int(sum(self.dataset.counts))  # type: ignore[attr-defined]
+        return used, self.sampler.draws_per_epoch
 
     def epoch(self, epoch: int, start_batch: int = 0) -> DataLoader:
         """The DataLoader of ``epoch``, starting at its batch ``start_batch``."""

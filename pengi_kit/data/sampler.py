@@ -9,7 +9,11 @@ One epoch's batches are a pure function of ``(seed, epoch, num_replicas, rank)``
    ``copy * total + index``, so that the dataset can tell the copies of one example
    apart (each gets its own random crop); ``index = draw % total``.
 2. *Order.* All draws are shuffled and cut to a whole number of global batches
-   (``batch_size * num_replicas``).
+   (``batch_size * num_replicas``). The ``r`` draws left over do not fill a batch and
+   sit out this epoch; which ones rotates: a fixed, seeded order of the examples is
+   walked ``r`` examples per epoch, so consecutive epochs leave out disjoint sets and,
+   with every weight 1, each example sits out once every ``ceil(total / r)`` epochs
+   and is seen in at least one of any two consecutive epochs (while ``2r <= total``).
 3. *Buckets.* With target-text ``lengths``, each pool of ``pool_batches`` global
    batches is sorted by length and cut into global batches, and the batches of the
    epoch are shuffled again: batches hold texts of similar length (little padding),
@@ -81,15 +85,43 @@ class BucketBatchSampler(Sampler[list[int]]):
         self.batch_size, self.num_replicas, self.rank = batch_size, num_replicas, rank
         self.seed, self.pool_batches = seed, pool_batches
         self.epoch = self.start_batch = 0
+        self._place: np.ndarray | None = None  # see _rotation
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """Select the epoch, and the batch of it to start from (resumption)."""
         self.epoch, self.start_batch = epoch, start_batch
 
     @property
+    def draws_per_epoch(self) -> int:
+        """Examples drawn per epoch (every source's ``round(weight * size)``), before the cut."""
+        return sum(int(round(w * n)) for n, w in zip(self.sizes, self.weights))
+
+    @property
     def batches_per_epoch(self) -> int:
-        draws = sum(int(round(w * n)) for n, w in zip(self.sizes, self.weights))
-        return draws // (self.batch_size * self.num_replicas)
+        return self.draws_per_epoch // (self.batch_size * self.num_replicas)
+
+    @property
+    def left_out_per_epoch(self) -> int:
+        """Draws of each epoch that fill no whole global batch and sit out (different ones each epoch)."""
+        return self.draws_per_epoch - self.batches_per_epoch * self.batch_size * self.num_replicas
+
+    def _rotation(self) -> np.ndarray:
+        """Each example's place in the seeded order along which the left-out window moves."""
+        if self._place is None:
+            order = np.random.default_rng([self.seed, 0x5EED]).permutation(self.total)
+            self._place = np.empty(self.total, np.int64)
+            self._place[order] = np.arange(self.total)
+        return self._place
+
+    def _leave_out(self, draws: np.ndarray, left: int) -> np.ndarray:
+        """``draws`` (shuffled) without ``left`` of them: those whose examples come last in the
+        seeded order shifted by ``epoch * left``, i.e. window ``[(epoch - 1) * left, epoch * left)``
+        of that order (mod ``total``); the kept draws keep their shuffled order."""
+        key = (self._rotation()[draws % self.total] - self.epoch * left) % self.total
+        drop = np.argsort(-key, kind="stable")[:left]
+        keep = np.ones(len(draws), bool)
+        keep[drop] = False
+        return draws[keep]
 
     def __len__(self) -> int:
         return max(0, self.batches_per_epoch - self.start_batch)
@@ -100,7 +132,8 @@ class BucketBatchSampler(Sampler[list[int]]):
         draws = rng.permutation(epoch_draws(self.sizes, self.weights, rng))
         width = self.batch_size * self.num_replicas
         count = len(draws) // width
-        draws = draws[: count * width]
+        if len(draws) > count * width:
+            draws = self._leave_out(draws, len(draws) - count * width)
         if self.lengths is None or self.pool_batches <= 0:
             return draws.reshape(count, width)
         pools = []

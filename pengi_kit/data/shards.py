@@ -191,17 +191,18 @@ def write_shards(manifest: str | Path, out_dir: str | Path, shard_size: int, *, 
 
 def _fill_shards(examples: list, order: np.ndarray, out: Path, prefix: str, shard_size: int,
                  report: ShardReport, counts: list[int]) -> None:
+    from pengi_kit.data.audio import read_audio_bytes
+    from pengi_kit.errors import AudioError
+
     writer: _TarWriter | None = None
     for position in order:
         ex = examples[int(position)]
         where = f"{ex.source}:{ex.line}"
-        try:
-            audio = ex.audio.read_bytes()
-        except OSError as exc:
-            report.problems.append(f"{where}: {ex.audio}: cannot read audio file: {exc.strerror} (fix the path)")
-            continue
-        if not audio:
-            report.problems.append(f"{where}: {ex.audio}: audio file is empty (0 bytes) (re-export it)")
+        try:  # checked first: a named pipe is refused, not read
+            audio = read_audio_bytes(ex.audio)
+        except AudioError as exc:
+            reason = str(exc).removeprefix(f"{ex.audio}: ")
+            report.problems.append(f"{where}: {ex.audio}: cannot read audio file: {reason}")
             continue
         if writer is None:
             writer = _TarWriter(out / f"{prefix}-{len(report.shards):06d}.tar")

@@ -203,3 +203,53 @@ def resolve(path: str | Path) -> Path:
         except CheckpointError as exc:
             problems.append(str(exc))
     raise CheckpointError(f"{path}: no intact checkpoint" + (f" ({'; '.join(problems)})" if problems else ""))
+
+
+# ---------------------------------------------------------------------- run directories
+RUN_ENTRIES = ("checkpoints", "best", "metrics.jsonl", "tensorboard")
+
+
+def existing_run(run_dir: str | Path) -> str | None:
+    """What a run left in ``run_dir`` (``"checkpoints up to step 750"`` ...), or None when it holds
+    no run: no ``checkpoints/``, ``best/`` or ``metrics.jsonl``. Other files (a pretrained
+    encoder the recipe loads, the demo's clips) do not count."""
+    run_dir = Path(run_dir)
+    steps = [int(p.name[5:]) for p in checkpoints(run_dir) if p.name[5:].isdigit()]
+    if steps:
+        return f"checkpoints up to step {max(steps)}"
+    if (run_dir / "checkpoints").exists():
+        return "an unfinished checkpoints/ folder"
+    if (run_dir / "best").exists():
+        return "a best/ checkpoint"
+    if (run_dir / "metrics.jsonl").exists():
+        step = _last_logged_step(run_dir / "metrics.jsonl")
+        return "a metrics.jsonl" + (f" up to step {step}" if step is not None else "")
+    return None
+
+
+def _last_logged_step(path: Path) -> int | None:
+    with open(path, "rb") as f:
+        f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+        lines = f.read().decode("utf-8", "replace").splitlines()
+    for line in reversed(lines):
+        try:
+            step = json.loads(line).get("step")
+        except (json.JSONDecodeError, AttributeError):
+            continue
+        if isinstance(step, int):
+            return step
+    return None
+
+
+def remove_run(run_dir: str | Path) -> None:
+    """Delete what a training run writes in ``run_dir`` (its checkpoints, ``best/``,
+    ``metrics.jsonl``, ``tensorboard/`` and temporary folders), nothing else."""
+    run_dir = Path(run_dir)
+    for name in RUN_ENTRIES:
+        path = run_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+    for tmp in [*run_dir.glob(".best.tmp-*"), *run_dir.glob(".best.old-*")]:
+        shutil.rmtree(tmp, ignore_errors=True)

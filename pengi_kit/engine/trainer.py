@@ -4,9 +4,12 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import random
 import shutil
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -26,6 +29,36 @@ class TrainingError(PengiKitError):
     """Training cannot go on (bad data under the 'fail' policy, a diverging loss ...)."""
 
 
+class TrainingInterrupted(PengiKitError):
+    """SIGINT or SIGTERM stopped :meth:`Trainer.fit` between two steps; ``checkpoint`` holds the
+    last completed step, from which ``resume=True`` continues exactly."""
+
+    def __init__(self, signum: int, step: int, checkpoint: Path) -> None:
+        super().__init__(f"interrupted at step {step}: checkpoint {checkpoint}")
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+
+    @property
+    def exit_status(self) -> int:
+        return 128 + self.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
+
+
+class TrainingAborted(KeyboardInterrupt):
+    """A second SIGINT or SIGTERM while :meth:`Trainer.fit` was stopping: no checkpoint of the step."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"aborted by a second {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+def run_dir_taken(out: str | Path) -> str | None:
+    """Why a fresh run may not write into ``out`` (it holds another run), or None."""
+    what = ckpt.existing_run(out)
+    if what is None:
+        return None
+    return (f"{out} holds another run ({what}); continue it with --resume, or start over with --overwrite "
+            "(deletes it), or set train.output_dir")
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -38,13 +71,23 @@ class Trainer:
     ``Trainer(recipe).fit()`` returns the final checkpoint directory. Metrics go to
     ``<output_dir>/metrics.jsonl``; checkpoints to ``<output_dir>/checkpoints/step-N``.
     ``validate_hook(model, step) -> dict`` adds task metrics to each validation.
+
+    An output directory that holds another run is refused (:class:`TrainingError`)
+    unless ``resume`` continues it or ``overwrite`` deletes it first (rank 0, before
+    any process goes on). SIGINT or SIGTERM during :meth:`fit` stops it after the
+    current step with a checkpoint (:class:`TrainingInterrupted`).
     """
 
-    def __init__(self, recipe: dict[str, Any], *, resume: bool = False, device: str | None = None,
-                 progress: bool = True, validate_hook: Callable[[PengiModel, int], dict] | None = None) -> None:
-        self.recipe, self.resume, self.progress, self.validate_hook = recipe, resume, progress, validate_hook
+    def __init__(self, recipe: dict[str, Any], *, resume: bool = False, overwrite: bool = False,
+                 device: str | None = None, progress: bool = True,
+                 validate_hook: Callable[[PengiModel, int], dict] | None = None) -> None:
+        if resume and overwrite:
+            raise TrainingError("resume continues the run in train.output_dir and overwrite deletes it: "
+                                "choose one (--resume or --overwrite)")
+        self.recipe, self.progress, self.validate_hook = recipe, progress, validate_hook
         self.dist: Dist = setup(device)
         self.out = Path(recipe["train"]["output_dir"])
+        self.resume = self._claim_output_dir(resume, overwrite)
         seed_everything(recipe["seed"])
         self.model = build_model(recipe).to(self.dist.device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
@@ -78,6 +121,10 @@ class Trainer:
             size = len(self.train_data) if hasattr(self.train_data, "__len__") else sum(self.train_data.counts)
             raise TrainingError(f"the training data has {size} examples, fewer than one batch of "
                                 f"{self.batch_size} per process; lower train.batch_size")
+        used, drawn = self.loader.examples_per_epoch()
+        if drawn > used:  # only whole batches train: say so, once
+            self._log_line(f"each epoch uses {used} of {drawn} examples ({drawn - used} left out per epoch, "
+                           "different ones each epoch)")
         self.total_steps = train["max_steps"] or train["epochs"] * self.steps_per_epoch
         self.optimizer = build_optimizer(self.params, recipe["optim"], fused=self.dist.device.type == "cuda")
         self.scheduler = build_scheduler(self.optimizer, recipe["optim"], self.total_steps)
@@ -92,12 +139,37 @@ class Trainer:
         self.best_value: float | None = None
         self._best_missing_reported = False
         self._tensorboard: Any = None
+        self._saved_step: int | None = None  # the step of this run's newest step checkpoint
+        self._signal = 0  # the first SIGINT/SIGTERM fit() received
         for dataset in (self.train_data, self.valid_data):  # bad manifest lines, reported like bad clips
             self._report_bad(list(getattr(dataset, "load_errors", [])))
-        if resume:
+        if self.resume:
             self._resume()
 
     # ------------------------------------------------------------------ state
+    def _claim_output_dir(self, resume: bool, overwrite: bool) -> bool:
+        """Refuse an output directory that holds another run, or delete that run (``overwrite``);
+        rank 0 decides for every rank. Returns ``resume``, which a torchrun restart implies."""
+        if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0 and (
+                overwrite or os.environ.get("PENGI_KIT_RUN_CHECKED") == "1"):
+            # the first attempt started this run in a directory free of others: a restart continues it
+            self._log_line("torchrun restarted the workers: continuing this run from its newest checkpoint")
+            return True
+        if resume:
+            return True
+        problem = run_dir_taken(self.out) if self.dist.is_main else None
+        if self.dist.enabled:
+            flag = torch.tensor([float(problem is not None)], device=self.dist.device)
+            if float(all_reduce_sum(flag, self.dist)) > 0 and problem is None:
+                problem = run_dir_taken(self.out) or f"{self.out} holds another run (rank 0 found it)"
+        if problem is not None and not overwrite:
+            raise TrainingError(problem)
+        if problem is not None and self.dist.is_main:
+            self._log_line(f"--overwrite: deleting the run in {self.out} ({ckpt.existing_run(self.out)})")
+            ckpt.remove_run(self.out)
+        barrier(self.dist)  # no rank writes before rank 0 has deleted
+        return False
+
     def _resume(self) -> None:
         try:
             path = ckpt.resolve(self.out)
@@ -119,6 +191,8 @@ class Trainer:
             group["lr"] = base * factor(self.scheduler.last_epoch)
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         self.skipped_steps = state.get("skipped_steps", 0)
+        if path.parent == self.out / "checkpoints":
+            self._saved_step = self.step  # that checkpoint is this run's step: fit() need not write it again
         if rng is not None and state.get("world_size", 1) == self.dist.world_size:
             ckpt.set_rng_state(rng)
         self._log_line(f"resumed from {path} at step {self.step}")
@@ -146,6 +220,7 @@ class Trainer:
     def save(self) -> Path:
         """Write a checkpoint of the current step (rank 0 writes; every rank's RNG goes in)."""
         path = self._write(self.out / "checkpoints" / f"step-{self.step:08d}", {})
+        self._saved_step = self.step
         if self.dist.is_main:
             for old in ckpt.checkpoints(self.out)[: -self.recipe["train"]["keep_last"]]:
                 shutil.rmtree(old, ignore_errors=True)
@@ -327,6 +402,47 @@ class Trainer:
         return self.loader.epoch(self.epoch, start_batch=self.batch_in_epoch)
 
     def fit(self) -> Path:
+        """Train to the end; returns the final checkpoint, a checkpoint of this run's last step.
+
+        SIGINT or SIGTERM (a scheduler's warning before it kills) lets the current step
+        finish, writes a checkpoint of it and raises :class:`TrainingInterrupted`; every
+        process stops at the same step. A second signal aborts at once
+        (:class:`TrainingAborted`). The previous signal handlers are restored on return.
+        """
+        with self._stop_on_signals():
+            return self._fit()
+
+    @contextlib.contextmanager
+    def _stop_on_signals(self) -> Any:
+        self._signal = 0
+        if threading.current_thread() is not threading.main_thread():  # handlers live in the main thread
+            yield
+            return
+        previous: dict[int, Any] = {}
+
+        def restore() -> None:
+            for number, handler in previous.items():
+                signal.signal(number, handler if handler is not None else signal.SIG_DFL)
+
+        def on_signal(number: int, frame: Any) -> None:
+            if self._signal:
+                restore()
+                raise TrainingAborted(number)
+            self._signal = number
+            if self.dist.is_main:  # os.write: safe wherever the handler interrupts the main thread
+                again = "Ctrl-C again" if number == signal.SIGINT else "another SIGTERM"
+                lead = "\n" if sys.stderr.isatty() else ""  # off the progress bar's line
+                os.write(2, (f"{lead}pengi-kit: {signal.Signals(number).name}: stopping after the current step "
+                             f"to write a checkpoint ({again} aborts at once)\n").encode())
+
+        for number in (signal.SIGINT, signal.SIGTERM):
+            previous[number] = signal.signal(number, on_signal)
+        try:
+            yield
+        finally:
+            restore()
+
+    def _fit(self) -> Path:
         from tqdm.auto import tqdm
 
         train = self.recipe["train"]
@@ -334,9 +450,12 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=self.step, unit="step", dynamic_ncols=True,
                    disable=not (self.progress and self.dist.is_main), mininterval=1.0)
         bad_in_row, window_start, window_samples = 0, time.perf_counter(), 0
-        while self.step < self.total_steps:
+        stop = 0
+        while self.step < self.total_steps and not stop:
             for batch in self._loader():
-                usable, errors = self._batch_status(batch)
+                usable, errors, stop = self._batch_status(batch)
+                if stop:  # every rank learns it here, at the same step: the batch is left for the resumed run
+                    break
                 self._report_bad(errors)
                 loss = self.train_step(batch) if usable else None
                 self.step += 1
@@ -362,34 +481,51 @@ class Trainer:
                     self.save()
                 if self.step >= self.total_steps:
                     break
-            if self.batch_in_epoch >= self.steps_per_epoch:
+            if not stop and self.batch_in_epoch >= self.steps_per_epoch:
                 self._end_epoch(train)
         bar.close()
+        if stop:
+            path = self._checkpoint()
+            self._log({"event": "interrupted", "step": self.step, "signal": signal.Signals(stop).name,
+                       "checkpoint": str(path)})
+            self._close_tensorboard()
+            raise TrainingInterrupted(stop, self.step, path)
         if self.batch_in_epoch and not train["eval_every"]:  # max_steps ended mid-epoch
             self._validate_and_log()
-        path = self.out / "checkpoints" / f"step-{self.step:08d}"
-        if not path.exists():
-            path = self.save()
+        path = self._checkpoint()
         if self.bad_examples:
             self._log_line(f"{len(self.bad_examples)} example(s) skipped in this run; see {self.out}/metrics.jsonl")
-        if self._tensorboard:
-            self._tensorboard.close()
+        self._close_tensorboard()
         return path
 
-    def _batch_status(self, batch: dict[str, Any]) -> tuple[bool, list[str]]:
-        """Whether every rank's batch kept an example, and every rank's skipped examples.
+    def _checkpoint(self) -> Path:
+        """A checkpoint of the current step written by this run: the one already saved, or a new one."""
+        if self._saved_step == self.step:
+            return self.out / "checkpoints" / f"step-{self.step:08d}"
+        return self.save()
+
+    def _close_tensorboard(self) -> None:
+        if self._tensorboard:
+            self._tensorboard.close()
+
+    def _batch_status(self, batch: dict[str, Any]) -> tuple[bool, list[str], int]:
+        """Whether every rank's batch kept an example, every rank's skipped examples, and the
+        signal (SIGTERM over SIGINT; 0 for none) that any rank received: stop before this batch.
 
         All ranks step or none does (a rank stepping alone would wait forever in the
         gradient all-reduce), and all ranks see every problem: rank 0 reports them, and
-        under 'fail' all ranks stop together."""
-        local = torch.tensor([float(not batch["prompts"]), float(len(batch["errors"]))], device=self.dist.device)
+        under 'fail' all ranks stop together. One all-reduce carries it all."""
+        local = torch.tensor([float(not batch["prompts"]), float(len(batch["errors"])),
+                              float(self._signal == signal.SIGINT), float(self._signal == signal.SIGTERM)],
+                             device=self.dist.device)
         total = all_reduce_sum(local, self.dist)
+        stop = signal.SIGTERM if float(total[3]) > 0 else signal.SIGINT if float(total[2]) > 0 else 0
         errors = batch["errors"]
-        if self.dist.enabled and float(total[1]) > 0:
+        if self.dist.enabled and float(total[1]) > 0 and not stop:
             gathered: list[Any] = [None] * self.dist.world_size
             torch.distributed.all_gather_object(gathered, errors)
             errors = [e for part in gathered for e in part]
-        return float(total[0]) == 0.0, errors
+        return float(total[0]) == 0.0, errors, int(stop)
 
     def _nonfinite(self, in_row: int) -> None:
         self.skipped_steps += 1

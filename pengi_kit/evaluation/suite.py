@@ -100,7 +100,7 @@ def load_suite(path: str | Path, data_root: str | Path | None = None) -> tuple[s
 
 def run_suite(pengi: Any, specs: list[TaskSpec], **common: Any) -> list[TaskSpec]:
     """Run every task (``common``: on_error, batch_size, decoding settings); never stops at one."""
-    import click
+    from pengi_kit.progress import say
 
     for spec in specs:
         options = dict(spec.options)
@@ -116,7 +116,7 @@ def run_suite(pengi: Any, specs: list[TaskSpec], **common: Any) -> list[TaskSpec
             hint = f"make it: {spec.prepare}" if spec.prepare.startswith("pengi-kit") else spec.prepare
             spec.status = f"skipped: {missing[0]} not found" + (f" ({hint})" if hint else "")
             continue
-        click.echo(f"[{spec.name}] {spec.task} on {spec.manifest}", err=True)
+        say(f"[{spec.name}] {spec.task} on {spec.manifest}")
         try:
             spec.result = evaluate(pengi, spec.task, spec.manifest, **options, **common)
             spec.status = "ok"

@@ -78,7 +78,7 @@ def _generate(pengi: Pengi, groups: list[_Group], result: Result, on_error: str,
               batch_size: int, prompt: str | None = None) -> list[tuple[_Group, str]]:
     """(group, generated text) for every group whose clip could be read."""
     texts = pengi.generate([g.clip for g in groups], [prompt or g.prompt for g in groups], batch_size=batch_size,
-                           progress=True, on_error=_on_error(on_error, result), **decoding)
+                           progress=None, on_error=_on_error(on_error, result), **decoding)
     return _usable([(g, t) for g, t in zip(groups, texts) if t is not None], result)
 
 
@@ -221,7 +221,7 @@ def classification(pengi: Pengi, manifest: str | Path, *, method: str = "generat
         class_names = _labels(groups, classes, multi_label)[0]
         asked = prompt or groups[0].prompt
         matrix = pengi.log_likelihood([g.clip for g in groups], asked, class_names, batch_size=batch_size,
-                                      progress=True, on_error=_on_error(on_error, result))
+                                      progress=None, on_error=_on_error(on_error, result))
         groups, matrix = _scored(groups, matrix, result)
         class_names, labels, multi = _labels(groups, class_names, multi_label)
         outputs = [class_names[i] for i in matrix.argmax(1)]
@@ -261,7 +261,7 @@ def retrieval(pengi: Pengi, manifest: str | Path, *, method: str = "auto", on_er
         captions = [t for g in groups for t in g.texts]
         owner = torch.tensor([i for i, g in enumerate(groups) for _ in g.texts])
         similarity = pengi.log_likelihood(clips, prompt or groups[0].prompt, captions, batch_size=batch_size,
-                                          progress=True, on_error=_on_error(on_error, result))
+                                          progress=None, on_error=_on_error(on_error, result))
         loaded = ~torch.isnan(similarity).any(dim=1)  # captions of skipped clips leave the pool too
         groups, similarity = _scored(groups, similarity, result)
         similarity = similarity[:, loaded[owner]]
@@ -312,7 +312,7 @@ def linear_probe(pengi: Pengi, manifest: str | Path, *, train_manifest: str | Pa
     handle = _on_error(on_error, result)
 
     def embedded(groups: list[_Group]) -> tuple[list[_Group], torch.Tensor]:
-        return _scored(groups, pengi.embed_audio([g.clip for g in groups], batch_size=batch_size, progress=True,
+        return _scored(groups, pengi.embed_audio([g.clip for g in groups], batch_size=batch_size, progress=None,
                                                  projected=False, on_error=handle), result)
 
     train, train_feats = embedded(_read(train_manifest, result, on_error, None))
