@@ -227,6 +227,8 @@ def _decoding_options(f: Any) -> Any:
         click.option("--seed", type=int, help="Seed for sampling (default: unseeded)."),
         option("no_repeat_ngram_size", int),
         option("stop", str, multiple=True), option("compat", str),
+        click.option("--capitalize/--no-capitalize", default=None,
+                     help=SCHEMA["generate"]["capitalize"].help + " [recipe: [generate]]"),
     ]):
         f = opt(f)
     return f

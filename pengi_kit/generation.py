@@ -123,8 +123,9 @@ def cut_at_stop(text: str, stop: list[str]) -> str:
     return text
 
 
-# transformers < 4.45 cleaned decoded text by default (``clean_up_tokenization_spaces``),
-# GPT-2's too; the reference wrappers pin such versions (Pengi: 4.30), so their text has it
+# transformers 4.x cleaned decoded text by default (``clean_up_tokenization_spaces``; GPT-2's
+# tokenizer config does not say otherwise) until that default was turned off; the Pengi wrapper
+# pins 4.30 (msclap asks for ^4.34), so its text has the clean-up
 _REFERENCE_CLEANUP = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
                       (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"))
 

@@ -81,8 +81,8 @@ def check_format(sd: Mapping[str, Any], fmt: str, source: str) -> None:
         raise ConversionError(f"{source}: this is not a {layout.name} checkpoint ({why}); it looks like a "
                               f"{LAYOUTS[found].name} checkpoint: use `pengi-kit import {found}`")
     raise ConversionError(f"{source}: this is not a {layout.name} checkpoint ({why}); its {len(sd)} "
-                          f"key{'s' if len(sd) != 1 else ''} ({short(sd, 4)}) fit none of the formats pengi-kit imports "
-                          f"({', '.join(LAYOUTS)})")
+                          f"key{'s' if len(sd) != 1 else ''} ({short(sd, 4)}) fit none of the formats "
+                          f"pengi-kit imports ({', '.join(LAYOUTS)})")
 
 
 def read_state_dict(path: str | Path, fmt: str | None = None) -> dict[str, torch.Tensor]:

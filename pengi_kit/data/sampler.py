@@ -12,7 +12,7 @@ One epoch's batches are a pure function of ``(seed, epoch, num_replicas, rank)``
    (``batch_size * num_replicas``). The ``r`` draws left over do not fill a batch and
    sit out this epoch; which ones rotates: a fixed, seeded order of the examples is
    walked ``r`` examples per epoch, so consecutive epochs leave out disjoint sets and,
-   with every weight 1, each example sits out once every ``ceil(total / r)`` epochs
+   with every weight 1, each example sits out about once every ``total / r`` epochs
    and is seen in at least one of any two consecutive epochs (while ``2r <= total``).
 3. *Buckets.* With target-text ``lengths``, each pool of ``pool_batches`` global
    batches is sorted by length and cut into global batches, and the batches of the

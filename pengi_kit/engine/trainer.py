@@ -23,6 +23,7 @@ from pengi_kit.engine.distributed import Dist, all_reduce_sum, barrier, setup
 from pengi_kit.engine.optim import build_optimizer, build_scheduler
 from pengi_kit.errors import PengiKitError
 from pengi_kit.model import PengiModel, build_model
+from pengi_kit.progress import bar as progress_bar, say
 
 
 class TrainingError(PengiKitError):
@@ -165,7 +166,7 @@ class Trainer:
         if problem is not None and not overwrite:
             raise TrainingError(problem)
         if problem is not None and self.dist.is_main:
-            self._log_line(f"--overwrite: deleting the run in {self.out} ({ckpt.existing_run(self.out)})")
+            self._log_line(f"starting over: deleting the previous run in {self.out} ({ckpt.existing_run(self.out)})")
             ckpt.remove_run(self.out)
         barrier(self.dist)  # no rank writes before rank 0 has deleted
         return False
@@ -221,8 +222,10 @@ class Trainer:
         """Write a checkpoint of the current step (rank 0 writes; every rank's RNG goes in)."""
         path = self._write(self.out / "checkpoints" / f"step-{self.step:08d}", {})
         self._saved_step = self.step
-        if self.dist.is_main:
-            for old in ckpt.checkpoints(self.out)[: -self.recipe["train"]["keep_last"]]:
+        if self.dist.is_main:  # keep_last: this one and the newest older ones (a damaged later one,
+            # which a resumed run skipped and now redoes, neither counts nor pushes this one out)
+            older = [p for p in ckpt.checkpoints(self.out) if p.name[5:].isdigit() and int(p.name[5:]) < self.step]
+            for old in older[: max(0, len(older) - (self.recipe["train"]["keep_last"] - 1))]:
                 shutil.rmtree(old, ignore_errors=True)
         barrier(self.dist)
         return path
@@ -295,7 +298,7 @@ class Trainer:
 
     def _log_line(self, text: str) -> None:
         if self.dist.is_main:
-            print(f"pengi-kit: {text}", file=sys.stderr, flush=True)
+            say(f"pengi-kit: {text}")
 
     def _report_bad(self, errors: list[str]) -> None:
         if not errors:
@@ -377,13 +380,18 @@ class Trainer:
                              num_workers=self.recipe["data"]["num_workers"])
         total = torch.zeros(2, dtype=torch.float64, device=self.dist.device)
         errors: list[str] = []
+        size = len(loader) if hasattr(loader.dataset, "__len__") else None  # shards stream: no length
+        bar = progress_bar(size, f"validating (step {self.step})", "batch",
+                           enabled=None if self.progress and self.dist.is_main else False)
         for batch in loader:
+            bar.update(1)
             errors += batch["errors"]
             if not batch["prompts"]:
                 continue
             with self._autocast():
                 out = self.model(**self._inputs(batch))
             total += torch.stack([out["loss_sum"].double(), out["tokens"].double()])
+        bar.close()
         all_reduce_sum(total, self.dist)
         if self.dist.enabled:
             gathered: list[Any] = [None] * self.dist.world_size
@@ -443,12 +451,10 @@ class Trainer:
             restore()
 
     def _fit(self) -> Path:
-        from tqdm.auto import tqdm
-
         train = self.recipe["train"]
         self.model.train()
-        bar = tqdm(total=self.total_steps, initial=self.step, unit="step", dynamic_ncols=True,
-                   disable=not (self.progress and self.dist.is_main), mininterval=1.0)
+        bar = progress_bar(self.total_steps, "training", "step", initial=self.step,
+                           enabled=None if self.progress and self.dist.is_main else False)
         bad_in_row, window_start, window_samples = 0, time.perf_counter(), 0
         stop = 0
         while self.step < self.total_steps and not stop:

@@ -70,7 +70,7 @@ def test_validate_refuses_missing_weights_and_manifests_with_the_fix(recipe_file
     one_error_line(run("train", recipe_file, "-s", "data.train=nowhere/train.jsonl"), "data.train")
 
 
-def test_train_offline_fails_fast_in_one_line():
+def test_train_offline_fails_fast_in_one_line(tmp_path):
     """The canonical recipe without its manifests, and a hub model that cannot be fetched: one
     line each, in seconds, not after a minute of hub retries."""
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
@@ -78,7 +78,8 @@ def test_train_offline_fails_fast_in_one_line():
     for extra in ([], ["-s", "data.train=synthetic", "-s", "data.valid=synthetic",
                        "-s", "model.lm.pretrained=pengi-kit-tests/no-such-model"]):
         start = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "pengi_kit", "train", "recipes/pengi_base.toml", *extra],
+        proc = subprocess.run([sys.executable, "-m", "pengi_kit", "train", "recipes/pengi_base.toml", *extra,
+                               "-s", f"train.output_dir={tmp_path / 'run'}"],
                               cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
         seconds = time.perf_counter() - start
         errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
