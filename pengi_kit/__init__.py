@@ -16,12 +16,12 @@ _API = {
     "load": "pengi_kit.api",
     "load_model": "pengi_kit.api",
     "Pengi": "pengi_kit.api",
-    "Clip": "pengi_kit.api",
+    "Clip": "pengi_kit.data.inputs",
     "build_model": "pengi_kit.model",
     "PengiModel": "pengi_kit.model",
     "load_recipe": "pengi_kit.recipe",
     "Trainer": "pengi_kit.engine.trainer",
-    "Decoding": "pengi_kit.generation",
+    "Decoding": "pengi_kit.decoding",
     "PengiKitError": "pengi_kit.errors",
 }
 

@@ -11,25 +11,16 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence, Union
 
 import numpy as np
 import torch
 
+from pengi_kit.data.audio import load_audio, prepare_waveform
+from pengi_kit.data.inputs import Clip
 from pengi_kit.generation import Decoding, cut_at_stop, generate as decode, reference_text
 from pengi_kit.model import PengiModel, build_model
-
-
-@dataclass(frozen=True)
-class Clip:
-    """A segment of an audio file, in seconds: ``Clip("long.wav", start=10, end=17)``."""
-
-    path: str | Path
-    start: float | None = None
-    end: float | None = None
-
 
 AudioLike = Union[str, Path, Clip, np.ndarray, torch.Tensor, tuple]
 OnError = Union[str, Callable[[Any, Exception], None]]
@@ -42,98 +33,9 @@ DESCRIBE_PROMPTS = {  # the reference wrapper's describe(), in its order
 _TEXT_PREFIX_CACHE = 4096  # prompt prefixes kept across batches (a run's prompts are usually few)
 
 
-DEFAULT_PROMPT = "generate audio caption"
-# What libsndfile (soundfile) decodes; folders are searched for these.
-AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".aif", ".aiff", ".aifc", ".au",
-                    ".snd", ".caf", ".w64", ".rf64")
-
-
-@dataclass(frozen=True)
-class Job:
-    """One (clip, prompt) request from :func:`collect_inputs`; ``name`` labels it in outputs."""
-
-    audio: Clip
-    prompt: str
-    name: str
-
-    @property
-    def segment(self) -> dict[str, float]:
-        return {k: v for k, v in (("start", self.audio.start), ("end", self.audio.end)) if v is not None}
-
-
-def collect_inputs(inputs: Iterable[str | Path], prompts: Sequence[str] = (DEFAULT_PROMPT,)
-                   ) -> tuple[list[Job], list[str]]:
-    """Expand files, folders (searched recursively for :data:`AUDIO_EXTENSIONS`) and
-    manifests (``.jsonl``/``.csv`` rows with ``audio`` and a ``prompt`` or ``task``,
-    optional ``start``/``end``; see :mod:`pengi_kit.data.manifest`) into jobs.
-
-    Files and folder contents get every one of ``prompts``; manifest rows bring their
-    own prompt, and rows without one get every one of ``prompts``, whose ``{fields}``
-    are filled from the row. Returns the jobs and one message per problem (a missing
-    input, a bad manifest line, and in a folder every entry named like audio that is
-    not a regular file: a broken symlink, a symlink loop, a named pipe ...); nothing is
-    opened but manifests.
-    """
-    import stat
-
-    from pengi_kit.data.audio import check_audio_file
-    from pengi_kit.data.manifest import MANIFEST_SUFFIXES, read_manifest
-    from pengi_kit.errors import PengiKitError
-
-    def kind(path: Path) -> str:
-        """``"file"`` (regular), ``"dir"``, or ``"other"`` (anything unreadable as a file)."""
-        try:
-            mode = path.stat().st_mode
-        except OSError:  # broken symlink, symlink loop, no permission ...
-            return "other"
-        return "file" if stat.S_ISREG(mode) else "dir" if stat.S_ISDIR(mode) else "other"
-
-    def not_a_file(path: Path) -> str:
-        """Why ``path`` (not a regular file, not a folder) cannot be read, in one line."""
-        try:
-            check_audio_file(path)
-        except PengiKitError as exc:
-            return str(exc)
-        return f"{path}: is not a regular file (point to the audio file itself)"  # changed meanwhile
-
-    prompts = list(prompts) or [DEFAULT_PROMPT]
-    jobs: list[Job] = []
-    problems: list[str] = []
-    for given in inputs:
-        path = Path(given)
-        if path.is_dir():
-            named = [(p, kind(p)) for p in sorted(path.rglob("*")) if p.suffix.lower() in AUDIO_EXTENSIONS]
-            files = [p for p, k in named if k == "file"]
-            # a folder named like audio is walked, not read; anything else left out is reported
-            bad = [not_a_file(p) for p, k in named if k == "other"]
-            problems += bad
-            if not files and not bad:
-                problems.append(f"{given}: folder holds no audio files ({', '.join(AUDIO_EXTENSIONS)})")
-            jobs += [Job(Clip(str(f)), prompt, str(f)) for f in files for prompt in prompts]
-        elif path.suffix.lower() in MANIFEST_SUFFIXES and path.is_file():
-            for i, prompt in enumerate(prompts):
-                try:  # rows without a prompt or task get the pseudo-task "--prompt"
-                    rows, bad = read_manifest(path, on_error="skip", task="--prompt",
-                                              templates={"--prompt": prompt}, require_text=False)
-                except PengiKitError as exc:
-                    problems.append(str(exc))
-                    break
-                if i == 0:
-                    problems += bad
-                rows = rows if i == 0 else [r for r in rows if r.task == "--prompt"]
-                jobs += [Job(Clip(str(r.audio), r.start, r.end), r.prompt, str(r.audio)) for r in rows]
-        elif path.is_file():
-            jobs += [Job(Clip(str(given)), prompt, str(given)) for prompt in prompts]
-        elif os.path.lexists(path):  # a pipe, a socket, a broken symlink, a symlink loop ...
-            problems.append(not_a_file(path))
-        else:
-            problems.append(f"{given}: no such file or folder (check the path)")
-    return jobs, problems
-
-
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> PengiModel:
     """A ``PengiModel`` from a checkpoint directory or a run directory (its newest intact checkpoint)."""
-    from pengi_kit.engine import checkpoint as ckpt
+    from pengi_kit import checkpoint as ckpt
     from pengi_kit.recipe import from_dict
     from pengi_kit.sources import resolve_relative
 
@@ -202,49 +104,30 @@ class Pengi:
 
     # ------------------------------------------------------------------ inputs
     def _waveform(self, item: AudioLike, sample_rate: int | None) -> torch.Tensor:
-        """One clip as a 1-D float32 tensor at the encoder's rate and clip length."""
-        from pengi_kit.data.audio import fit_length, load_audio
-
-        target = self.model.sample_rate
-        need = int(round(self.model.clip_seconds * target)) if self.model.clip_seconds else None
+        """One clip as a 1-D float32 CPU tensor at the encoder's rate and clip length."""
+        target, seconds = self.model.sample_rate, self.model.clip_seconds
         if isinstance(item, (str, Path, Clip)):
             clip = item if isinstance(item, Clip) else Clip(item)
-            wav = load_audio(clip.path, target, start=clip.start, end=clip.end,
-                             clip_seconds=self.model.clip_seconds, crop=self.crop)
-            return torch.from_numpy(wav)
+            return torch.from_numpy(load_audio(clip.path, target, start=clip.start, end=clip.end,
+                                               clip_seconds=seconds, crop=self.crop))
         if isinstance(item, tuple):
             if len(item) != 2:
                 raise ValueError("audio given as a tuple must be (array, sample_rate)")
             item, sample_rate = item
         if sample_rate is None:
             raise ValueError("audio given as an array needs its sample rate: pass sample_rate= or (array, rate)")
-        wav = (item if isinstance(item, torch.Tensor) else torch.from_numpy(np.asarray(item))).float()
-        if wav.ndim == 2:  # channels x time (or time x channels): mixed to mono
-            wav = wav.mean(dim=0 if wav.shape[0] < wav.shape[1] else 1)
-        if wav.ndim != 1 or wav.numel() == 0:
-            raise ValueError(f"audio array must be 1-D (or 2-D with channels), got shape {tuple(item.shape)}")
-        if int(sample_rate) != target:
-            import soxr
-
-            wav = torch.from_numpy(soxr.resample(wav.cpu().numpy(), int(sample_rate), target).astype(np.float32))
-        if need is not None and wav.device.type == "cpu":
-            return torch.from_numpy(fit_length(wav.numpy(), need, self.crop))
-        if need is not None:  # on the GPU already: repeat-pad or crop there
-            if len(wav) < need:
-                wav = wav.repeat(-(-need // len(wav)))
-            offset = 0 if self.crop == "start" or len(wav) <= need else (len(wav) - need) // 2
-            wav = wav[offset: offset + need]
-        return wav
+        if isinstance(item, torch.Tensor):
+            item = item.detach().float().cpu().numpy()
+        return torch.from_numpy(prepare_waveform(item, int(sample_rate), target, clip_seconds=seconds,
+                                                 crop=self.crop))
 
     def _stack(self, waves: Sequence[torch.Tensor]) -> torch.Tensor:
-        width = max(len(w) for w in waves)
-        device = self.device
-        if all(w.device.type == "cpu" for w in waves):
-            out = torch.zeros(len(waves), width, dtype=torch.float32, pin_memory=device.type == "cuda")
-            for i, w in enumerate(waves):
-                out[i, : len(w)] = w
-            return out.to(device, non_blocking=True)
-        return torch.stack([torch.nn.functional.pad(w.to(device), (0, width - len(w))) for w in waves])
+        """(B, T) on the model's device, shorter clips zero-padded at the end."""
+        out = torch.zeros(len(waves), max(len(w) for w in waves), dtype=torch.float32,
+                          pin_memory=self.device.type == "cuda")
+        for i, w in enumerate(waves):
+            out[i, : len(w)] = w
+        return out.to(self.device, non_blocking=True)
 
     def _batch(self, items: Sequence[AudioLike], sample_rate: int | None) -> torch.Tensor:
         return self._stack([self._waveform(it, sample_rate) for it in items])
@@ -371,11 +254,9 @@ class Pengi:
                         for start in range(0, len(rows), batch_size):
                             part = rows[start: start + batch_size]
                             index = torch.tensor([slot[clip_of[r]] for r in part], device=self.device)
-                            prefix = audio_prefix[index]
                             prompt_prefix = self._prompt_prefix([pairs[r][1] for r in part], cfg.compat, batch_size,
                                                                prompt_cache)
-                            if prompt_prefix is not None:
-                                prefix = torch.cat([prefix, prompt_prefix], dim=1)
+                            prefix = self.model.join_prefix(audio_prefix[index], prompt_prefix)
                             for r, text in zip(part, self._decode(prefix, cfg)):
                                 results[r] = text
                             bar.update(len(part))
@@ -407,10 +288,7 @@ class Pengi:
             missing = list(dict.fromkeys(prompts))
         for start in range(0, len(missing), batch_size):
             part = missing[start: start + batch_size]
-            tokens = self.model.tokenize_prompts(part)
-            prefix = self.model.text_prefix(tokens["input_ids"].to(self.device),
-                                            tokens["attention_mask"].to(self.device), compat)
-            cache.update(zip(part, prefix))
+            cache.update(zip(part, self.model.prompt_prefix(part, compat)))
         return torch.stack([cache[p] for p in prompts])
 
     def _decode(self, prefix: torch.Tensor, cfg: Decoding) -> list[str]:
@@ -517,35 +395,29 @@ class Pengi:
         handle = self._error_handler(on_error)
         target = self.model.tokenize_targets(texts)
         ids, mask = target["input_ids"].to(self.device), target["attention_mask"].to(self.device)
+        lengths = mask.sum(1)
         out = torch.full((len(clips), len(texts)), float("nan"))
         per_clip = max(1, batch_size // max(1, len(texts)))  # clips per step when all texts fit
         chunk = min(len(texts), batch_size)
         bar = progress_bar(len(clips) * len(texts), "scoring texts", "pair", enabled=progress)
         with ThreadPoolExecutor(max(1, self.num_workers)) as pool, torch.inference_mode():
-            prompt_prefix = self._prompt_prefix([prompt], "none", 1, {})
-            text_embeds = self.model.lm.embed(ids)
+            prompt_prefix = self.model.prompt_prefix([prompt])
             for c0 in range(0, len(clips), per_clip):
                 good, waves = self._load(pool, clips[c0:c0 + per_clip], sample_rate, handle)
                 bar.update((min(per_clip, len(clips) - c0) - len(good)) * len(texts))
                 if not good:
                     continue
                 rows_of = torch.tensor([c0 + g for g in good])
-                prefix = self.model.audio_prefix(waves)
-                if prompt_prefix is not None:
-                    prefix = torch.cat([prefix, prompt_prefix.expand(len(prefix), -1, -1)], dim=1)
-                k = prefix.shape[1]
+                prefix = self.model.join_prefix(self.model.audio_prefix(waves), prompt_prefix)
                 for t0 in range(0, len(texts), chunk):
                     n = min(chunk, len(texts) - t0)
-                    rows = len(prefix) * n
-                    embeds = torch.cat([prefix.repeat_interleave(n, 0),
-                                        text_embeds[t0:t0 + n].repeat(len(prefix), 1, 1).to(prefix.dtype)], dim=1)
-                    tmask = mask[t0:t0 + n].repeat(len(prefix), 1)
-                    logits, _ = self.model.lm(embeds, torch.cat([tmask.new_ones(rows, k), tmask], dim=1))
-                    logp = torch.log_softmax(logits[:, k - 1:-1].float(), dim=-1)
-                    token_logp = logp.gather(2, ids[t0:t0 + n].repeat(len(prefix), 1)[..., None])[..., 0]
-                    mean = (token_logp * tmask).sum(1) / tmask.sum(1)
-                    out[rows_of, t0:t0 + n] = mean.view(len(prefix), n).cpu()
-                    bar.update(rows)
+                    # rows: every clip with each of the n texts, clip-major
+                    logp = self.model.target_logprobs(prefix.repeat_interleave(n, 0),
+                                                      ids[t0:t0 + n].repeat(len(prefix), 1),
+                                                      mask[t0:t0 + n].repeat(len(prefix), 1))
+                    mean = logp.view(len(prefix), n, -1).sum(2) / lengths[t0:t0 + n]
+                    out[rows_of, t0:t0 + n] = mean.cpu()
+                    bar.update(len(prefix) * n)
         bar.close()
         return out
 

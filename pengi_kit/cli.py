@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from pengi_kit.errors import PengiKitError
+from pengi_kit.registry import KINDS
 
 overrides_option = click.option("-s", "--set", "overrides", multiple=True, metavar="KEY=VALUE",
                                 help="Override a recipe value, e.g. -s train.batch_size=8 (repeatable).")
@@ -25,6 +26,23 @@ class _Group(click.Group):
             sys.exit(2)
 
 
+class _Listing(click.Command):
+    """A command whose ``--help`` ends with what is registered as ``kind``, read from the plugins
+    only when that help is shown (``pengi-kit --help`` stays fast and loads no plugin)."""
+
+    def __init__(self, *args: Any, kind: str, title: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.kind, self.title = kind, title
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        from pengi_kit.plugins import registry
+
+        with formatter.section(self.title):
+            formatter.write_dl([(s.name, s.description + (f" (also: {', '.join(s.aliases)})" if s.aliases else ""))
+                                for s in registry().specs(self.kind)])
+        super().format_epilog(ctx, formatter)
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="pengi-kit", prog_name="pengi-kit")
 def main() -> None:
@@ -32,12 +50,11 @@ def main() -> None:
 
 
 @main.command("list-components")
-@click.option("--kind", help="Only this kind (audio_encoder, text_encoder, mapper, causal_lm, dataset).")
+@click.option("--kind", help=f"Only this kind ({', '.join(KINDS)}).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array of objects instead of a table.")
 def list_components_cmd(kind: str | None, as_json: bool) -> None:
-    """List registered components (imports no torch)."""
+    """List registered components, evaluation tasks and checkpoint importers (imports no torch)."""
     from pengi_kit import list_components
-    from pengi_kit.registry import KINDS
 
     if kind is not None and kind not in KINDS:
         raise PengiKitError(f"--kind {kind!r} is not a kind; use one of {', '.join(KINDS)}")
@@ -103,7 +120,7 @@ def show_cmd(recipe: str, overrides: tuple[str, ...]) -> None:
 @click.option("--nnodes", default="1", show_default=True, help="Machines (or MIN:MAX for elastic runs).")
 @click.option("--node-rank", type=int, default=0, show_default=True, help="This machine's rank.")
 @click.option("--rdzv-endpoint", default="", help="host:port of the rendezvous (multi-machine runs).")
-@click.option("--rdzv-backend", default="c10d", show_default=True)
+@click.option("--rdzv-backend", default="c10d", show_default=True, help="Rendezvous backend (multi-machine runs).")
 @click.option("--rdzv-id", default="pengi-kit", show_default=True, help="Job id shared by every machine.")
 @click.option("--max-restarts", type=int, default=0, show_default=True,
               help="Restart the workers this often on failure; a restart continues the run from its newest "
@@ -143,31 +160,12 @@ def train_cmd(recipe: str, overrides: tuple[str, ...], resume: bool, overwrite: 
         if problem:
             raise PengiKitError(problem)
     if many and "LOCAL_RANK" not in os.environ:
-        import signal
+        from pengi_kit.engine.launch import torchrun
 
-        from torch.distributed.elastic.multiprocessing.api import SignalException
-        from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-        from torch.distributed.run import parse_args, run
-
-        launch = [f"--nproc-per-node={nproc_per_node}", f"--nnodes={nnodes}", f"--max-restarts={max_restarts}"]
-        if rdzv_endpoint:
-            launch += [f"--node-rank={node_rank}", f"--rdzv-endpoint={rdzv_endpoint}",
-                       f"--rdzv-backend={rdzv_backend}", f"--rdzv-id={rdzv_id}"]
-        else:
-            launch += ["--standalone"]
-        worker = ["-m", "pengi_kit", "train", *args] + (["--resume"] if resume else [])
-        worker += ["--overwrite"] if overwrite else []
-        os.environ["PENGI_KIT_RUN_CHECKED"] = "1"  # the output directory held no other run: restarts continue it
-        try:
-            run(parse_args(launch + worker))
-        except SignalException as exc:  # passed on to the workers, which stopped with a checkpoint
-            sys.exit(128 + int(exc.sigval))
-        except ChildFailedError as exc:
-            codes = {failure.exitcode for failure in exc.failures.values()}
-            if codes == {2} or (codes and codes <= {128 + signal.SIGINT, 128 + signal.SIGTERM}):
-                sys.exit(max(codes))  # the workers said why (an error line, or where they stopped)
-            raise
-        return
+        worker = args + (["--resume"] if resume else []) + (["--overwrite"] if overwrite else [])
+        sys.exit(torchrun(worker, nproc_per_node=nproc_per_node, nnodes=nnodes, node_rank=node_rank,
+                          rdzv_endpoint=rdzv_endpoint, rdzv_backend=rdzv_backend, rdzv_id=rdzv_id,
+                          max_restarts=max_restarts))
     trainer = Trainer(resolved, resume=resume, overwrite=overwrite, device=device)
     path = _fit(trainer, args)
     if trainer.dist.is_main:
@@ -212,25 +210,19 @@ def _fit(trainer: Any, args: list[str]) -> Path:
 
 
 def _decoding_options(f: Any) -> Any:
+    """A flag per decoding option: the fields of :class:`~pengi_kit.decoding.Decoding`, as the
+    recipe's [generate] table derives them. A flag not given leaves the recipe's value."""
     from pengi_kit.recipe import SCHEMA
 
-    def option(name: str, kind: Any, **extra: Any) -> Any:
-        field = SCHEMA["generate"][name]
-        kind = click.Choice(field.choices) if field.choices else kind
-        return click.option(f"--{name.replace('_', '-')}", type=kind, help=field.help + " [recipe: [generate]]",
-                            **extra)
-
-    for opt in reversed([
-        option("method", str), option("beam_size", int), option("max_new_tokens", int),
-        option("min_new_tokens", int), option("length_penalty", float), option("temperature", float),
-        option("top_k", int), option("top_p", float),
-        click.option("--seed", type=int, help="Seed for sampling (default: unseeded)."),
-        option("no_repeat_ngram_size", int),
-        option("stop", str, multiple=True), option("compat", str),
-        click.option("--capitalize/--no-capitalize", default=None,
-                     help=SCHEMA["generate"]["capitalize"].help + " [recipe: [generate]]"),
-    ]):
-        f = opt(f)
+    for name, field in reversed(SCHEMA["generate"].items()):
+        flag, kind = "--" + name.replace("_", "-"), field.type[0]
+        help_text = field.help + " [recipe: [generate]]"
+        if kind is bool:
+            f = click.option(f"{flag}/--no-{flag[2:]}", default=None, help=help_text)(f)
+            continue
+        choice = click.Choice(field.choices) if field.choices else None
+        f = click.option(flag, type=choice or (str if kind is list else kind), multiple=kind is list,
+                         help=help_text)(f)
     return f
 
 
@@ -299,7 +291,8 @@ def _run_inference(checkpoint: str, inputs: tuple[str, ...], prompts: list[str],
                    decoding: dict[str, Any], describe: bool) -> None:
     """Shared by generate and describe: expand inputs, report bad ones, stream results."""
     import pengi_kit
-    from pengi_kit.api import DESCRIBE_PROMPTS, _checkpoint_folder, _device, collect_inputs
+    from pengi_kit.api import DESCRIBE_PROMPTS, _checkpoint_folder, _device
+    from pengi_kit.data.inputs import collect_inputs
     from pengi_kit.progress import say
 
     fmt = "jsonl" if as_json else fmt
@@ -393,10 +386,9 @@ def describe_cmd(checkpoint: str, inputs: tuple[str, ...], fmt: str, as_json: bo
                    _given(**decoding), describe=True)
 
 
-@main.command("evaluate")
+@main.command("evaluate", cls=_Listing, kind="task", title="Tasks")
 @click.argument("checkpoint")
-@click.option("--task", type=click.Choice(["captioning", "aqa", "classification", "retrieval", "linear-probe"]),
-              help="One task on --manifest (or use --suite).")
+@click.option("--task", metavar="NAME", help="One task on --manifest (or use --suite); the tasks are listed below.")
 @click.option("--manifest", help="The evaluation manifest (.jsonl/.csv) for --task.")
 @click.option("--suite", help="A suite file of many tasks, e.g. recipes/eval/pengi_paper.toml.")
 @click.option("--data-root", help="Folder the suite's manifests are relative to (default: the suite's data_root).")
@@ -428,6 +420,10 @@ def evaluate_cmd(checkpoint: str, task: str | None, manifest: str | None, suite:
         raise click.UsageError("give --suite, or --task with --manifest, not both")
     if not suite and not (task and manifest):
         raise click.UsageError("give --task and --manifest, or --suite")
+    if task:
+        from pengi_kit.plugins import registry
+
+        registry().get("task", task, where="--task")  # before the model loads
     import pengi_kit  # torch loads only once the command line is known to be good
     from pengi_kit.api import _checkpoint_folder, _device
     from pengi_kit.evaluation.suite import TaskSpec, load_suite, run_suite, table, write_report
@@ -462,7 +458,7 @@ def evaluate_cmd(checkpoint: str, task: str | None, manifest: str | None, suite:
 
 
 @main.command("demo")
-@click.option("--recipe", default="recipes/demo.toml", show_default=True)
+@click.option("--recipe", default="recipes/demo.toml", show_default=True, help="The demo recipe to train.")
 @overrides_option
 @click.option("--device", default=None, help="cpu, cuda ... (default: cuda when available).")
 def demo_cmd(recipe: str, overrides: tuple[str, ...], device: str | None) -> None:
@@ -473,51 +469,18 @@ def demo_cmd(recipe: str, overrides: tuple[str, ...], device: str | None) -> Non
     pretrained tagger kept in that folder stays and is reused. To train the demo recipe
     further without losing a run, use `pengi-kit train` with another train.output_dir.
     """
-    import time
-
-    import pengi_kit
-    from pengi_kit.data.dataset import synthetic_corpus
-    from pengi_kit.demo import evaluate_synthetic, pretrain_audio_tagger, report, write_eval_set
+    from pengi_kit import demo
     from pengi_kit.engine.distributed import resolve_device
-    from pengi_kit.engine.trainer import Trainer
     from pengi_kit.recipe import load_recipe
 
     resolved = load_recipe(recipe, overrides)
     resolve_device(device)  # one line, before the tagger trains
-    start = time.perf_counter()
-    encoder = resolved["model"]["audio_encoder"]
-    if encoder.get("pretrained"):
-        tagger = Path(encoder["pretrained"]).resolve()  # the checkpoint refers to it from anywhere
-        encoder["pretrained"] = str(tagger)
-        if not tagger.exists():
-            click.echo(f"pretraining the audio encoder as a tagger of the synthetic sounds -> {tagger}")
-            pretrain_audio_tagger(resolved, tagger)
-    # its own run directory: start over (remove_run keeps the tagger and any other file there)
-    path = _fit(Trainer(resolved, overwrite=True, device=device),
-                [recipe, *[a for o in overrides for a in ("-s", o)], *(["--device", device] if device else [])])
-    trained = time.perf_counter() - start
-    pengi = pengi_kit.load(path, device=device or "cpu")
-    held_out = synthetic_corpus(resolved, "valid", pengi.model.sample_rate, pengi.model.clip_seconds)
-    accuracy, samples = evaluate_synthetic(pengi, held_out)
-    click.echo(report(accuracy, samples))
-    click.echo(f"\ntrained in {trained:.0f} s, total {time.perf_counter() - start:.0f} s; checkpoint: {path}")
-    run = Path(path).parent.parent
-    example = run / "example.wav"
-    _write_example(held_out, example)
-    train = synthetic_corpus(resolved, "train", pengi.model.sample_rate, pengi.model.clip_seconds)
-    write_eval_set(run / "eval", held_out, train)
-    click.echo(f"try: pengi-kit generate {run} {example} --prompt \"this is a sound of\"")
-    click.echo(f"     pengi-kit evaluate {run} --suite recipes/eval/demo.toml --data-root {run / 'eval'}")
+    args = [recipe, *[a for o in overrides for a in ("-s", o)], *(["--device", device] if device else [])]
+    demo.run(resolved, fit=lambda trainer: _fit(trainer, args), echo=click.echo, device=device)
 
 
-def _write_example(corpus: Any, path: Path) -> None:
-    import soundfile as sf
-
-    sf.write(path, corpus.clip(0).audio, corpus.sample_rate)
-
-
-@main.command("import")
-@click.argument("fmt", metavar="FORMAT", type=click.Choice(["pengi", "panns", "laion-clap", "ms-clap", "ms-clapcap"]))
+@main.command("import", cls=_Listing, kind="importer", title="Formats")
+@click.argument("fmt", metavar="FORMAT")
 @click.argument("source", type=click.Path(dir_okay=False))
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder to write.")
 @click.option("--lm", default=None, help="pengi, ms-clapcap: config and tokenizer of the LM (hub id or local "
@@ -530,7 +493,8 @@ def _write_example(corpus: Any, path: Path) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the import report as JSON.")
 def import_cmd(fmt: str, source: str, out: str, lm: str | None, text_encoder: str | None, force: bool,
                as_json: bool) -> None:
-    """Import a published checkpoint (Pengi, PANNs, LAION-CLAP, Microsoft CLAP/CLAPCap).
+    """Import a published checkpoint (Pengi, PANNs, LAION-CLAP, Microsoft CLAP/CLAPCap, or a
+    plugin's format) of FORMAT, one of the formats listed below.
 
     Every key of SOURCE is mapped or knowingly ignored (see docs/checkpoints.md).
     """
@@ -552,13 +516,13 @@ def data_group() -> None:
     """Prepare, check and shard training data (see docs/data.md)."""
 
 
-@data_group.command("prepare")
+@data_group.command("prepare", cls=_Listing, kind="dataset", title="Datasets")
 @click.argument("name")
 @click.option("--root", required=True, type=click.Path(path_type=Path), help="The unpacked corpus.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="The JSONL manifest to write.")
 @click.option("--split", "splits", multiple=True, help="Keep only this split (repeatable; default: all).")
 def data_prepare_cmd(name: str, root: Path, out: Path, splits: tuple[str, ...]) -> None:
-    """Write a manifest for corpus NAME (`pengi-kit list-components --kind dataset` lists them)."""
+    """Write a manifest for corpus NAME, one of the datasets listed below."""
     from pengi_kit.data.adapters import prepare
 
     report = prepare(name, root, out, splits=splits)

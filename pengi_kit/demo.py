@@ -9,9 +9,10 @@ checkpoint layout that the recipe then loads through ``pretrained``.
 """
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from pengi_kit.data.synthetic import KINDS, TASKS, SyntheticCorpus
 
@@ -23,7 +24,7 @@ def pretrain_audio_tagger(recipe: dict[str, Any], path: str | Path, steps: int =
     import torch
     import torch.nn.functional as F
 
-    from pengi_kit.data.dataset import synthetic_corpus
+    from pengi_kit.data.build import synthetic_corpus
     from pengi_kit.plugins import registry
 
     table = {k: v for k, v in recipe["model"]["audio_encoder"].items() if k not in ("name", "trainable")}
@@ -106,3 +107,40 @@ def report(accuracy: dict[str, float], samples: dict[str, list[tuple[str, str, s
     lines += ["", "Held-out exact-match accuracy:"]
     lines += [f"  {task:<15} {accuracy[task]:.3f}" for task in TASKS]
     return "\n".join(lines)
+
+
+def run(recipe: dict[str, Any], fit: Callable[[Any], Path], echo: Callable[[str], None] = print,
+        device: str | None = None) -> Path:
+    """The whole demo on a resolved recipe: pretrain the tagger (unless it exists), train
+    with ``fit(trainer)`` (which reports interruptions), score held-out clips, and write an
+    example clip and the evaluation set next to the run. Returns the final checkpoint."""
+    import soundfile as sf
+
+    import pengi_kit
+    from pengi_kit.data.build import synthetic_corpus
+    from pengi_kit.engine.trainer import Trainer
+
+    start = time.perf_counter()
+    encoder = recipe["model"]["audio_encoder"]
+    if encoder.get("pretrained"):
+        tagger = Path(encoder["pretrained"]).resolve()  # the checkpoint refers to it from anywhere
+        encoder["pretrained"] = str(tagger)
+        if not tagger.exists():
+            echo(f"pretraining the audio encoder as a tagger of the synthetic sounds -> {tagger}")
+            pretrain_audio_tagger(recipe, tagger)
+    # its own run directory: start over (the trainer deletes only a run's files, not the tagger)
+    path = fit(Trainer(recipe, overwrite=True, device=device))
+    trained = time.perf_counter() - start
+    pengi = pengi_kit.load(path, device=device or "cpu")
+    held_out = synthetic_corpus(recipe, "valid", pengi.model.sample_rate, pengi.model.clip_seconds)
+    accuracy, samples = evaluate_synthetic(pengi, held_out)
+    echo(report(accuracy, samples))
+    echo(f"\ntrained in {trained:.0f} s, total {time.perf_counter() - start:.0f} s; checkpoint: {path}")
+    out = Path(path).parent.parent
+    example = out / "example.wav"
+    sf.write(example, held_out.clip(0).audio, held_out.sample_rate)
+    train = synthetic_corpus(recipe, "train", pengi.model.sample_rate, pengi.model.clip_seconds)
+    write_eval_set(out / "eval", held_out, train)
+    echo(f"try: pengi-kit generate {out} {example} --prompt \"this is a sound of\"")
+    echo(f"     pengi-kit evaluate {out} --suite recipes/eval/demo.toml --data-root {out / 'eval'}")
+    return path

@@ -26,87 +26,14 @@ from __future__ import annotations
 
 import inspect
 import math
-from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-COMPAT_MODES = ("none", "pengi")
+from pengi_kit.decoding import Decoding  # the options, defined where the recipe and CLI read them without torch
+
 PENGI_STOP_TOKEN = " <|endoftext|>"  # the reference encodes this and stops on its first id
-PENGI_MAX_NEW_TOKENS = 67  # the reference's entry_length
-DEFAULT_MAX_NEW_TOKENS = 30
-
-
-@dataclass
-class Decoding:
-    """Decoding settings; the recipe's ``[generate]`` table holds the defaults.
-
-    ``max_new_tokens=None`` means 30, or 67 with ``compat="pengi"``. ``capitalize``
-    upper-cases the first character of each text and lower-cases the rest (Python's
-    ``str.capitalize``, what msclap's CLAPCap ``generate_caption`` returns).
-    """
-
-    method: str = "beam"
-    beam_size: int = 5
-    max_new_tokens: int | None = None
-    min_new_tokens: int = 0
-    length_penalty: float = 1.0
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    no_repeat_ngram_size: int = 0
-    stop: list[str] = field(default_factory=list)
-    seed: int | None = None
-    compat: str = "none"
-    capitalize: bool = False
-
-    def __post_init__(self) -> None:
-        if self.compat is None:
-            self.compat = "none"
-        if self.method not in ("beam", "greedy", "sample"):
-            raise ValueError(f"decoding method {self.method!r}: use 'beam', 'greedy' or 'sample'")
-        if self.compat not in COMPAT_MODES:
-            raise ValueError(f"compat={self.compat!r}: use 'none' or 'pengi' (the reference wrapper's decoding)")
-        if isinstance(self.stop, str):
-            self.stop = [self.stop]
-        self.stop = list(self.stop)
-        checks = [
-            (self.beam_size >= 1, f"beam_size must be >= 1, got {self.beam_size}"),
-            (self.max_new_tokens is None or self.max_new_tokens >= 1,
-             f"max_new_tokens must be >= 1, got {self.max_new_tokens}"),
-            (self.min_new_tokens >= 0, f"min_new_tokens must be >= 0, got {self.min_new_tokens}"),
-            (self.top_k >= 0, f"top_k must be >= 0 (0 keeps all), got {self.top_k}"),
-            (0.0 < self.top_p <= 1.0, f"top_p must be in (0, 1], got {self.top_p}"),
-            (self.no_repeat_ngram_size >= 0, f"no_repeat_ngram_size must be >= 0, got {self.no_repeat_ngram_size}"),
-            (self.temperature > 0 or self.compat == "pengi",
-             f"temperature must be > 0, got {self.temperature} (use method='greedy' for argmax decoding)"),
-            (all(isinstance(s, str) and s for s in self.stop), f"stop must be non-empty strings, got {self.stop!r}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
-        if self.compat == "pengi" and self.method == "beam":
-            extra = [name for name, default in (("length_penalty", 1.0), ("min_new_tokens", 0),
-                                                ("no_repeat_ngram_size", 0), ("stop", []))
-                     if getattr(self, name) != default]
-            if extra:
-                raise ValueError(f"compat='pengi' beam search is the reference's, which has no {', '.join(extra)}; "
-                                 "leave them at their defaults or use compat='none'")
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "Decoding":
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise TypeError(f"unknown decoding option(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
-        return cls(**values)
-
-    @property
-    def max_tokens(self) -> int:
-        if self.max_new_tokens is not None:
-            return self.max_new_tokens
-        return PENGI_MAX_NEW_TOKENS if self.compat == "pengi" else DEFAULT_MAX_NEW_TOKENS
 
 
 def stop_token_id(lm: Any, cfg: Decoding) -> int:

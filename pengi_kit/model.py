@@ -109,30 +109,51 @@ class PengiModel(nn.Module):
         normalize = False if compat == "pengi" else None
         return self.text_mapper(self.embed_text(prompt_ids, prompt_mask, normalize=normalize))
 
+    def prompt_prefix(self, prompts: list[str], compat: str = "none") -> torch.Tensor | None:
+        """Prompt texts -> the prompt half of the prefix (B, k, D_lm) on the model's device
+        (:meth:`text_prefix`); None without a prompt branch. Inference caches its rows per prompt."""
+        if self.text_mapper is None:
+            return None
+        tokens = self.tokenize_prompts(prompts)
+        device = next(self.parameters()).device
+        return self.text_prefix(tokens["input_ids"].to(device), tokens["attention_mask"].to(device), compat)
+
+    @staticmethod
+    def join_prefix(audio_prefix: torch.Tensor, text_prefix: torch.Tensor | None) -> torch.Tensor:
+        """The LM prefix: audio half then prompt half (B, 2k, D_lm). A single prompt half
+        (1, k, D_lm) serves every row; without a prompt branch the audio half is the prefix."""
+        if text_prefix is None:
+            return audio_prefix
+        return torch.cat([audio_prefix, text_prefix.expand(len(audio_prefix), -1, -1)], dim=1)
+
     def prefix(self, audio: torch.Tensor, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
                compat: str = "none") -> torch.Tensor:
         """(B, T) audio and tokenised prompts -> the LM prefix (B, 2k, D_lm).
 
         ``compat="pengi"`` computes it as the reference wrapper does at inference (see
         :meth:`text_prefix`); training always uses the default."""
-        audio_prefix = self.audio_prefix(audio)
-        text_prefix = self.text_prefix(prompt_ids, prompt_mask, compat)
-        return audio_prefix if text_prefix is None else torch.cat([audio_prefix, text_prefix], dim=1)
+        return self.join_prefix(self.audio_prefix(audio), self.text_prefix(prompt_ids, prompt_mask, compat))
 
-    # -------------------------------------------------------------- training
-    def forward(self, audio: torch.Tensor, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
-                target_ids: torch.Tensor, target_mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Summed cross-entropy over target tokens and their count (the trainer normalises)."""
-        prefix = self.prefix(audio, prompt_ids, prompt_mask)
+    # -------------------------------------------------------------- scoring and training
+    def target_logprobs(self, prefix: torch.Tensor, target_ids: torch.Tensor,
+                        target_mask: torch.Tensor) -> torch.Tensor:
+        """Log-probability (float32) of each target token given the prefix and the targets
+        before it (B, L); 0 where ``target_mask`` is 0. Training's loss and
+        :meth:`pengi_kit.api.Pengi.log_likelihood` are both sums of it."""
         embeds = torch.cat([prefix, self.lm.embed(target_ids).to(prefix.dtype)], dim=1)
         mask = torch.cat([target_mask.new_ones(prefix.shape[:2]), target_mask], dim=1)
         logits, _ = self.lm(embeds, mask)
         k = prefix.shape[1]
         logits = logits[:, k - 1: -1].float()  # position t predicts target token t
-        labels = target_ids.masked_fill(target_mask == 0, -100)
-        loss_sum = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                                   ignore_index=-100, reduction="sum")
-        return {"loss_sum": loss_sum, "tokens": target_mask.sum()}
+        labels = target_ids.masked_fill(target_mask == 0, -100)  # cross_entropy's ignore_index: 0 there
+        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="none")
+        return -nll.view_as(labels)
+
+    def forward(self, audio: torch.Tensor, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                target_ids: torch.Tensor, target_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Summed cross-entropy over target tokens and their count (the trainer normalises)."""
+        logp = self.target_logprobs(self.prefix(audio, prompt_ids, prompt_mask), target_ids, target_mask)
+        return {"loss_sum": -logp.sum(), "tokens": target_mask.sum()}
 
     def set_trainable(self, flags: dict[str, bool]) -> None:
         """Freeze or unfreeze each component. The projections always train, as in Pengi."""

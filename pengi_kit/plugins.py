@@ -19,6 +19,8 @@ from pengi_kit.registry import Registry
 
 ENTRY_POINT_GROUP = "pengi_kit"
 STRICT_ENV = "PENGI_KIT_STRICT_PLUGINS"
+# each hook and the kind its ``register`` callback fills (None: the plugin names the kind in each call)
+HOOKS = {"register_components": None, "register_tasks": "task", "register_importers": "importer"}
 
 
 class PluginError(PengiKitError):
@@ -75,16 +77,16 @@ def load_plugins(extra: list[tuple[str, Any]] | None = None) -> PluginState:
             _fail(info, exc, "load")
             continue
         info.hooks = sorted(h.name for h in manager.get_hookcallers(plugin) or [])
-        for impl in manager.hook.register_components.get_hookimpls():
-            if impl.plugin is not plugin:
-                continue
-            staging = registry.staged(name)
-            try:
-                impl.function(register=staging)
-                staging.commit()
-            except Exception as exc:
-                _fail(info, exc, "register its components")
-                manager.unregister(plugin)
+        staging = registry.staged(name)  # all of a plugin's hooks register, or none
+        try:
+            for hook, kind in HOOKS.items():
+                for impl in getattr(manager.hook, hook).get_hookimpls():
+                    if impl.plugin is plugin:
+                        impl.function(register=staging if kind is None else staging.of(kind))
+            staging.commit()
+        except Exception as exc:
+            _fail(info, exc, "register")
+            manager.unregister(plugin)
     return PluginState(manager, registry, plugins)
 
 

@@ -8,6 +8,7 @@ is loaded.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import difflib
 import inspect
 import tomllib
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pengi_kit.decoding import Decoding, default_of
 from pengi_kit.errors import PengiKitError, RecipeError
 
 
@@ -71,6 +73,33 @@ SWITCHABLE_SLOTS = ("text_encoder", "text_mapper")
 def slot_enabled(model: dict[str, Any], slot: str) -> bool:
     """Whether the resolved ``[model]`` table builds a component for ``slot``."""
     return slot in model and model[slot].get("name") != "none"
+
+
+def _hint_types(hint: Any) -> tuple[type, ...] | None:
+    """Plain runtime types from an annotation such as ``int``, ``str | None``; None if not simple."""
+    if hint is inspect.Parameter.empty or hint is Any:
+        return None
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        parts = [_hint_types(a) for a in typing.get_args(hint) if a is not type(None)]
+        if any(p is None for p in parts):
+            return None
+        return tuple(t for p in parts for t in p)  # type: ignore[union-attr]
+    if origin in (list, tuple, typing.Sequence):
+        return (list,)
+    if origin is dict:
+        return (dict,)
+    return (hint,) if isinstance(hint, type) else None
+
+
+def _decoding_fields() -> dict[str, Field]:
+    """``[generate]`` is :class:`~pengi_kit.decoding.Decoding`: a key per field, with the field's type,
+    default, help and choices. A field whose default is None (``seed``, ``max_new_tokens``) is left
+    out of a resolved recipe until it is set: TOML has no null."""
+    hints = typing.get_type_hints(Decoding)
+    return {f.name: Field(_hint_types(hints[f.name]), default_of(f), f.metadata["help"], f.metadata["choices"])
+            for f in dataclasses.fields(Decoding)}
+
 
 SCHEMA: dict[str, dict[str, Field]] = {
     "": {
@@ -136,23 +165,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
                              "'' disables."),
         "best_mode": Field(str, "min", "Whether a lower or a higher best_metric is better.", ("min", "max")),
     },
-    "generate": {
-        "method": Field(str, "beam", "Decoding method.", ("beam", "greedy", "sample")),
-        "beam_size": Field(int, 5, "Beams per clip and prompt."),
-        "max_new_tokens": Field(int, 30, "Tokens generated at most."),
-        "min_new_tokens": Field(int, 0, "End-of-text is forbidden before this many tokens."),
-        "length_penalty": Field(float, 1.0, "Beam score = sum log p / length ** length_penalty."),
-        "temperature": Field(float, 1.0, "Logits are divided by this."),
-        "top_k": Field(int, 0, "Sampling: keep the k most likely tokens; 0 keeps all."),
-        "top_p": Field(float, 1.0, "Sampling: nucleus probability mass."),
-        "no_repeat_ngram_size": Field(int, 0, "Forbid repeating n-grams of this size; 0 disables."),
-        "stop": Field(list, [], "Strings that end generation (the stop string is cut)."),
-        "compat": Field(str, "none", "'pengi': decode token for token as the reference Pengi wrapper (stop on "
-                        "' <|endoftext|>''s first token, its beam ranking, prompt embedding not normalised).",
-                        ("none", "pengi")),
-        "capitalize": Field(bool, False, "Upper-case each text's first character and lower-case the rest "
-                            "(str.capitalize), as msclap's CLAPCap captions."),
-    },
+    "generate": _decoding_fields(),
 }
 SECTIONS = [s for s in SCHEMA if s] + ["model"]
 
@@ -258,7 +271,8 @@ def apply_overrides(raw: dict[str, Any], overrides: typing.Sequence[str]) -> dic
 
 # ---------------------------------------------------------------- validation
 
-def _factory_params(factory: Any) -> tuple[dict[str, inspect.Parameter], dict[str, Any]]:
+def factory_params(factory: Any) -> tuple[dict[str, inspect.Parameter], dict[str, Any]]:
+    """A factory's parameters (``*args``/``**kwargs`` left out) and its resolved type hints."""
     signature = inspect.signature(factory)
     try:
         hints = typing.get_type_hints(factory)
@@ -267,23 +281,6 @@ def _factory_params(factory: Any) -> tuple[dict[str, inspect.Parameter], dict[st
     params = {n: p for n, p in signature.parameters.items()
               if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
     return params, hints
-
-
-def _hint_types(hint: Any) -> tuple[type, ...] | None:
-    """Plain runtime types from an annotation such as ``int``, ``str | None``; None if not simple."""
-    if hint is inspect.Parameter.empty or hint is Any:
-        return None
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        parts = [_hint_types(a) for a in typing.get_args(hint) if a is not type(None)]
-        if any(p is None for p in parts):
-            return None
-        return tuple(t for p in parts for t in p)  # type: ignore[union-attr]
-    if origin in (list, tuple, typing.Sequence):
-        return (list,)
-    if origin is dict:
-        return (dict,)
-    return (hint,) if isinstance(hint, type) else None
 
 
 def _validate_component(slot: str, table: Any, registry: Any) -> dict[str, Any]:
@@ -299,7 +296,7 @@ def _validate_component(slot: str, table: Any, registry: Any) -> dict[str, Any]:
         factory = spec.load()
     except PengiKitError as exc:  # unknown or unloadable component: a recipe problem here
         raise RecipeError(str(exc)) from exc
-    params, hints = _factory_params(factory)
+    params, hints = factory_params(factory)
     out: dict[str, Any] = {"name": spec.name,
                            "trainable": _check_type(f"{where}.trainable", table.get("trainable", trainable_default), bool)}
     for key, value in table.items():
@@ -351,7 +348,8 @@ def validate(raw: dict[str, Any], registry: Any | None = None) -> dict[str, Any]
             out[key] = _check_type(f"{section}.{key}", value, field.type)
             field.check(f"{section}.{key}", out[key])
         for key, field in fields.items():
-            out.setdefault(key, copy.deepcopy(field.default))
+            if field.default is not None:  # None: unset, and TOML cannot write it
+                out.setdefault(key, copy.deepcopy(field.default))
         if section == "model":
             for slot, (_, required, _, _) in COMPONENT_SLOTS.items():
                 if slot in SWITCHABLE_SLOTS and isinstance(given.get(slot), dict) and given[slot].get("name") == "none":
@@ -372,8 +370,6 @@ def validate(raw: dict[str, Any], registry: Any | None = None) -> dict[str, Any]
 
 
 def _check_consistency(recipe: dict[str, Any]) -> None:
-    from pengi_kit.generation import Decoding
-
     try:
         Decoding(**recipe["generate"])
     except ValueError as exc:
@@ -440,23 +436,13 @@ def _check_data_sources(recipe: dict[str, Any]) -> None:
                     raise RecipeError(f"{where}.task: {exc}") from None
 
 
-_WEIGHT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors", ".json", ".npz")
-
-
-def looks_local(source: str) -> bool:
-    """Whether a ``pretrained``/``tokenizer`` value names a local path rather than a hub id or tag:
-    it exists, or it is written as a path (``./x``, ``/x``, ``~/x``, ``a/b/c``, ``x.pth``)."""
-    path = Path(source).expanduser()
-    return (path.exists() or source.startswith((".", "/", "~")) or source.count("/") > 1
-            or path.suffix.lower() in _WEIGHT_SUFFIXES)
-
-
 def check_files(recipe: dict[str, Any]) -> None:
     """Every local file a resolved recipe names exists: component weights (``pretrained``,
     ``tokenizer``) and the data sources. Run before any model is built or weight downloaded,
     so that ``validate`` refuses what ``train`` could not start. Checkpoints do not need it:
     their recipes may name training data that is long gone."""
     from pengi_kit.data.shards import is_shard_source, resolve_shards
+    from pengi_kit.sources import looks_local
 
     for slot, table in recipe["model"].items():
         if not isinstance(table, dict):

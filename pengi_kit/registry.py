@@ -1,4 +1,5 @@
-"""Components by (kind, name): a lazy factory, a description and the plugin that gave it."""
+"""Components, evaluation tasks and checkpoint importers by (kind, name): a lazy factory, a
+description and the plugin that gave it."""
 from __future__ import annotations
 
 import difflib
@@ -8,7 +9,8 @@ from typing import Any, Callable
 
 from pengi_kit.errors import PengiKitError
 
-KINDS = ("audio_encoder", "text_encoder", "mapper", "causal_lm", "dataset")
+COMPONENT_KINDS = ("audio_encoder", "text_encoder", "mapper", "causal_lm", "dataset")
+KINDS = (*COMPONENT_KINDS, "task", "importer")  # these two each have a hook of their own
 
 
 class RegistryError(PengiKitError):
@@ -117,8 +119,20 @@ class _Staging:
 
     def __call__(self, kind: str, name: str, factory: str | Callable[..., Any], *, description: str = "",
                  aliases: tuple[str, ...] | list[str] = (), example_args: dict[str, Any] | None = None) -> None:
+        """The ``register`` callback of ``register_components``."""
+        if kind in KINDS and kind not in COMPONENT_KINDS:  # one hook per extension point
+            raise RegistryError(f"plugin '{self.plugin}' registers {kind} '{name}' through register_components; "
+                                f"use the register_{kind}s hook")
         self.calls.append((kind, name, factory, dict(description=description, aliases=tuple(aliases),
                                                      example_args=example_args)))
+
+    def of(self, kind: str) -> Callable[..., None]:
+        """The ``register`` callback of the hook that registers only ``kind`` (``register_tasks`` ...)."""
+        def register(name: str, function: str | Callable[..., Any], *, description: str = "",
+                     aliases: tuple[str, ...] | list[str] = ()) -> None:
+            self.calls.append((kind, name, function, dict(description=description, aliases=tuple(aliases),
+                                                          example_args=None)))
+        return register
 
     def commit(self) -> None:
         snapshot = (dict(self.registry._specs), dict(self.registry._aliases))

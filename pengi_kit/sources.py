@@ -75,10 +75,19 @@ def resolve_relative(recipe: dict[str, Any], base: str | Path) -> dict[str, Any]
     return out
 
 
+_WEIGHT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors", ".json", ".npz")
+
+
+def looks_local(source: str) -> bool:
+    """Whether a ``pretrained``/``tokenizer`` value names a local path rather than a hub id or tag:
+    it exists, or it is written as a path (``./x``, ``/x``, ``~/x``, ``a/b/c``, ``x.pth``)."""
+    path = Path(source).expanduser()
+    return (path.exists() or source.startswith((".", "/", "~")) or source.count("/") > 1
+            or path.suffix.lower() in _WEIGHT_SUFFIXES)
+
+
 def hub_sources(recipe: dict[str, Any]) -> list[str]:
     """The ``pretrained``/``tokenizer`` values of a resolved recipe that name hub ids or tags."""
-    from pengi_kit.recipe import looks_local
-
     found = []
     for table in recipe.get("model", {}).values():
         for key in ("pretrained", "tokenizer"):

@@ -135,10 +135,19 @@ def registered_components(registry: Any | None = None) -> list[tuple[str, str]]:
     return [(s.kind, s.name) for s in registry.specs() if s.kind in PROTOCOLS]
 
 
-def tiny_recipe(out_dir: Any, **components: dict[str, Any]) -> dict[str, Any]:
+def tiny_recipe(out_dir: Any, *, text_encoder: bool | dict[str, Any] = False,
+                train: dict[str, Any] | None = None, **components: Any) -> dict[str, Any]:
     """A Pengi recipe (as a dict) small enough to train in seconds offline on the synthetic
-    corpus. ``components`` replace whole slots, e.g. ``audio_encoder={"name": "my-encoder", ...}``
-    or ``text_encoder={...}`` (without one, the prompt's LM embeddings feed the text mapper)."""
+    corpus: CNN14 width 2, a one-layer GPT-2 with the corpus's word tokenizer, an MLP audio
+    mapper (k = 2), 16 prompt and 16 target tokens, 6 steps of 8 examples.
+
+    ``text_encoder``: ``False`` (the default) has none, so the prompt's LM embeddings feed a
+    one-layer transformer text mapper (k = 16); ``True`` adds a one-layer CLIP text encoder
+    (``clip-text``, fresh, 16 wide) and a dict is the slot itself, e.g. ``{"name":
+    "my-encoder", ...}``; with either, the text mapper is an MLP (k = 2). ``train`` updates
+    the ``[train]`` table, e.g. ``train={"max_steps": 2, "save_every": 1}``. Any other
+    keyword replaces the ``[model]`` key of its name, a whole slot (``audio_encoder={"name":
+    "my-encoder", ...}``, ``lm={...}``) or a value (``prompt_length=48``)."""
     model: dict[str, Any] = {
         "projection_dim": 16, "prompt_length": 16, "target_length": 16,
         "audio_encoder": {"name": "cnn14", "sample_rate": 16000, "width": 2, "clip_seconds": 0.5,
@@ -148,14 +157,20 @@ def tiny_recipe(out_dir: Any, **components: dict[str, Any]) -> dict[str, Any]:
         "lm": {"name": "gpt2", "pretrained": "", "tokenizer": "pengi_kit.data.synthetic:tokenizer",
                "n_layer": 1, "n_embd": 32, "n_head": 2, "n_positions": 64, "trainable": True},
     }
-    if "text_encoder" in components:
+    has_text_encoder = text_encoder is not False and text_encoder is not None
+    if has_text_encoder:
         model["text_mapper"] = {"name": "mlp", "prefix_length": 2}
     model.update(components)
+    if text_encoder is True:
+        text_encoder = {"name": "clip-text", "pretrained": "", "hidden_size": 16, "num_layers": 1, "num_heads": 2,
+                        "projection_dim": 8, "max_positions": model["prompt_length"], "trainable": True}
+    if has_text_encoder:
+        model["text_encoder"] = text_encoder
     return {
         "name": "tiny", "seed": 0, "model": model,
         "data": {"synthetic_train_size": 48, "synthetic_valid_size": 8},
         "optim": {"lr": 3e-3, "warmup_steps": 1},
-        "train": {"batch_size": 8, "max_steps": 6, "log_every": 1, "output_dir": str(out_dir)},
+        "train": {"batch_size": 8, "max_steps": 6, "log_every": 1, "output_dir": str(out_dir), **(train or {})},
         "generate": {"method": "greedy", "max_new_tokens": 4},
     }
 

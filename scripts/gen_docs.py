@@ -7,27 +7,24 @@
 Four pages, each from the code that defines what it documents:
 
 - ``recipes.md``    from ``pengi_kit.recipe.SCHEMA`` (every key, type, default, choices, help)
-- ``components.md`` from the plugin registry: the built-in zoo and every plugin in
-  ``plugins/``, registered through their ``register_components`` hooks
+- ``components.md`` from the plugin registry (``pengi_kit.plugins``): the built-in zoo, tasks
+  and importers and every plugin in ``plugins/``, with the factories' signatures as recipe
+  validation reads them (``pengi_kit.recipe.factory_params``)
 - ``cli.md``        from the click command tree of ``pengi_kit.cli.main``
 - ``hooks.md``      from the hook specifications in ``pengi_kit.hookspecs``
 
-The output depends on the source tree only, not on what is installed: plugins are
-read from ``plugins/*/pyproject.toml`` (not from installed entry points) and factory
-signatures are read from the source files (nothing heavier than ``pengi_kit`` and the
-plugins' hook modules is imported), so every machine writes the same bytes.
+The repository's plugins must be installed (scripts/test.sh installs them); plugins
+installed from elsewhere are left out, so every such machine writes the same bytes.
 """
 from __future__ import annotations
 
 import argparse
-import ast
-import importlib
+import functools
 import inspect
 import posixpath
 import re
 import sys
 import tomllib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -228,7 +225,8 @@ def render_recipes() -> str:
                 meaning += " One of " + ", ".join(cell(toml_value(c)) for c in field.choices) + "."
             if field.range:
                 meaning += f" Allowed: {cell(field.range)}" + (" each." if isinstance(field.default, list) else ".")
-            rows.append([cell(key), type_name(field.type), cell(toml_value(field.default)), meaning])
+            default = "unset" if field.default is None else cell(toml_value(field.default))  # TOML has no null
+            rows.append([cell(key), type_name(field.type), default, meaning])
         out.append(table(["key", "type", "default", "meaning"], rows))
         if section == "data":
             out.append("\nA list under `data.train` or `data.valid` holds tables with these keys "
@@ -239,116 +237,25 @@ def render_recipes() -> str:
 
 # ---------------------------------------------------------------- components
 
-@dataclass
-class Plugin:
-    name: str            # entry point name, the registry's "plugin"
-    distribution: str
-    folder: Path         # where its pyproject.toml is
-    source_root: Path    # where its packages are
-    target: str          # the entry point's "module[:attr]"
+@functools.cache
+def repo_plugins() -> tuple[list[Any], list[Any]]:
+    """What pengi-kit's plugin manager registers and loads (specs, plugins), kept to the plugins
+    this repository holds: the core's ``builtin`` and each distribution in plugins/ (scripts/test.sh
+    installs them). A plugin installed from elsewhere is left out, so every machine that has
+    the repository's plugins installed writes the same pages."""
+    from pengi_kit.plugins import load_plugins
 
-
-def repo_plugins() -> list[Plugin]:
-    """The core's own entry point, then every plugin distribution under plugins/."""
-    plugins: list[Plugin] = []
-    projects = [ROOT / "pyproject.toml", *sorted((ROOT / "plugins").glob("*/pyproject.toml"))]
-    for pyproject in projects:
-        meta = tomllib.loads(pyproject.read_text(encoding="utf-8"))
-        project = meta.get("project", {})
-        folder = pyproject.parent
-        source_root = folder / "src" if (folder / "src").is_dir() else folder
-        for name, target in sorted(project.get("entry-points", {}).get("pengi_kit", {}).items()):
-            plugins.append(Plugin(name, project.get("name", folder.name), folder, source_root, target))
-    return plugins
-
-
-def _import_target(plugin: Plugin) -> Any:
-    sys.path.insert(0, str(plugin.source_root))
-    try:
-        module, _, attr = plugin.target.partition(":")
-        obj: Any = importlib.import_module(module.strip())
-        for part in filter(None, attr.strip().split(".")):
-            obj = getattr(obj, part)
-        return obj
-    finally:
-        sys.path.remove(str(plugin.source_root))
-
-
-def build_registry() -> tuple[Any, list[Plugin]]:
-    """A registry filled by calling each repository plugin's ``register_components`` hook."""
-    from pengi_kit.registry import Registry
-
-    registry = Registry()
-    plugins = repo_plugins()
-    for plugin in plugins:
-        hook = getattr(_import_target(plugin), "register_components", None)
-        if hook is None:
-            continue
-        staging = registry.staged(plugin.name)
-        hook(register=staging)
-        staging.commit()
-    return registry, plugins
-
-
-def _module_file(module: str, roots: list[Path]) -> Path | None:
-    rel = Path(*module.split("."))
-    for root in roots:
-        for candidate in (root / rel.with_suffix(".py"), root / rel / "__init__.py"):
-            if candidate.is_file():
-                return candidate
-    return None
-
-
-@dataclass
-class Param:
-    name: str
-    annotation: str
-    default: str | None  # source text; None: required
-    keyword_only: bool
-
-
-def factory_info(target: str, roots: list[Path]) -> tuple[list[Param] | None, str]:
-    """Parameters and docstring of ``module:attr``, read from its source file (never imported)."""
-    module, _, attr = target.partition(":")
-    path = _module_file(module, roots)
-    if path is None:
-        return None, ""
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    node: Any = tree
-    for part in attr.split("."):
-        node = next((n for n in getattr(node, "body", []) if isinstance(n, (ast.FunctionDef, ast.ClassDef))
-                     and n.name == part), None)
-        if node is None:
-            return None, ""
-    doc = ast.get_docstring(node) or ""
-    if isinstance(node, ast.ClassDef):
-        init = next((n for n in node.body if isinstance(n, ast.FunctionDef) and n.name == "__init__"), None)
-        if init is None:
-            return [], doc
-        func, skip = init, 1
-    else:
-        func, skip = node, 0
-    args = func.args
-    positional = [*args.posonlyargs, *args.args][skip:]
-    defaults: list[ast.expr | None] = [None] * (len(positional) - len(args.defaults)) + list(args.defaults)
-    params = [Param(a.arg, ast.unparse(a.annotation) if a.annotation else "", ast.unparse(d) if d else None, False)
-              for a, d in zip(positional, defaults)]
-    params += [Param(a.arg, ast.unparse(a.annotation) if a.annotation else "", ast.unparse(d) if d else None, True)
-               for a, d in zip(args.kwonlyargs, args.kw_defaults)]
-    return params, doc
-
-
-def callable_info(factory: Callable[..., Any]) -> tuple[list[Param] | None, str]:
-    """Parameters and docstring of a factory registered as a callable (already imported)."""
-    try:
-        signature = inspect.signature(factory)
-    except (TypeError, ValueError):
-        return None, inspect.getdoc(factory) or ""
-    params = [Param(p.name, p.annotation if isinstance(p.annotation, str) else
-                    ("" if p.annotation is p.empty else inspect.formatannotation(p.annotation)),
-                    None if p.default is p.empty else repr(p.default), p.kind is p.KEYWORD_ONLY)
-              for p in signature.parameters.values() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
-    return params, inspect.getdoc(factory) or ""
+    names: set[str] = set()
+    for pyproject in [ROOT / "pyproject.toml", *sorted((ROOT / "plugins").glob("*/pyproject.toml"))]:
+        project = tomllib.loads(pyproject.read_text(encoding="utf-8")).get("project", {})
+        names |= set(project.get("entry-points", {}).get("pengi_kit", {}))
+    state = load_plugins()
+    plugins = [p for p in state.plugins if p.name in names]
+    missing = sorted(names - {p.name for p in plugins if not p.error})
+    if missing:
+        raise SystemExit(f"gen_docs: plugin(s) {', '.join(missing)} not installed or broken; install them first "
+                         "(pip install -e plugins/<folder>, as scripts/test.sh does)")
+    return [s for s in state.registry.specs() if s.plugin in names], plugins
 
 
 KIND_INTRO = {
@@ -358,22 +265,42 @@ KIND_INTRO = {
     "mapper": "An embedding (or, without a text encoder, the prompt's token embeddings) in, a prefix of "
               "`prefix_length` LM embeddings out.",
     "causal_lm": "The language model that continues the prefix with text.",
-    "dataset": "Adapters from a corpus, in the layout it is distributed in, to manifest rows: "
-               "`pengi-kit data prepare NAME --root DIR --out manifest.jsonl`. Their factories take the "
-               "corpus folder, not recipe arguments.",
+    "dataset": "Adapters from a corpus, in the layout it is distributed in, to manifest rows. Their "
+               "factories take the corpus folder, not recipe arguments.",
+    "task": "Evaluation tasks (registered by the `register_tasks` hook), run on a loaded model and a "
+            "manifest by `pengi-kit evaluate` or a suite file; the arguments below are the options a "
+            "suite's `[[task]]` table or the command line gives them.",
+    "importer": "Checkpoint importers (registered by the `register_importers` hook): a published "
+                "checkpoint file in, a pengi-kit folder out.",
 }
+COMMANDS = {  # the command that runs what is registered under these kinds, and its arguments
+    "dataset": ("pengi-kit data prepare", "{} --root DIR --out manifest.jsonl"),
+    "task": ("pengi-kit evaluate", "CHECKPOINT --task {} --manifest MANIFEST"),
+    "importer": ("pengi-kit import", "{} SOURCE --out DIR"),
+}
+
+
+def _annotation(p: inspect.Parameter) -> str:
+    """An annotation as written (a string under ``from __future__ import annotations``)."""
+    return "" if p.annotation is p.empty else p.annotation if isinstance(p.annotation, str) \
+        else inspect.formatannotation(p.annotation)
+
+
+def _default(p: inspect.Parameter) -> str:
+    """A factory default as a recipe would write it (TOML); ``None`` is "unset"."""
+    return "required" if p.default is p.empty else "unset" if p.default is None else cell(toml_value(p.default))
 
 
 def render_components() -> str:
     from pengi_kit.contracts import PROTOCOLS
-    from pengi_kit.recipe import COMPONENT_SLOTS
+    from pengi_kit.recipe import COMPONENT_SLOTS, factory_params
     from pengi_kit.registry import KINDS
 
-    registry, plugins = build_registry()
-    by_name = {p.name: p for p in plugins}
-    specs = registry.specs()
+    specs, plugins = repo_plugins()
+    distribution = {p.name: p.distribution for p in plugins}
     out = [HEADER, "# Component reference\n\n",
-           "Every component registered by pengi-kit's own `builtin` plugin and by the plugins in the "
+           "Every component, evaluation task and checkpoint importer registered by pengi-kit's own "
+           "`builtin` plugin and by the plugins in the "
            "repository's `plugins/` folder (those are separate distributions: install one with "
            "`pip install -e plugins/<folder>`). `pengi-kit list-components` lists what is installed in "
            "your environment, third-party plugins included. A recipe picks a component by its name (or "
@@ -385,15 +312,14 @@ def render_components() -> str:
     for kind in KINDS:
         slots = [s for s, (k, *_) in COMPONENT_SLOTS.items() if k == kind]
         protocol = PROTOCOLS.get(kind)
-        names = [s.name for s in specs if s.kind == kind]
         rows.append([f"[{code(kind)}](#{kind})",
                      code(f"pengi_kit.contracts.{protocol.__name__}") if protocol else "-",
-                     ", ".join(code(f"[model.{s}]") for s in slots) or "`pengi-kit data prepare`",
-                     ", ".join(f"[{code(n)}](#{_anchor(kind, n)})" for n in names)])
-    out.append(table(["kind", "contract", "used by", "components"], rows))
+                     ", ".join(code(f"[model.{s}]") for s in slots) or code(COMMANDS[kind][0]),
+                     ", ".join(f"[{code(s.name)}](#{_anchor(kind, s.name)})" for s in specs if s.kind == kind)])
+    out.append(table(["kind", "contract", "used by", "registered"], rows))
     out.append("\nPlugins:\n\n")
-    out.append(table(["plugin (entry point)", "distribution", "hooks", "components"],
-                     [[code(p.name), code(p.distribution), cell(p.target),
+    out.append(table(["plugin (entry point)", "distribution", "hooks", "registers"],
+                     [[code(p.name), code(p.distribution), ", ".join(code(h) for h in p.hooks),
                        str(sum(1 for s in specs if s.plugin == p.name))] for p in plugins]))
     for kind in KINDS:
         kind_specs = [s for s in specs if s.kind == kind]
@@ -402,50 +328,26 @@ def render_components() -> str:
         out.append(f"\n## {kind}\n\n{KIND_INTRO.get(kind, '')}\n")
         supplied = next((sup for k, _, _, sup in COMPONENT_SLOTS.values() if k == kind), ())
         for spec in kind_specs:
-            plugin = by_name[spec.plugin]
             out.append(f"\n### {spec.name} {{#{_anchor(kind, spec.name)}}}\n\n")
             if spec.description:
                 out.append(text(spec.description) + "\n\n")
-            out.append(f"- plugin: {code(spec.plugin)} (distribution {code(plugin.distribution)})\n"
+            out.append(f"- plugin: {code(spec.plugin)} (distribution {code(distribution[spec.plugin])})\n"
                        f"- factory: {code(spec.target)}\n"
                        f"- aliases: {', '.join(code(a) for a in spec.aliases) or 'none'}\n")
-            roots = [plugin.source_root, ROOT, *[Path(p) for p in sys.path if p]]
-            params, doc = (factory_info(spec.target, roots) if isinstance(spec.factory, str)
-                           else callable_info(spec.factory))
-            if doc:
-                out.append("\n" + rst_to_md(doc))
+            factory = spec.load()
+            if factory.__doc__:  # its own docstring, not one inherited from a base class
+                out.append("\n" + rst_to_md(factory.__doc__))
+            if kind in COMMANDS:
+                command, args = COMMANDS[kind]
+                out.append(f"\n```\n{command} {args.format(spec.name)}\n```\n")
             if kind == "dataset":
-                out.append(f"\n```\npengi-kit data prepare {spec.name} --root DIR --out manifest.jsonl\n```\n")
                 continue
-            if params is None:
-                out.append("\nThe factory's signature could not be read from its source.\n")
-                continue
-            if not params:
-                out.append("\nThe factory takes no arguments.\n")
-                continue
-            rows = []
-            for p in params:
-                if p.name in supplied:
-                    default = "set by the model"
-                elif p.default is None:
-                    default = "required"
-                else:
-                    default = _default_source(p.default)
-                rows.append([cell(p.name),
-                             cell(p.annotation) if p.annotation else "", default])
-            out.append("\n" + table(["argument", "type", "default"], rows))
+            params = factory_params(factory)[0].values()
+            rows = [[cell(p.name), cell(_annotation(p)) if _annotation(p) else "",
+                     "set by the model" if p.name in supplied else _default(p)] for p in params]
+            out.append("\n" + (table(["argument", "type", "default"], rows) if rows
+                               else "The factory takes no arguments.\n"))
     return "".join(out)
-
-
-def _default_source(source: str) -> str:
-    """A factory default as a recipe would write it (TOML); ``None`` is "unset"."""
-    try:
-        value = ast.literal_eval(source)
-    except (ValueError, SyntaxError):
-        return cell(source)
-    if value is None:
-        return "unset"
-    return cell(toml_value(value))
 
 
 def _anchor(kind: str, name: str) -> str:
@@ -520,16 +422,6 @@ def _commands(group: Any, ctx: Any) -> list[tuple[Any, Any]]:
     return found
 
 
-def command_paths() -> list[str]:
-    """``pengi-kit <path>`` of every command and subcommand."""
-    import click
-
-    from pengi_kit.cli import main
-
-    ctx = click.Context(main, info_name="pengi-kit", **main.context_settings)
-    return [sub.command_path for _, sub in _commands(main, ctx)]
-
-
 def _short_help(cmd: Any) -> str:
     """The first sentence of a command's help (click's own shortening differs between versions)."""
     if cmd.short_help:
@@ -567,6 +459,10 @@ def _render_command(cmd: Any, ctx: Any, level: int) -> str:
                 help_text = ("Required. " + help_text).strip()
             rows.append([cell(name), _type_label(p), _default_label(p), help_text])
         out.append("\n" + table(["option", "type", "default", "description"], rows))
+    if getattr(cmd, "kind", None):  # its --help lists what is registered as this kind
+        specs = [s for s in repo_plugins()[0] if s.kind == cmd.kind]
+        out.append(f"\n{cmd.title}: " + ", ".join(f"[{code(s.name)}](components.md#{_anchor(s.kind, s.name)})"
+                                                 for s in specs) + ".\n")
     if isinstance(cmd, click.Group):
         rows = [[f"[{code(sub.command_path)}](#{_slug(sub.command_path)})", text(_short_help(c), table=True)]
                 for c, sub in _commands(cmd, ctx) if sub.parent is ctx]
@@ -605,16 +501,21 @@ def hookspecs() -> list[Callable[..., Any]]:
 
 def render_hooks() -> str:
     from pengi_kit import hookspecs as module
-    from pengi_kit.plugins import ENTRY_POINT_GROUP, STRICT_ENV
-    from pengi_kit.registry import KINDS, _Staging
+    from pengi_kit.plugins import ENTRY_POINT_GROUP, HOOKS, STRICT_ENV
+    from pengi_kit.registry import COMPONENT_KINDS, Registry
 
     out = [HEADER, "# Hook reference\n\n",
            f"A plugin is a module (or object) exposed through the `{ENTRY_POINT_GROUP}` entry point group "
            "that implements one or more of these hooks, each decorated with `@pengi_kit.hookimpl` "
-           "(`from pengi_kit import hookimpl`). pengi-kit's own components are registered by its "
-           f"`builtin` entry point, `pengi_kit.components.builtin`, the same way. A plugin that fails "
-           f"to import or to register its components is reported in one line and skipped; `{STRICT_ENV}=1` makes "
-           "that an error. The [plugin author's guide](../plugins.md) shows a whole plugin.\n"]
+           "(`from pengi_kit import hookimpl`). pengi-kit's own components, evaluation tasks and checkpoint "
+           f"importers are registered by its `builtin` entry point, `pengi_kit.components.builtin`, the same "
+           f"way. A plugin that fails to import or to register is reported in one line and skipped (all of "
+           f"its registrations, from every hook, are left out); `{STRICT_ENV}=1` makes that an error. The "
+           "[plugin author's guide](../plugins.md) shows a whole plugin.\n"]
+    # who uses a name, and when a "module:attr" string is imported, per hook (None: components)
+    uses = {None: ("recipes", "the component is built"), "task": ("`pengi-kit evaluate --task`, suite files",
+                                                                   "the task runs"),
+            "importer": ("`pengi-kit import`", "the importer runs")}
     for spec in hookspecs():
         opts = getattr(spec, f"{module.PROJECT}_spec")
         sig = inspect.signature(spec)
@@ -623,23 +524,24 @@ def render_hooks() -> str:
         if flags:
             out.append("Options: " + ", ".join(code(f) for f in flags) + ".\n\n")
         out.append(rst_to_md(spec.__doc__ or ""))
-        if spec.__name__ == "register_components":
-            call = inspect.signature(_Staging.__call__)
-            params = [p for name, p in call.parameters.items() if name != "self"]
-            out.append("\nThe `register` callback:\n\n```python\n"
-                       f"{signature(inspect.Signature(params, return_annotation=call.return_annotation), 'register')}\n```\n\n")
-            out.append(table(["argument", "meaning"], [
-                [cell("kind"), "One of " + ", ".join(code(k) for k in KINDS) + "."],
-                [cell("name"), "The name recipes and `pengi-kit list-components` use; unique within the kind "
-                               "across all plugins (the same plugin registering it again is harmless)."],
-                [cell("factory"), "A callable, or a `\"module:attr\"` string imported only when the component "
-                                  "is built."],
-                [cell("description"), "One line for `pengi-kit list-components` and the "
-                                      "[component reference](components.md)."],
-                [cell("aliases"), "Further names for the same component (also unique within the kind)."],
-                [cell("example_args"), "Keyword arguments that build a small offline instance; "
-                                       "`pengi_kit.testing.check_component` builds it with them."],
-            ]))
+        kind = HOOKS[spec.__name__]
+        staging = Registry().staged("")
+        register = inspect.signature(staging if kind is None else staging.of(kind))
+        out.append(f"\nThe `register` callback:\n\n```python\n{signature(register, 'register')}\n```\n\n")
+        users, imported = uses[kind]
+        meaning = {
+            "kind": "One of " + ", ".join(code(k) for k in COMPONENT_KINDS) + ".",
+            "name": f"The name {users} and `pengi-kit list-components` use; unique within the kind across all "
+                    "plugins (the same plugin registering it again is harmless).",
+            "factory": f"A callable, or a `\"module:attr\"` string imported only when {imported}.",
+            "description": "One line for `pengi-kit list-components`, the commands' `--help` and the "
+                           "[component reference](components.md).",
+            "aliases": "Further names for the same entry (also unique within the kind).",
+            "example_args": "Keyword arguments that build a small offline instance; "
+                            "`pengi_kit.testing.check_component` builds it with them.",
+        }
+        meaning["function"] = meaning["factory"]
+        out.append(table(["argument", "meaning"], [[cell(name), meaning[name]] for name in register.parameters]))
     return "".join(out)
 
 

@@ -1,5 +1,7 @@
-"""Shared plumbing for components built on transformers: offline-aware loading and
-the byte-level tokenizer used by models trained from scratch."""
+"""Shared plumbing for components built on transformers: :func:`build_hf`, the one way a
+model and its tokenizer are made from a hub id, a local folder, an architecture-only
+folder or a fresh config; offline-aware loading; the byte-level tokenizer used by models
+trained from scratch."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -91,3 +93,39 @@ def reject_config_args(pretrained: str | None, component: str, **given: Any) -> 
     if pretrained and used:
         raise WeightsError(f"{component}: {', '.join(used)} only apply when pretrained is empty "
                            f"(the architecture comes from '{pretrained}'); remove them or the pretrained source")
+
+
+def build_hf(model_cls: Any, config_cls: Any, pretrained: str | None, tokenizer: str | None, what: str,
+             config_args: dict[str, Any], config_defaults: dict[str, Any] | None = None,
+             **model_kwargs: Any) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` of a transformers-backed component, in the spirit of timm's
+    ``build_model_with_cfg``, from a hub id, a local folder, an architecture-only folder or a fresh config:
+
+    - ``pretrained``, a hub id or a folder saved with ``save_pretrained()``: its weights;
+    - ``pretrained``, an architecture-only folder (:mod:`pengi_kit.sources`): a randomly
+      initialised model of its config (the checkpoint referencing it supplies every weight);
+    - ``pretrained`` empty: a fresh ``config_cls`` of the ``config_args`` given (None: not
+      given) over ``config_defaults``, sized to the tokenizer's vocabulary and special ids.
+      A given ``hidden_size`` brings a 4x ``intermediate_size``, the ratio of the hub models.
+
+    The tokenizer is ``tokenizer``, else ``pretrained``'s, else (fresh) the offline byte
+    tokenizer. ``config_args`` are the architecture, so they are refused beside pretrained
+    weights; ``model_kwargs`` go to the model class from every source. ``what`` is the
+    component's name in error messages.
+
+    >>> from transformers import GPT2Config, GPT2Model
+    >>> model, tok = build_hf(GPT2Model, GPT2Config, "", None, "gpt2-text", {"n_layer": 1, "n_embd": 8, "n_head": 2})
+    >>> model.config.n_layer, model.config.vocab_size == len(tok)
+    (1, True)
+    """
+    reject_config_args(pretrained, what, **config_args)
+    if pretrained:
+        model = hf_model(model_cls, pretrained, f"{what} weights", **model_kwargs)
+        return model, load_tokenizer(tokenizer or pretrained)
+    tok = load_tokenizer(tokenizer or BYTE_TOKENIZER)
+    given = {k: v for k, v in config_args.items() if v is not None}
+    if "hidden_size" in given:
+        given.setdefault("intermediate_size", 4 * given["hidden_size"])
+    config = config_cls(vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=tok.eos_token_id,
+                        eos_token_id=tok.eos_token_id, **{**(config_defaults or {}), **given})
+    return model_cls(config, **model_kwargs), tok

@@ -1,4 +1,5 @@
-"""The built-in zoo, registered through the same entry point group as third-party plugins.
+"""The built-in zoo, evaluation tasks and checkpoint importers, registered through the same
+entry point group as third-party plugins.
 
 Factories are ``"module:attr"`` strings so that listing components imports no torch.
 """
@@ -67,3 +68,38 @@ def register_components(register):
     for kind, name, factory, description, example_args in BUILTIN:
         aliases = DATASET_ALIASES.get(name, ()) if kind == "dataset" else ()
         register(kind, name, factory, description=description, example_args=example_args, aliases=aliases)
+
+
+TASKS = [  # name, function, description (`pengi-kit evaluate --task NAME`)
+    ("captioning", "pengi_kit.evaluation.tasks:captioning",
+     "One caption per clip: BLEU, METEOR, ROUGE-L, CIDEr-D, SPICE, SPIDEr"),
+    ("aqa", "pengi_kit.evaluation.tasks:aqa", "Audio question answering: accuracy, also by answer type"),
+    ("classification", "pengi_kit.evaluation.tasks:classification",
+     "Zero-shot classification by generation or likelihood: accuracy or mAP"),
+    ("retrieval", "pengi_kit.evaluation.tasks:retrieval",
+     "Text-to-audio and audio-to-text retrieval: R@1/5/10, mAP@10"),
+    ("linear-probe", "pengi_kit.evaluation.tasks:linear_probe",
+     "Logistic regression on frozen audio embeddings: accuracy or mAP"),
+]
+
+IMPORTERS = [  # name, function, description (`pengi-kit import NAME SOURCE --out DIR`)
+    ("pengi", "pengi_kit.convert.pengi:import_pengi", "Pengi base.pth / base_no_text_enc.pth -> checkpoint directory"),
+    ("panns", "pengi_kit.convert.panns:import_panns", "PANNs Cnn14 (32 kHz or 16 kHz) -> cnn14 encoder folder"),
+    ("laion-clap", "pengi_kit.convert.clap:import_laion_clap", "LAION-CLAP (HTSAT + RoBERTa) -> CLAP folder"),
+    ("ms-clap", "pengi_kit.convert.clap:import_ms_clap",
+     "Microsoft CLAP 2022 (CNN14 + BERT) / 2023 (HTSAT + GPT-2) -> CLAP folder"),
+    ("ms-clapcap", "pengi_kit.convert.clapcap:import_ms_clapcap",
+     "Microsoft CLAPCap 2023 (HTSAT + mapper + GPT-2 captioner) -> checkpoint directory"),
+]
+
+
+@hookimpl
+def register_tasks(register):
+    for name, function, description in TASKS:
+        register(name, function, description=description)
+
+
+@hookimpl
+def register_importers(register):
+    for name, function, description in IMPORTERS:
+        register(name, function, description=description)

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from transformers.cache_utils import Cache, DynamicLayer
 
-from pengi_kit.components._hf import BYTE_TOKENIZER, hf_model, load_tokenizer, reject_config_args
+from pengi_kit.components._hf import build_hf
 
 
 class HFCausalLM(nn.Module):
@@ -143,19 +143,9 @@ def gpt2(
     """
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    sizes = dict(n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_positions=n_positions, resid_pdrop=dropout)
-    reject_config_args(pretrained, "gpt2", **sizes)
-    if pretrained:
-        model = hf_model(GPT2LMHeadModel, pretrained, "GPT-2 weights")
-        tok = load_tokenizer(tokenizer or pretrained)
-    else:
-        tok = load_tokenizer(tokenizer or BYTE_TOKENIZER)
-        sizes = {k: v for k, v in sizes.items() if v is not None}
-        if dropout is not None:
-            sizes.update(embd_pdrop=dropout, attn_pdrop=dropout)
-        config = GPT2Config(vocab_size=len(tok), bos_token_id=tok.eos_token_id,
-                            eos_token_id=tok.eos_token_id, **sizes)
-        model = GPT2LMHeadModel(config)
+    model, tok = build_hf(GPT2LMHeadModel, GPT2Config, pretrained, tokenizer, "gpt2",
+                          dict(n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_positions=n_positions,
+                               **dict.fromkeys(("resid_pdrop", "embd_pdrop", "attn_pdrop"), dropout)))
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token  # GPT-2 has none; padding is masked out anyway
     return HFCausalLM(model, tok)

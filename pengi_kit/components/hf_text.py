@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pengi_kit.components._hf import BYTE_TOKENIZER, hf_model, load_tokenizer, reject_config_args
+from pengi_kit.components._hf import build_hf
 
 POOLINGS = ("projection", "first", "pooler", "last", "msclap")
 MSCLAP_PAD = "!"  # msclap's GPT-2 pad token (id 0), whose ids its pooling counts out
@@ -84,40 +84,21 @@ def clip_text(
     """
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
-    sizes = dict(hidden_size=hidden_size, num_hidden_layers=num_layers, num_attention_heads=num_heads,
-                 projection_dim=projection_dim, max_position_embeddings=max_positions)
-    reject_config_args(pretrained, "clip-text", **sizes)
-    if pretrained:
-        model = hf_model(CLIPTextModelWithProjection, pretrained, "CLIP text weights")
-        tok = load_tokenizer(tokenizer or pretrained)
-    else:
-        tok = _eos_terminated(load_tokenizer(tokenizer or BYTE_TOKENIZER))
-        sizes = {k: v for k, v in sizes.items() if v is not None}
-        if "hidden_size" in sizes:
-            sizes.setdefault("intermediate_size", 4 * sizes["hidden_size"])
-        config = CLIPTextConfig(vocab_size=len(tok), eos_token_id=tok.eos_token_id,
-                                pad_token_id=tok.pad_token_id, bos_token_id=tok.eos_token_id, **sizes)
-        model = CLIPTextModelWithProjection(config)
+    model, tok = build_hf(CLIPTextModelWithProjection, CLIPTextConfig, pretrained, tokenizer, "clip-text",
+                          dict(hidden_size=hidden_size, num_hidden_layers=num_layers, num_attention_heads=num_heads,
+                               projection_dim=projection_dim, max_position_embeddings=max_positions))
+    if not pretrained:
+        _eos_terminated(tok)
     return HFTextEncoder(model, tok, "projection", int(model.config.projection_dim))
 
 
 def _bidirectional(model_cls: Any, config_cls: Any, component: str, pretrained: str | None, tokenizer: str | None,
                    sizes: dict[str, int | None], pooling: str, **config: Any) -> HFTextEncoder:
-    """A BERT-style tower: hub weights, or a fresh one from the size arguments."""
+    """A BERT-style tower; ``config``: the fresh config's values where the family differs from transformers'."""
     if pooling not in ("first", "pooler"):
         raise ValueError(f"{component}: pooling must be 'first' or 'pooler', got {pooling!r}")
-    reject_config_args(pretrained, component, **sizes)
-    with_pooler = pooling == "pooler"
-    if pretrained:
-        model = hf_model(model_cls, pretrained, f"{component} weights", add_pooling_layer=with_pooler)
-        tok = load_tokenizer(tokenizer or pretrained)
-    else:
-        tok = load_tokenizer(tokenizer or BYTE_TOKENIZER)
-        given = {k: v for k, v in sizes.items() if v is not None}
-        if "hidden_size" in given:
-            given.setdefault("intermediate_size", 4 * given["hidden_size"])
-        model = model_cls(config_cls(vocab_size=len(tok), pad_token_id=tok.pad_token_id, **config, **given),
-                          add_pooling_layer=with_pooler)
+    model, tok = build_hf(model_cls, config_cls, pretrained, tokenizer, component, sizes, config,
+                          add_pooling_layer=pooling == "pooler")
     return HFTextEncoder(model, tok, pooling, int(model.config.hidden_size))
 
 
@@ -181,16 +162,8 @@ def gpt2_text(
         raise ValueError(f"gpt2-text: pooling must be 'last' or 'msclap', got {pooling!r}")
     from transformers import GPT2Config, GPT2Model
 
-    sizes = dict(n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_positions=n_positions)
-    reject_config_args(pretrained, "gpt2-text", **sizes)
-    if pretrained:
-        model = hf_model(GPT2Model, pretrained, "GPT-2 weights")
-        tok = load_tokenizer(tokenizer or pretrained)
-    else:
-        tok = load_tokenizer(tokenizer or BYTE_TOKENIZER)
-        config = GPT2Config(vocab_size=len(tok), bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id,
-                            **{k: v for k, v in sizes.items() if v is not None})
-        model = GPT2Model(config)
+    model, tok = build_hf(GPT2Model, GPT2Config, pretrained, tokenizer, "gpt2-text",
+                          dict(n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_positions=n_positions))
     if pooling == "msclap":
         tok.add_special_tokens({"pad_token": MSCLAP_PAD})  # as msclap's CLAPWrapper.load_clap
     elif tok.pad_token is None:

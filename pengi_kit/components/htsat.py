@@ -27,6 +27,7 @@ torch.Size([2, 16])
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -34,11 +35,12 @@ from torch import nn
 
 from pengi_kit.components.frontend import LogMel, PowerSpectrogram, SpecAugment, load_reference_weights
 
-# variant -> (patch embedding dim, depths, heads); window 8, spec 256, patch 4, stride 4.
-VARIANTS: dict[str, tuple[int, tuple[int, ...], tuple[int, ...]]] = {
-    "tiny": (96, (2, 2, 6, 2), (4, 8, 16, 32)),
-    "base": (128, (2, 2, 12, 2), (4, 8, 16, 32)),
-    "large": (256, (2, 2, 12, 2), (4, 8, 16, 32)),
+# The published sizes, by the factory's ``variant``: the one place they are written. All
+# share window 8, spec 256, patch 4 and stride 4; the embedding is patch_embed_dim * 8.
+HTSAT_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {"patch_embed_dim": 96, "depths": (2, 2, 6, 2), "num_heads": (4, 8, 16, 32)},
+    "base": {"patch_embed_dim": 128, "depths": (2, 2, 12, 2), "num_heads": (4, 8, 16, 32)},
+    "large": {"patch_embed_dim": 256, "depths": (2, 2, 12, 2), "num_heads": (4, 8, 16, 32)},
 }
 # Pengi evaluates clips longer than the 1024-frame canvas as the mean over crops of
 # 689 frames every 344 (hard-coded there); scaled here for other canvas sizes.
@@ -227,25 +229,26 @@ class HTSAT(nn.Module):
 
     def __init__(
         self,
-        sample_rate: int = 32000,
-        clip_seconds: float | None = 10.0,
-        mel_sample_rate: int | None = None,
-        window_size: int = 1024,
-        hop_size: int = 320,
-        mel_bins: int = 64,
-        fmin: float = 50.0,
-        fmax: float | None = 14000.0,
-        spec_size: int = 256,
+        *,  # no defaults: :func:`htsat` holds them, and the sizes are HTSAT_PRESETS
+        sample_rate: int,
+        clip_seconds: float | None,
+        mel_sample_rate: int | None,
+        window_size: int,
+        hop_size: int,
+        mel_bins: int,
+        fmin: float,
+        fmax: float | None,
+        spec_size: int,
+        patch_embed_dim: int,
+        depths: Sequence[int],
+        num_heads: Sequence[int],
+        attn_window_size: int,
+        drop_path_rate: float,
+        num_classes: int,
+        spec_augment: bool,
         patch_size: int = 4,
         patch_stride: int = 4,
-        patch_embed_dim: int = 96,
-        depths: Sequence[int] = (2, 2, 6, 2),
-        num_heads: Sequence[int] = (4, 8, 16, 32),
-        attn_window_size: int = 8,
         mlp_ratio: float = 4.0,
-        drop_path_rate: float = 0.1,
-        num_classes: int = 527,
-        spec_augment: bool = True,
     ) -> None:
         super().__init__()
         if len(depths) != len(num_heads):
@@ -410,27 +413,22 @@ def htsat(
     stripped), or a folder written by ``pengi-kit import`` (whose recorded build
     arguments must match these), loaded strictly.
     """
-    if variant not in VARIANTS:
-        raise ValueError(f"htsat: unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
-    dim, var_depths, var_heads = VARIANTS[variant]
-    model = HTSAT(
-        sample_rate=sample_rate, clip_seconds=clip_seconds, mel_sample_rate=mel_sample_rate,
-        window_size=window_size, hop_size=hop_size, mel_bins=mel_bins, fmin=fmin, fmax=fmax,
-        spec_size=spec_size, patch_embed_dim=patch_embed_dim or dim, depths=tuple(depths or var_depths),
-        num_heads=tuple(num_heads or var_heads), attn_window_size=attn_window_size,
-        drop_path_rate=drop_path_rate, num_classes=num_classes, spec_augment=spec_augment,
+    if variant not in HTSAT_PRESETS:
+        raise ValueError(f"htsat: unknown variant {variant!r}; choose one of {', '.join(HTSAT_PRESETS)}")
+    sizes = {"patch_embed_dim": patch_embed_dim, "depths": depths, "num_heads": num_heads}
+    sizes = {**HTSAT_PRESETS[variant], **{k: v for k, v in sizes.items() if v is not None}}
+    # what the weights depend on; an imported folder records it, and must match (see load_reference_weights)
+    build_args = dict(
+        sample_rate=sample_rate, mel_sample_rate=mel_sample_rate or sample_rate, window_size=window_size,
+        hop_size=hop_size, num_classes=num_classes, mel_bins=mel_bins, fmin=fmin, fmax=fmax, spec_size=spec_size,
+        patch_embed_dim=sizes["patch_embed_dim"], depths=list(sizes["depths"]), num_heads=list(sizes["num_heads"]),
+        attn_window_size=attn_window_size,
     )
+    model = HTSAT(**build_args, clip_seconds=clip_seconds, drop_path_rate=drop_path_rate, spec_augment=spec_augment)
     if pretrained:  # None or "" means random initialisation
-        build_args = dict(
-            variant=variant, sample_rate=sample_rate, mel_sample_rate=mel_sample_rate or sample_rate,
-            window_size=window_size, hop_size=hop_size, num_classes=num_classes, mel_bins=mel_bins, fmin=fmin,
-            fmax=fmax, spec_size=spec_size, patch_embed_dim=patch_embed_dim or dim,
-            depths=list(depths or var_depths), num_heads=list(num_heads or var_heads),
-            attn_window_size=attn_window_size,
-        )
         load_reference_weights(model, pretrained, n_fft=window_size, strip_prefixes=("module.", "sed_model."),
-                               component="htsat", build_args=build_args)
+                               component="htsat", build_args={"variant": variant, **build_args})
     return model
 
 
-__all__ = ["HTSAT", "VARIANTS", "htsat", "window_partition", "window_reverse"]
+__all__ = ["HTSAT", "HTSAT_PRESETS", "htsat", "window_partition", "window_reverse"]

@@ -1,4 +1,5 @@
-"""Importers for published reference checkpoints (docs/checkpoints.md).
+"""Importers for published reference checkpoints (docs/checkpoints.md). The built-in
+formats below register through the ``register_importers`` hook, as a plugin's do.
 
 ===============  ===========================================  =================================
 format           source files                                 output
@@ -21,49 +22,30 @@ no arbitrary object is unpickled.
 """
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from pengi_kit.convert._common import ConversionError
-
-# format -> (module:function, options it takes, one-line description)
-FORMATS: dict[str, tuple[str, tuple[str, ...], str]] = {
-    "pengi": ("pengi_kit.convert.pengi:import_pengi", ("lm", "text_encoder"),
-              "Pengi base.pth / base_no_text_enc.pth -> checkpoint directory"),
-    "panns": ("pengi_kit.convert.panns:import_panns", (),
-              "PANNs Cnn14 (32 kHz or 16 kHz) -> cnn14 encoder folder"),
-    "laion-clap": ("pengi_kit.convert.clap:import_laion_clap", ("text_encoder",),
-                   "LAION-CLAP (HTSAT + RoBERTa) -> CLAP folder"),
-    "ms-clap": ("pengi_kit.convert.clap:import_ms_clap", ("text_encoder",),
-                "Microsoft CLAP 2022 (CNN14 + BERT) / 2023 (HTSAT + GPT-2) -> CLAP folder"),
-    "ms-clapcap": ("pengi_kit.convert.clapcap:import_ms_clapcap", ("lm",),
-                   "Microsoft CLAPCap 2023 (HTSAT + mapper + GPT-2 captioner) -> checkpoint directory"),
-}
-
-
-def _load(target: str) -> Callable[..., dict[str, Any]]:
-    from importlib import import_module
-
-    module, _, attr = target.partition(":")
-    return getattr(import_module(module), attr)
+from pengi_kit.plugins import registry
 
 
 def import_checkpoint(fmt: str, source: str | Path, out: str | Path, *, force: bool = False,
                       **options: Any) -> dict[str, Any]:
-    """Import the reference checkpoint ``source`` of format ``fmt`` into ``out``.
+    """Import the checkpoint ``source`` with the registered importer ``fmt`` (the formats above,
+    or a plugin's: ``pengi-kit list-components --kind importer``) into ``out``.
 
-    ``options``: ``lm`` / ``text_encoder`` (hub id or local folder) for the formats that
-    take them; None values are dropped. Returns a report (what was mapped, ignored, written).
+    ``options``: the keyword arguments the importer declares (``lm`` / ``text_encoder``: hub
+    id or local folder); None values are dropped. Returns a report (what was mapped, ignored,
+    written).
     """
-    if fmt not in FORMATS:
-        raise ConversionError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    target, accepted, _ = FORMATS[fmt]
+    importer = registry().get("importer", fmt).load()
     given = {k: v for k, v in options.items() if v is not None}
-    extra = sorted(set(given) - set(accepted))
+    extra = sorted(set(given) - set(inspect.signature(importer).parameters))
     if extra:
         flags = ", ".join("--" + k.replace("_", "-") for k in extra)
         raise ConversionError(f"format '{fmt}' takes no {flags}")
-    return _load(target)(source, out, force=force, **given)
+    return importer(source, out, force=force, **given)
 
 
-__all__ = ["FORMATS", "ConversionError", "import_checkpoint"]
+__all__ = ["ConversionError", "import_checkpoint"]

@@ -266,7 +266,7 @@ def detect_mel(mel_w: torch.Tensor, candidates: Iterable[tuple[int, float, float
 def htsat_args(sd: Mapping[str, torch.Tensor], source: str) -> dict[str, Any]:
     """The ``htsat`` factory arguments (architecture only) that reproduce a state dict in
     pengi-kit's HTSAT names."""
-    from pengi_kit.components.htsat import VARIANTS
+    from pengi_kit.components.htsat import HTSAT_PRESETS
 
     try:
         proj = sd["patch_embed.proj.weight"]
@@ -291,8 +291,8 @@ def htsat_args(sd: Mapping[str, torch.Tensor], source: str) -> dict[str, Any]:
             break
     dim = int(proj.shape[0])
     out: dict[str, Any] = {"variant": "tiny"}
-    for name, (v_dim, v_depths, v_heads) in VARIANTS.items():
-        if (dim, tuple(depths), tuple(heads)) == (v_dim, v_depths, v_heads):
+    for name, preset in HTSAT_PRESETS.items():
+        if preset == {"patch_embed_dim": dim, "depths": tuple(depths), "num_heads": tuple(heads)}:
             out["variant"] = name
             break
     else:

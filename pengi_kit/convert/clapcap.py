@@ -51,7 +51,7 @@ def import_ms_clapcap(source: str | Path, out: str | Path, *, lm: str = DEFAULT_
 
     from transformers import GPT2Config
 
-    from pengi_kit.engine.checkpoint import save_checkpoint
+    from pengi_kit.checkpoint import save_checkpoint
     from pengi_kit.recipe import from_dict
 
     src = str(source)

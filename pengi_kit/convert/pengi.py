@@ -159,7 +159,7 @@ def import_pengi(source: str | Path, out: str | Path, *, lm: str = DEFAULT_LM,
     """Import ``base.pth`` / ``base_no_text_enc.pth`` into the checkpoint directory ``out``."""
     from transformers import CLIPTextConfig, GPT2Config
 
-    from pengi_kit.engine.checkpoint import save_checkpoint
+    from pengi_kit.checkpoint import save_checkpoint
     from pengi_kit.recipe import from_dict
 
     src = str(source)

@@ -40,8 +40,8 @@ import soxr
 
 from pengi_kit.errors import AudioError
 
-__all__ = ["load_audio", "fit_length", "audio_formats", "audio_info", "check_audio_file", "read_audio_bytes",
-           "FIT_MODES"]
+__all__ = ["load_audio", "prepare_waveform", "fit_length", "audio_formats", "audio_info", "check_audio_file",
+           "read_audio_bytes", "FIT_MODES"]
 
 FIT_MODES = ("start", "centre", "random")
 _SOXR_QUALITIES = ("QQ", "LQ", "MQ", "HQ", "VHQ")
@@ -439,13 +439,43 @@ def load_audio(
             f"samples reach {peak:g}, far outside [-1, 1]",
             "the file likely stores integer-scale values as float; rescale it to [-1, 1]",
         )
-    wav = data.mean(axis=1) if channels > 1 else data[:, 0]
-    if rate != sample_rate:
-        wav = soxr.resample(wav, rate, sample_rate, quality=quality)
+    # the crop happened in the file's frames above; "start" only trims a resampled crop a sample off
+    wav = prepare_waveform(data, rate, sample_rate, clip_seconds=clip_seconds, quality=quality, channel_axis=1)
     # Resampling ringing and slightly hot float masters can exceed full scale a little.
-    wav = np.ascontiguousarray(np.clip(wav, -1.0, 1.0), dtype=np.float32)
-    if clip_seconds is not None:  # exact length: a resampled crop can be a sample off
-        wav = fit_length(wav, round(clip_seconds * sample_rate), "start")
+    return np.ascontiguousarray(np.clip(wav, -1.0, 1.0), dtype=np.float32)
+
+
+def prepare_waveform(
+    wav: np.ndarray,
+    rate: int,
+    sample_rate: int,
+    *,
+    clip_seconds: float | None = None,
+    crop: str = "start",
+    rng: np.random.Generator | None = None,
+    quality: str = "HQ",
+    channel_axis: int | None = None,
+) -> np.ndarray:
+    """Decoded audio at ``rate`` -> mono float32 ``(T,)`` at ``sample_rate``, of exactly
+    ``round(clip_seconds * sample_rate)`` samples when ``clip_seconds`` is given.
+
+    The one preparation step after decoding, for files (:func:`load_audio`) and for arrays
+    handed to the Python API alike. ``wav`` is 1-D, or 2-D with channels on
+    ``channel_axis``, which defaults to the shorter axis (a clip has more samples than
+    channels). Channels are averaged, a different rate is resampled with soxr at
+    ``quality``, and the length fitted as :func:`fit_length` does with ``crop``.
+    Values are left as given (:func:`load_audio` clips files to [-1, 1]).
+    """
+    wav = np.asarray(wav, dtype=np.float32)
+    if wav.ndim not in (1, 2) or wav.size == 0:
+        raise ValueError(f"audio array must be 1-D (or 2-D with channels), got shape {wav.shape}")
+    if wav.ndim == 2:
+        axis = channel_axis if channel_axis is not None else int(wav.shape[0] >= wav.shape[1])
+        wav = wav.mean(axis=axis) if wav.shape[axis] > 1 else wav.take(0, axis=axis)
+    if rate != sample_rate:
+        wav = soxr.resample(wav, rate, sample_rate, quality=quality).astype(np.float32, copy=False)
+    if clip_seconds is not None:
+        wav = fit_length(wav, round(clip_seconds * sample_rate), crop, rng)
     return wav
 
 

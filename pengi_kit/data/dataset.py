@@ -1,12 +1,11 @@
-"""Datasets of (audio, prompt, target) examples and their collation.
+"""Map-style datasets of (audio, prompt, target) examples.
 
 Items are dicts ``{"audio": float32 (T,), "prompt", "text", "task"}``, or
-``{"error": "<one line>"}`` for an example that could not be loaded: the collator
-drops those from the batch and hands the messages to the trainer, which reports them
-(``data.on_error = "skip"``) or stops (``"fail"``). Nothing is dropped silently.
-Tokenisation happens in the main process, so workers never carry the model. Datasets
-expose ``load_errors`` (bad manifest lines, reported by the trainer like bad clips)
-and, where cheap, ``text_lengths()`` for batching by target length.
+``{"error": "<one line>"}`` for an example that could not be loaded
+(:mod:`pengi_kit.data.collate` batches both). Tokenisation happens in the main
+process, so workers never carry the model. Every dataset answers the
+:class:`~pengi_kit.data.base.PengiDataset` questions (load errors, text lengths,
+epoch); :mod:`pengi_kit.data.build` picks the datasets a recipe names.
 """
 from __future__ import annotations
 
@@ -14,14 +13,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset, IterableDataset
+from torch.utils.data import Dataset
 
+from pengi_kit.data.base import PengiDataset
 from pengi_kit.data.synthetic import PROMPTS_PER_CLIP, SyntheticCorpus
-from pengi_kit.errors import PengiKitError, RecipeError
+from pengi_kit.errors import PengiKitError
+
+__all__ = ["ManifestDataset", "MixtureDataset", "SyntheticDataset"]
 
 
-class SyntheticDataset(Dataset):
+class SyntheticDataset(PengiDataset, Dataset):
     """Every clip of a synthetic corpus with each of its prompts."""
 
     def __init__(self, corpus: SyntheticCorpus) -> None:
@@ -37,7 +38,7 @@ class SyntheticDataset(Dataset):
         return {"audio": clip.audio, "prompt": prompt, "text": text, "task": task}
 
 
-class ManifestDataset(Dataset):
+class ManifestDataset(PengiDataset, Dataset):
     """Rows of a JSONL/CSV manifest, decoded, resampled and cut to the encoder's clip.
 
     Item ``i`` (or a repeated draw ``copy * len + i``, see :mod:`pengi_kit.data.sampler`)
@@ -57,10 +58,6 @@ class ManifestDataset(Dataset):
         self.sample_rate, self.clip_seconds, self.crop, self.seed = sample_rate, clip_seconds, crop, seed
         self.max_seconds, self.stream = max_seconds, stream
         self.epoch = 0
-
-    @property
-    def manifest_errors(self) -> list[str]:
-        return self.load_errors
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -86,7 +83,7 @@ class ManifestDataset(Dataset):
         return {"audio": audio, "prompt": ex.prompt, "text": ex.text, "task": ex.task or ""}
 
 
-class MixtureDataset(Dataset):
+class MixtureDataset(PengiDataset, Dataset):
     """Several datasets drawn with weights: the index space is their concatenation.
 
     ``sizes`` and ``weights`` drive :class:`~pengi_kit.data.sampler.BucketBatchSampler`;
@@ -94,99 +91,31 @@ class MixtureDataset(Dataset):
     ``copy * len(s) + (i - offset[s])``.
     """
 
-    def __init__(self, sources: list[Dataset], weights: list[float]) -> None:
+    def __init__(self, sources: list[PengiDataset], weights: list[float]) -> None:
         self.sources, self.weights = sources, list(weights)
-        self.sizes = [len(s) for s in sources]  # type: ignore[arg-type]
+        self.sizes = [s.num_examples() for s in sources]
         self.offsets = np.cumsum([0, *self.sizes])
         self.total = int(self.offsets[-1])
 
     @property
-    def load_errors(self) -> list[str]:
-        return [e for s in self.sources for e in getattr(s, "load_errors", [])]
+    def load_errors(self) -> list[str]:  # type: ignore[override]
+        return [e for s in self.sources for e in s.load_errors]
+
+    def mixture(self) -> tuple[list[int], list[float]]:
+        return self.sizes, self.weights
 
     def set_epoch(self, epoch: int) -> None:
         for source in self.sources:
-            if hasattr(source, "set_epoch"):
-                source.set_epoch(epoch)
+            source.set_epoch(epoch)
 
     def __len__(self) -> int:
         return self.total
 
     def text_lengths(self) -> np.ndarray | None:
-        parts = [s.text_lengths() if hasattr(s, "text_lengths") else None for s in self.sources]
+        parts = [s.text_lengths() for s in self.sources]
         return None if any(p is None for p in parts) else np.concatenate(parts)
 
     def __getitem__(self, draw: int) -> dict[str, Any]:
         copy, index = divmod(draw, self.total)
         s = int(np.searchsorted(self.offsets, index, side="right")) - 1
         return self.sources[s][copy * self.sizes[s] + index - int(self.offsets[s])]
-
-
-def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Drop error items (their messages go to ``errors``) and zero-pad audio per batch."""
-    good = [it for it in items if "error" not in it]
-    batch: dict[str, Any] = {
-        "errors": [it["error"] for it in items if "error" in it],
-        "prompts": [it["prompt"] for it in good],
-        "texts": [it["text"] for it in good],
-        "tasks": [it["task"] for it in good],
-    }
-    if good:
-        length = max(len(it["audio"]) for it in good)
-        audio = np.zeros((len(good), length), dtype=np.float32)
-        for i, it in enumerate(good):
-            audio[i, : len(it["audio"])] = it["audio"]
-        batch["audio"] = torch.from_numpy(audio)  # padded to the longest clip of this batch only
-        batch["audio_lengths"] = torch.tensor([len(it["audio"]) for it in good])
-    return batch
-
-
-def synthetic_corpus(recipe: dict[str, Any], split: str, sample_rate: int,
-                     clip_seconds: float | None) -> SyntheticCorpus:
-    """The synthetic split a recipe describes; train and valid clips are disjoint."""
-    seed = recipe["seed"] + (0 if split == "train" else 10_000_019)
-    return SyntheticCorpus(recipe["data"][f"synthetic_{split}_size"], seed, sample_rate, clip_seconds or 2.0)
-
-
-def sources(recipe: dict[str, Any], split: str) -> list[dict[str, Any]]:
-    """``data.train`` / ``data.valid`` as a list of ``{"manifest", "weight", ...}`` tables."""
-    source = recipe["data"][split]
-    if isinstance(source, str):
-        return [{"manifest": source, "weight": 1.0}] if source else []
-    return [dict(entry) for entry in source]
-
-
-def build_dataset(recipe: dict[str, Any], split: str, sample_rate: int,
-                  clip_seconds: float | None) -> Dataset | IterableDataset | None:
-    """The train or valid dataset a recipe names; None when it names none.
-
-    A source is ``"synthetic"``, a JSONL/CSV manifest, or (alone) a shard pattern or
-    folder, which streams. Several sources make a :class:`MixtureDataset` (for
-    ``valid``, weights are ignored: every example is scored once).
-    """
-    from pengi_kit.data.shards import ShardDataset, is_shard_source
-
-    data = recipe["data"]
-    entries = sources(recipe, split)
-    if not entries:
-        return None
-    crop = data["train_crop"] if split == "train" else data["eval_crop"]
-    built: list[Dataset] = []
-    for stream, entry in enumerate(entries):
-        name = entry["manifest"]
-        if name == "synthetic":
-            built.append(SyntheticDataset(synthetic_corpus(recipe, split, sample_rate, clip_seconds)))
-        elif is_shard_source(name):
-            if len(entries) > 1 or entry.get("weight", 1.0) != 1.0:
-                raise RecipeError(f"data.{split}: shards '{name}' stream and cannot be mixed with weights "
-                                    "(shard each corpus into one set, or mix manifests)")
-            return ShardDataset(name, sample_rate, clip_seconds, crop, recipe["seed"],
-                                max_seconds=data["max_seconds"])
-        else:
-            built.append(ManifestDataset(name, sample_rate, clip_seconds, crop, recipe["seed"], data["on_error"],
-                                         task=entry.get("task"), templates=entry.get("templates"),
-                                         max_seconds=data["max_seconds"], stream=stream))
-    if len(built) == 1 and entries[0].get("weight", 1.0) == 1.0:
-        return built[0]
-    weights = [e.get("weight", 1.0) if split == "train" else 1.0 for e in entries]
-    return MixtureDataset(built, weights)

@@ -4,7 +4,7 @@
 rank and epoch, ``loader.epoch(e, start_batch=k)`` the DataLoader of epoch ``e`` from
 its batch ``k`` on. A map-style dataset goes through
 :class:`~pengi_kit.data.sampler.BucketBatchSampler` (weights of a
-:class:`~pengi_kit.data.dataset.MixtureDataset`, target-length buckets, rank slices);
+:meth:`~pengi_kit.data.base.PengiDataset.mixture`, target-length buckets, rank slices);
 a :class:`~pengi_kit.data.shards.ShardDataset` streams and batches itself. Either way
 the batches depend on the seed, the epoch and the rank only, not on ``num_workers``:
 items are pure functions of ``(seed, epoch, draw)`` and the DataLoader returns
@@ -16,9 +16,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset
+from torch.utils.data import DataLoader, DistributedSampler, IterableDataset
 
-from pengi_kit.data.dataset import collate
+from pengi_kit.data.base import PengiDataset
+from pengi_kit.data.collate import collate
 from pengi_kit.data.sampler import BucketBatchSampler
 
 __all__ = ["TrainLoader", "eval_loader"]
@@ -53,10 +54,10 @@ class TrainLoader:
     """One epoch's DataLoader at a time; see the module docstring.
 
     ``bucket_batches`` is the pool (in global batches) sorted by target-text length;
-    0 turns bucketing off, and so does a dataset without ``text_lengths()``.
+    0 turns bucketing off, and so does a dataset whose ``text_lengths()`` is None.
     """
 
-    def __init__(self, dataset: Dataset | IterableDataset, batch_size: int, *, seed: int = 0, rank: int = 0,
+    def __init__(self, dataset: PengiDataset, batch_size: int, *, seed: int = 0, rank: int = 0,
                  world_size: int = 1, num_workers: int = 0, pin_memory: bool = False,
                  bucket_batches: int = 50) -> None:
         self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
@@ -66,10 +67,9 @@ class TrainLoader:
         if isinstance(dataset, IterableDataset):
             dataset.configure(batch_size=batch_size, rank=rank, world_size=world_size, train=True)  # type: ignore[attr-defined]
         else:
-            lengths = dataset.text_lengths() if hasattr(dataset, "text_lengths") else None
+            sizes, weights = dataset.mixture()
             self.sampler = BucketBatchSampler(
-                getattr(dataset, "sizes", [len(dataset)]), batch_size,  # type: ignore[arg-type]
-                weights=getattr(dataset, "weights", None), lengths=lengths if bucket_batches > 0 else None,
+                sizes, batch_size, weights=weights, lengths=dataset.text_lengths() if bucket_batches > 0 else None,
                 num_replicas=world_size, rank=rank, seed=seed, pool_batches=bucket_batches)
 
     def __len__(self) -> int:
@@ -83,13 +83,12 @@ class TrainLoader:
         sampler rotates which ones; a shard stream leaves out a random tail each epoch)."""
         used = len(self) * self.batch_size * self.world_size
         if self.sampler is None:
-            return used, int(sum(self.dataset.counts))  # type: ignore[attr-defined]
+            return used, self.dataset.num_examples()
         return used, self.sampler.draws_per_epoch
 
     def epoch(self, epoch: int, start_batch: int = 0) -> DataLoader:
         """The DataLoader of ``epoch``, starting at its batch ``start_batch``."""
-        if hasattr(self.dataset, "set_epoch"):
-            self.dataset.set_epoch(epoch)
+        self.dataset.set_epoch(epoch)
         options = _options(self.num_workers, self.pin_memory, self.seed + epoch)
         if self.sampler is None:
             self.dataset.configure(batch_size=self.batch_size, epoch=epoch, start_batch=start_batch,  # type: ignore[attr-defined]
@@ -99,7 +98,7 @@ class TrainLoader:
         return DataLoader(self.dataset, batch_sampler=self.sampler, collate_fn=collate, **options)
 
 
-def eval_loader(dataset: Dataset | IterableDataset, batch_size: int, *, rank: int = 0, world_size: int = 1,
+def eval_loader(dataset: PengiDataset, batch_size: int, *, rank: int = 0, world_size: int = 1,
                 num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
     """Every example once, in order, this rank's share (DistributedSampler pads with repeats)."""
     options = _options(num_workers, pin_memory, 0)

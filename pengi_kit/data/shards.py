@@ -31,6 +31,8 @@ from typing import Any, Iterator
 import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
 
+from pengi_kit.data.base import PengiDataset
+from pengi_kit.data.collate import collate
 from pengi_kit.errors import PengiKitError
 
 __all__ = ["ShardError", "ShardDataset", "write_shards", "resolve_shards", "shard_counts", "is_shard_source",
@@ -252,7 +254,7 @@ class _TarWriter:
 
 # ---------------------------------------------------------------- streaming
 
-class ShardDataset(IterableDataset):
+class ShardDataset(PengiDataset, IterableDataset):
     """Stream shards as collated batches; see the module docstring.
 
     Call :meth:`configure` before each epoch (the trainer's loader does). Each item
@@ -278,6 +280,9 @@ class ShardDataset(IterableDataset):
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def num_examples(self) -> int:
+        return sum(self.counts)  # a stream has no length
 
     def _rank_shards(self, rank: int) -> list[int]:
         order = np.arange(len(self.paths))
@@ -311,8 +316,6 @@ class ShardDataset(IterableDataset):
                 yield shard, int(position), path, key, members
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        from pengi_kit.data.dataset import collate
-
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         limit = self.batches_per_epoch

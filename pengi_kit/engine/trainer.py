@@ -16,9 +16,10 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
-from pengi_kit.data.dataset import build_dataset
+
+from pengi_kit import checkpoint as ckpt
+from pengi_kit.data.build import build_dataset
 from pengi_kit.data.loader import TrainLoader, eval_loader
-from pengi_kit.engine import checkpoint as ckpt
 from pengi_kit.engine.distributed import Dist, all_reduce_sum, barrier, setup
 from pengi_kit.engine.optim import build_optimizer, build_scheduler
 from pengi_kit.errors import PengiKitError
@@ -89,12 +90,31 @@ class Trainer:
         self.dist: Dist = setup(device)
         self.out = Path(recipe["train"]["output_dir"])
         self.resume = self._claim_output_dir(resume, overwrite)
-        seed_everything(recipe["seed"])
+        self._setup_model()
+        self._setup_data()
+        self._setup_optimizer()
+        self.step = self.epoch = self.batch_in_epoch = self.skipped_steps = 0
+        self.bad_examples: list[str] = []
+        self.valid_errors: set[str] = set()
+        self.best_value: float | None = None
+        self._best_missing_reported = False
+        self._tensorboard: Any = None
+        self._saved_step: int | None = None  # the step of this run's newest step checkpoint
+        self._signal = 0  # the first SIGINT/SIGTERM fit() received
+        for dataset in (self.train_data, self.valid_data):  # bad manifest lines, reported like bad clips
+            self._report_bad(list(dataset.load_errors) if dataset is not None else [])
+        if self.resume:
+            self._resume()
+
+    # ------------------------------------------------------------------ setup
+    def _setup_model(self) -> None:
+        """Build the model on this process's device; wrap it for DDP and compile as the recipe says."""
+        recipe, train = self.recipe, self.recipe["train"]
+        seed_everything(recipe["seed"])  # the same initial weights on every rank
         self.model = build_model(recipe).to(self.dist.device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         if not self.params:
             raise TrainingError("every component is frozen: set trainable = true on at least one [model.*] table")
-        train = recipe["train"]
         if train["activation_checkpointing"]:
             self._enable_activation_checkpointing()
         self.module: torch.nn.Module = self.model
@@ -105,47 +125,42 @@ class Trainer:
                                                                     find_unused_parameters=True)
         if train["compile"]:
             self.module = torch.compile(self.module)
+        precision = train["precision"]
+        if precision == "fp16" and self.dist.device.type != "cuda":
+            raise TrainingError("train.precision = 'fp16' needs a GPU; use 'bf16' or 'fp32' on the CPU")
+        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        self.scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+
+    def _setup_data(self) -> None:
+        """The datasets at the encoder's input contract, and a loader whose batches depend on
+        (seed, epoch, rank) only: any num_workers, exact mid-epoch resume."""
+        recipe, data = self.recipe, self.recipe["data"]
         seed_everything(recipe["seed"] + self.dist.rank)  # dropout and crops differ per rank
         enc = self.model.audio_encoder
         self.train_data = build_dataset(recipe, "train", enc.sample_rate, enc.clip_seconds)
         self.valid_data = build_dataset(recipe, "valid", enc.sample_rate, enc.clip_seconds)
         if self.train_data is None:
             raise TrainingError("data.train is empty: name a manifest or 'synthetic'")
-        self.batch_size = train["batch_size"]
-        data = recipe["data"]
-        # batches depend on (seed, epoch, rank) only: any num_workers, exact mid-epoch resume
+        self.batch_size = recipe["train"]["batch_size"]
         self.loader = TrainLoader(self.train_data, self.batch_size, seed=recipe["seed"], rank=self.dist.rank,
                                   world_size=self.dist.world_size, num_workers=data["num_workers"],
                                   pin_memory=self.dist.device.type == "cuda", bucket_batches=data["bucket_batches"])
         self.steps_per_epoch = len(self.loader)
         if self.steps_per_epoch == 0:
-            size = len(self.train_data) if hasattr(self.train_data, "__len__") else sum(self.train_data.counts)
+            size = self.train_data.num_examples()
             raise TrainingError(f"the training data has {size} examples, fewer than one batch of "
                                 f"{self.batch_size} per process; lower train.batch_size")
         used, drawn = self.loader.examples_per_epoch()
         if drawn > used:  # only whole batches train: say so, once
             self._log_line(f"each epoch uses {used} of {drawn} examples ({drawn - used} left out per epoch, "
                            "different ones each epoch)")
+
+    def _setup_optimizer(self) -> None:
+        """Optimiser over the trainable parameters and the learning-rate schedule over the run's steps."""
+        train, optim = self.recipe["train"], self.recipe["optim"]
         self.total_steps = train["max_steps"] or train["epochs"] * self.steps_per_epoch
-        self.optimizer = build_optimizer(self.params, recipe["optim"], fused=self.dist.device.type == "cuda")
-        self.scheduler = build_scheduler(self.optimizer, recipe["optim"], self.total_steps)
-        precision = train["precision"]
-        if precision == "fp16" and self.dist.device.type != "cuda":
-            raise TrainingError("train.precision = 'fp16' needs a GPU; use 'bf16' or 'fp32' on the CPU")
-        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-        self.scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
-        self.step = self.epoch = self.batch_in_epoch = self.skipped_steps = 0
-        self.bad_examples: list[str] = []
-        self.valid_errors: set[str] = set()
-        self.best_value: float | None = None
-        self._best_missing_reported = False
-        self._tensorboard: Any = None
-        self._saved_step: int | None = None  # the step of this run's newest step checkpoint
-        self._signal = 0  # the first SIGINT/SIGTERM fit() received
-        for dataset in (self.train_data, self.valid_data):  # bad manifest lines, reported like bad clips
-            self._report_bad(list(getattr(dataset, "load_errors", [])))
-        if self.resume:
-            self._resume()
+        self.optimizer = build_optimizer(self.params, optim, fused=self.dist.device.type == "cuda")
+        self.scheduler = build_scheduler(self.optimizer, optim, self.total_steps)
 
     # ------------------------------------------------------------------ state
     def _claim_output_dir(self, resume: bool, overwrite: bool) -> bool:
@@ -380,7 +395,7 @@ class Trainer:
                              num_workers=self.recipe["data"]["num_workers"])
         total = torch.zeros(2, dtype=torch.float64, device=self.dist.device)
         errors: list[str] = []
-        size = len(loader) if hasattr(loader.dataset, "__len__") else None  # shards stream: no length
+        size = None if isinstance(self.valid_data, torch.utils.data.IterableDataset) else len(loader)  # no length
         bar = progress_bar(size, f"validating (step {self.step})", "batch",
                            enabled=None if self.progress and self.dist.is_main else False)
         for batch in loader:

@@ -7,7 +7,8 @@ A suite file (``recipes/eval/pengi_paper.toml``)::
 
     [[task]]
     name = "AudioCaps captioning"   # the row label
-    task = "captioning"             # captioning | aqa | classification | retrieval | linear-probe
+    task = "captioning"             # a registered task: captioning | aqa | classification | retrieval
+                                    # | linear-probe, or a plugin's (`pengi-kit list-components --kind task`)
     manifest = "audiocaps/test.jsonl"
     metrics = ["SPIDEr", "CIDEr-D"] # the table's rows (default: every metric)
     published = { SPIDEr = 0.467 }  # Pengi's published figures, shown beside ours
@@ -29,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from pengi_kit.errors import PengiKitError
-from pengi_kit.evaluation.tasks import TASKS, Result, evaluate
+from pengi_kit.evaluation.tasks import Result, evaluate
+from pengi_kit.plugins import registry
 
 __all__ = ["TaskSpec", "load_suite", "run_suite", "table", "markdown", "write_report"]
 
@@ -86,8 +88,7 @@ def load_suite(path: str | Path, data_root: str | Path | None = None) -> tuple[s
         for key in ("name", "task", "manifest"):
             if key not in table:
                 raise PengiKitError(f"{where}: missing {key!r}")
-        if table["task"] not in TASKS:
-            raise PengiKitError(f"{where}: unknown task {table['task']!r} (tasks: {', '.join(TASKS)})")
+        registry().get("task", table["task"], where=where)  # unknown: "did you mean", before any model loads
         options = {k: table[k] for k in _OPTIONS if k in table}
         for key in ("train_manifest", "classes"):
             if key in options:

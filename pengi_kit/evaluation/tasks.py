@@ -19,8 +19,9 @@ from pengi_kit.data.manifest import read_manifest
 from pengi_kit.errors import PengiKitError
 from pengi_kit.evaluation import java, scores
 from pengi_kit.evaluation.metrics import caption_metrics, tokenize
+from pengi_kit.plugins import registry
 
-__all__ = ["TASKS", "Result", "evaluate"]
+__all__ = ["Result", "evaluate"]
 
 
 @dataclass
@@ -328,21 +329,7 @@ def linear_probe(pengi: Pengi, manifest: str | Path, *, train_manifest: str | Pa
     return result
 
 
-TASKS: dict[str, Callable[..., Result]] = {
-    "captioning": captioning,
-    "aqa": aqa,
-    "classification": classification,
-    "retrieval": retrieval,
-    "linear-probe": linear_probe,
-}
-
-
 def evaluate(pengi: Pengi, task: str, manifest: str | Path, **options: Any) -> Result:
-    """Run ``task`` (one of :data:`TASKS`) on ``manifest``; ``options`` as the task function takes."""
-    if task not in TASKS:
-        import difflib
-
-        close = difflib.get_close_matches(task, TASKS, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        raise PengiKitError(f"unknown task {task!r} ({hint}tasks: {', '.join(TASKS)})")
-    return TASKS[task](pengi, manifest, **options)
+    """Run the registered ``task`` (``pengi-kit list-components --kind task``; the built-ins
+    are the functions above) on ``manifest``; ``options`` as the task function takes."""
+    return registry().get("task", task).load()(pengi, manifest, **options)

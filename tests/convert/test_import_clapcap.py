@@ -9,7 +9,7 @@ from layouts import TINY_HTSAT, module_prefixed, old_transformers_gpt2_buffers, 
 
 import pengi_kit
 from pengi_kit.convert import import_checkpoint
-from pengi_kit.engine.checkpoint import read_recipe
+from pengi_kit.checkpoint import read_recipe
 from pengi_kit.model import build_model
 from pengi_kit.recipe import from_dict
 

@@ -17,7 +17,7 @@ from layouts import (
 
 import pengi_kit
 from pengi_kit.convert import ConversionError, import_checkpoint
-from pengi_kit.engine.checkpoint import read_recipe
+from pengi_kit.checkpoint import read_recipe
 from pengi_kit.model import build_model
 from pengi_kit.recipe import from_dict
 from pengi_kit.sources import ARCHITECTURE_ONLY

@@ -10,7 +10,7 @@ import torch
 from transformers import CLIPTextConfig, GPT2Config
 
 from pengi_kit.components._hf import byte_tokenizer
-from pengi_kit.engine.checkpoint import referenced_slots
+from pengi_kit.checkpoint import referenced_slots
 from pengi_kit.model import build_model
 from pengi_kit.recipe import load_recipe
 from pengi_kit.sources import mark_architecture_only

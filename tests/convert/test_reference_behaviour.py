@@ -28,7 +28,7 @@ from pengi_kit.components._hf import byte_tokenizer
 from pengi_kit.components.hf_text import gpt2_text
 from pengi_kit.convert import ConversionError, import_checkpoint
 from pengi_kit.convert.clap import load_clap
-from pengi_kit.engine.checkpoint import read_recipe
+from pengi_kit.checkpoint import read_recipe
 from pengi_kit.generation import reference_text
 from pengi_kit.model import Projection, build_model
 from pengi_kit.recipe import from_dict

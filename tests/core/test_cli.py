@@ -4,14 +4,12 @@ import soundfile as sf
 from click.testing import CliRunner
 
 from pengi_kit.cli import main
-from pengi_kit.engine.trainer import Trainer
 from pengi_kit.recipe import dumps, from_dict
-
-from conftest import tiny_raw_recipe
+from pengi_kit.testing import tiny_recipe
 
 
 def test_validate_misspelt_key_is_one_line_with_the_fix(tmp_path):
-    raw = tiny_raw_recipe(tmp_path)
+    raw = tiny_recipe(tmp_path)
     raw["train"]["batch_sise"] = raw["train"].pop("batch_size")
     (tmp_path / "bad.toml").write_text(dumps(raw))
     result = CliRunner().invoke(main, ["validate", str(tmp_path / "bad.toml")])
@@ -21,7 +19,7 @@ def test_validate_misspelt_key_is_one_line_with_the_fix(tmp_path):
 
 
 def test_validate_and_show_with_overrides(tmp_path):
-    (tmp_path / "r.toml").write_text(dumps(tiny_raw_recipe(tmp_path)))
+    (tmp_path / "r.toml").write_text(dumps(tiny_recipe(tmp_path)))
     runner = CliRunner()
     ok = runner.invoke(main, ["validate", str(tmp_path / "r.toml")])
     assert ok.exit_code == 0 and ok.output.startswith("ok:")
@@ -41,11 +39,12 @@ def test_list_components_by_kind_and_plugins():
     bad = runner.invoke(main, ["list-components", "--kind", "vocoder"])
     assert bad.exit_code == 2 and "use one of" in bad.output
     plugins = json.loads(runner.invoke(main, ["plugins", "--json"]).output)
-    assert plugins[0]["name"] == "builtin" and plugins[0]["hooks"] == ["register_components"]
+    assert plugins[0]["name"] == "builtin" and plugins[0]["hooks"] == ["register_components", "register_importers",
+                                                                       "register_tasks"]
 
 
-def test_generate_prints_one_line_per_clip(tmp_path):
-    path = Trainer(from_dict(tiny_raw_recipe(tmp_path / "run")), progress=False).fit()
+def test_generate_prints_one_line_per_clip(tmp_path, untrained_checkpoint):
+    path = untrained_checkpoint
     from pengi_kit.data.synthetic import SyntheticCorpus
     clips = []
     for i in range(2):
@@ -56,7 +55,7 @@ def test_generate_prints_one_line_per_clip(tmp_path):
     assert text.exit_code == 0, text.output
     assert [line.split("\t")[0] for line in text.output.strip().splitlines()] == clips
     rows = [json.loads(line) for line in runner.invoke(
-        main, ["generate", str(tmp_path / "run"), *clips, "--json", "--method", "beam", "--beam-size", "2"]).output.splitlines()]
+        main, ["generate", str(path.parent.parent), *clips, "--json", "--method", "beam", "--beam-size", "2"]).output.splitlines()]
     assert [r["audio"] for r in rows] == clips and all(r["prompt"] == "generate audio caption" for r in rows)
     missing = runner.invoke(main, ["generate", str(path), str(tmp_path / "nope.wav")])
     assert missing.exit_code == 2 and "nope.wav" in missing.output

@@ -4,12 +4,11 @@ import pytest
 import torch
 
 import pengi_kit
-from pengi_kit.engine import checkpoint as ckpt
+from pengi_kit import checkpoint as ckpt
 from pengi_kit.engine.trainer import Trainer
 from pengi_kit.errors import CheckpointError, WeightsError
 from pengi_kit.recipe import from_dict
-
-from conftest import tiny_raw_recipe
+from pengi_kit.testing import tiny_recipe
 
 
 def _losses(run_dir):
@@ -18,7 +17,7 @@ def _losses(run_dir):
 
 
 def test_checkpoint_round_trip_and_corruption(tmp_path):
-    trainer = Trainer(from_dict(tiny_raw_recipe(tmp_path / "run")), progress=False)
+    trainer = Trainer(from_dict(tiny_recipe(tmp_path / "run", train={"max_steps": 4})), progress=False)
     path = trainer.fit()
     assert path.name == "step-00000004"
     meta = json.loads((path / "meta.json").read_text())
@@ -38,11 +37,13 @@ def test_checkpoint_round_trip_and_corruption(tmp_path):
 
 
 def test_resume_reproduces_the_uninterrupted_run(tmp_path):
-    full = tiny_raw_recipe(tmp_path / "full", max_steps=6, save_every=3)
-    Trainer(from_dict(full), progress=False).fit()
-    part = tiny_raw_recipe(tmp_path / "part", max_steps=3)
-    Trainer(from_dict(part), progress=False).fit()
-    resumed = Trainer(from_dict(tiny_raw_recipe(tmp_path / "part", max_steps=6)), resume=True, progress=False)
+    warmup = ["optim.warmup_steps=2"]  # then steps 1-3 have the same learning rates whether max_steps is 3 or 6
+    full = tiny_recipe(tmp_path / "full", train={"max_steps": 6, "save_every": 3})
+    Trainer(from_dict(full, warmup), progress=False).fit()
+    part = tiny_recipe(tmp_path / "part", train={"max_steps": 3})
+    Trainer(from_dict(part, warmup), progress=False).fit()
+    resumed = Trainer(from_dict(tiny_recipe(tmp_path / "part", train={"max_steps": 6}), warmup), resume=True,
+                      progress=False)
     assert resumed.step == 3
     resumed.fit()
     assert _losses(tmp_path / "part") == _losses(tmp_path / "full")  # bitwise, one process
@@ -51,7 +52,7 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
 def test_gradient_accumulation_matches_full_batch(tmp_path):
     params = []
     for accum in (1, 2):
-        raw = tiny_raw_recipe(tmp_path / f"acc{accum}", max_steps=2, grad_accum=accum)
+        raw = tiny_recipe(tmp_path / f"acc{accum}", train={"max_steps": 2, "grad_accum": accum})
         raw["model"]["audio_encoder"]["name"] = "cnn14"
         trainer = Trainer(from_dict(raw), progress=False)
         trainer.model.eval()  # no dropout or batch-norm batch statistics: micro-batches must equal the batch
@@ -68,7 +69,7 @@ def test_frozen_pretrained_components_are_referenced_not_copied(tmp_path):
     lm = gpt2(pretrained="", n_layer=1, n_embd=32, n_head=2, n_positions=128)
     lm.model.save_pretrained(local)
     lm.tokenizer.save_pretrained(local)
-    raw = tiny_raw_recipe(tmp_path / "run", max_steps=2)
+    raw = tiny_recipe(tmp_path / "run", train={"max_steps": 2})
     raw["model"]["lm"] = {"name": "gpt2", "pretrained": str(local), "trainable": False}
     path = Trainer(from_dict(raw), progress=False).fit()
     from safetensors.torch import load_file
@@ -79,7 +80,7 @@ def test_frozen_pretrained_components_are_referenced_not_copied(tmp_path):
 
 
 def test_missing_pretrained_weights_is_one_clear_line(tmp_path):
-    raw = tiny_raw_recipe(tmp_path / "run")
+    raw = tiny_recipe(tmp_path / "run")
     raw["model"]["lm"] = {"name": "gpt2", "pretrained": str(tmp_path / "no-such-model"), "trainable": False}
     with pytest.raises(WeightsError) as err:
         Trainer(from_dict(raw), progress=False)
@@ -90,7 +91,8 @@ def test_missing_pretrained_weights_is_one_clear_line(tmp_path):
 def test_nonfinite_steps_are_skipped_then_the_run_stops_with_a_checkpoint(tmp_path):
     from pengi_kit.engine.trainer import TrainingError
 
-    trainer = Trainer(from_dict(tiny_raw_recipe(tmp_path / "run", max_steps=8, max_nonfinite_steps=3)), progress=False)
+    raw = tiny_recipe(tmp_path / "run", train={"max_steps": 8, "max_nonfinite_steps": 3})
+    trainer = Trainer(from_dict(raw), progress=False)
     forward = trainer.module.forward
     calls = []
 

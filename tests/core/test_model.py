@@ -3,8 +3,9 @@ import torch.nn.functional as F
 
 from pengi_kit.model import build_model
 from pengi_kit.recipe import from_dict
+from pengi_kit.testing import tiny_recipe
 
-from conftest import tiny_raw_recipe
+TRANSFORMER = {"name": "transformer", "prefix_length": 2, "num_layers": 1, "num_heads": 2}  # a mapper with prefix_const
 
 
 def _inputs(model, texts, prompts=None):
@@ -16,7 +17,7 @@ def _inputs(model, texts, prompts=None):
 
 def test_loss_covers_target_tokens_only(tmp_path):
     torch.manual_seed(0)
-    model = build_model(from_dict(tiny_raw_recipe(tmp_path))).eval()
+    model = build_model(from_dict(tiny_recipe(tmp_path), ["model.lm.tokenizer='byte'"])).eval()
     inputs = _inputs(model, ["a dog", "two high tones"])
     out = model(**inputs)
     # by hand: logits at prefix_end-1+t predict target t; padding after end-of-text is ignored
@@ -37,7 +38,7 @@ def test_loss_covers_target_tokens_only(tmp_path):
 
 
 def test_frozen_lm_passes_gradients_to_the_prefix(tmp_path):
-    raw = tiny_raw_recipe(tmp_path)
+    raw = tiny_recipe(tmp_path, text_encoder=True, audio_mapper=TRANSFORMER, text_mapper=TRANSFORMER)
     raw["model"]["lm"]["trainable"] = False
     raw["model"]["text_encoder"]["trainable"] = False
     model = build_model(from_dict(raw))
@@ -52,7 +53,8 @@ def test_frozen_lm_passes_gradients_to_the_prefix(tmp_path):
 
 
 def test_variant_without_text_encoder_uses_lm_embeddings(tmp_path):
-    model = build_model(from_dict(tiny_raw_recipe(tmp_path, text_encoder=False))).eval()
+    model = build_model(from_dict(tiny_recipe(tmp_path, prompt_length=48,
+                                              text_mapper={**TRANSFORMER, "prefix_length": 48}))).eval()
     assert model.text_encoder is None and model.text_mapper.accepts_sequence
     inputs = _inputs(model, ["yes", "no"], ["question: is there a tone?", "this is a sound of"])
     prefix = model.prefix(inputs["audio"], inputs["prompt_ids"], inputs["prompt_mask"])
@@ -68,8 +70,23 @@ def test_variant_without_text_encoder_uses_lm_embeddings(tmp_path):
 
 
 def test_normalize_switch(tmp_path):
-    model = build_model(from_dict(tiny_raw_recipe(tmp_path))).eval()
+    model = build_model(from_dict(tiny_recipe(tmp_path))).eval()
     emb = model.embed_audio(torch.randn(3, 8000))
     torch.testing.assert_close(emb.norm(dim=-1), torch.ones(3))
-    model = build_model(from_dict(tiny_raw_recipe(tmp_path), ["model.normalize=false"])).eval()
+    model = build_model(from_dict(tiny_recipe(tmp_path), ["model.normalize=false"])).eval()
     assert not torch.allclose(model.embed_audio(torch.randn(3, 8000)).norm(dim=-1), torch.ones(3))
+
+
+def test_target_logprobs_give_the_loss_and_join_prefix_shares_one_prompt(tmp_path):
+    torch.manual_seed(0)
+    model = build_model(from_dict(tiny_recipe(tmp_path))).eval()
+    inputs = _inputs(model, ["a dog", "two high tones"], ["this is a sound of"] * 2)
+    with torch.no_grad():
+        prefix = model.prefix(inputs["audio"], inputs["prompt_ids"], inputs["prompt_mask"])
+        # one prompt's prefix row serves every clip, as inference caches it
+        shared = model.join_prefix(model.audio_prefix(inputs["audio"]), model.prompt_prefix(["this is a sound of"]))
+        torch.testing.assert_close(shared, prefix)
+        logp = model.target_logprobs(prefix, inputs["target_ids"], inputs["target_mask"])
+        assert logp.shape == inputs["target_ids"].shape and (logp <= 0).all()
+        assert (logp[inputs["target_mask"] == 0] == 0).all() and (logp[inputs["target_mask"] == 1] < 0).all()
+        torch.testing.assert_close(-logp.sum(), model(**inputs)["loss_sum"])

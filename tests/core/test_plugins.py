@@ -9,8 +9,7 @@ import pytest
 
 from pengi_kit import plugins
 from pengi_kit.recipe import from_dict
-
-from conftest import tiny_raw_recipe
+from pengi_kit.testing import tiny_recipe
 
 HOOKS = '''
 from pengi_kit import hookimpl
@@ -76,7 +75,7 @@ def test_plugin_component_passes_contract_and_trains_in_a_recipe(plugin_path, tm
     from pengi_kit.testing import check_component
 
     check_component("audio_encoder", "toy-encoder")
-    raw = tiny_raw_recipe(tmp_path / "run")
+    raw = tiny_recipe(tmp_path / "run", train={"max_steps": 4})
     raw["model"]["audio_encoder"] = {"name": "toy-encoder", "embed_dim": 6}
     trainer = Trainer(from_dict(raw), progress=False)
     assert trainer.model.audio_encoder.embed_dim == 6

@@ -2,12 +2,13 @@ import pytest
 
 from pengi_kit.errors import RecipeError
 from pengi_kit.recipe import apply_overrides, dumps, from_dict, load_recipe
+from pengi_kit.testing import tiny_recipe
 
-from conftest import tiny_raw_recipe
+TRANSFORMER = {"name": "transformer", "prefix_length": 2, "num_layers": 1, "num_heads": 2}
 
 
 def test_defaults_fill_and_factory_defaults_resolve(tmp_path):
-    recipe = from_dict(tiny_raw_recipe(tmp_path))
+    recipe = from_dict(tiny_recipe(tmp_path, text_encoder=True))
     assert recipe["optim"]["schedule"] == "linear"
     assert recipe["model"]["audio_encoder"]["num_classes"] == 527  # from cnn14's signature
     assert recipe["model"]["audio_encoder"]["trainable"] is True
@@ -28,13 +29,14 @@ def test_defaults_fill_and_factory_defaults_resolve(tmp_path):
 ])
 def test_validation_names_the_key_and_the_fix(tmp_path, override, message):
     with pytest.raises(RecipeError) as err:
-        from_dict(tiny_raw_recipe(tmp_path), [override])
+        from_dict(tiny_recipe(tmp_path), [override])
     assert message in str(err.value)
     assert "\n" not in str(err.value)
 
 
 def test_extends_merges_and_component_change_drops_old_arguments(tmp_path):
-    (tmp_path / "base.toml").write_text(dumps(tiny_raw_recipe(tmp_path / "run")))
+    base = tiny_recipe(tmp_path / "run", train={"max_steps": 4}, audio_mapper=TRANSFORMER)
+    (tmp_path / "base.toml").write_text(dumps(base))
     (tmp_path / "child.toml").write_text(
         'extends = "base"\n[train]\nbatch_size = 4\n'
         '[model.audio_mapper]\nname = "mlp"\nprefix_length = 2\n')
@@ -51,14 +53,15 @@ def test_extends_loop_is_reported(tmp_path):
 
 
 def test_overrides_parse_toml_values_and_switch_components(tmp_path):
-    raw = apply_overrides(tiny_raw_recipe(tmp_path), ["optim.lr=3e-4", "model.lm.pretrained=gpt2-medium",
-                                                      "optim.betas=[0.8, 0.9]"])
+    raw = apply_overrides(tiny_recipe(tmp_path), ["optim.lr=3e-4", "model.lm.pretrained=gpt2-medium",
+                                                  "optim.betas=[0.8, 0.9]"])
     assert raw["optim"]["lr"] == 3e-4 and raw["optim"]["betas"] == [0.8, 0.9]
     assert raw["model"]["lm"]["pretrained"] == "gpt2-medium"
-    recipe = from_dict(tiny_raw_recipe(tmp_path), ["model.text_encoder.name=roberta"])
+    recipe = from_dict(tiny_recipe(tmp_path, text_encoder=True), ["model.text_encoder.name=roberta"])
     assert recipe["model"]["text_encoder"]["name"] == "roberta"
     assert "projection_dim" not in recipe["model"]["text_encoder"]  # clip-text's arguments are gone
-    no_text = from_dict(tiny_raw_recipe(tmp_path), ["model.text_encoder.name=none", "model.text_mapper.prefix_length=48"])
+    no_text = from_dict(tiny_recipe(tmp_path, text_encoder=True, text_mapper=TRANSFORMER),
+                        ["model.text_encoder.name=none", "model.text_mapper.prefix_length=48"])
     assert "text_encoder" not in no_text["model"]
 
 
@@ -84,7 +87,7 @@ def test_shipped_recipes_validate():
 
 
 def test_show_output_round_trips(tmp_path):
-    recipe = from_dict(tiny_raw_recipe(tmp_path))
+    recipe = from_dict(tiny_recipe(tmp_path))
     (tmp_path / "resolved.toml").write_text(dumps(recipe))
     assert load_recipe(tmp_path / "resolved.toml") == recipe
 

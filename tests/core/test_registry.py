@@ -36,3 +36,13 @@ def test_bad_kind_and_bad_factory_string():
     reg.register("mapper", "broken", "pengi_kit.nope:thing", plugin="a")
     with pytest.raises(RegistryError, match="cannot load factory"):
         reg.get("mapper", "broken").load()
+
+
+def test_tasks_and_importers_register_only_through_their_own_hooks():
+    reg = Registry()
+    staging = reg.staged("p")
+    staging.of("task")("t", "x:y", description="a task", aliases=["t2"])
+    with pytest.raises(RegistryError, match="through register_components; use the register_importers hook"):
+        staging("importer", "i", "x:z")
+    staging.commit()
+    assert reg.get("task", "t2").description == "a task" and reg.names("importer") == []

@@ -90,37 +90,27 @@ def test_train_offline_fails_fast_in_one_line(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    import torch
-
-    from pengi_kit.engine.checkpoint import save_checkpoint
-    from pengi_kit.model import build_model
-    from pengi_kit.recipe import from_dict
-    from pengi_kit.testing import tiny_recipe
-
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("ck")
-    recipe = from_dict(tiny_recipe(folder / "run"))
-    path = save_checkpoint(folder / "step-0", build_model(recipe), recipe)
-    sf.write(folder / "clip.wav", np.random.default_rng(0).uniform(-0.5, 0.5, RATE), RATE)
+def clip(tmp_path_factory):
+    path = tmp_path_factory.mktemp("clip") / "clip.wav"
+    sf.write(path, np.random.default_rng(0).uniform(-0.5, 0.5, RATE), RATE)
     return path
 
 
 @pytest.mark.parametrize("case", ["recipe", "weights-file", "device", "batch-size", "out-folder"])
-def test_generate_mistakes_are_one_line_before_the_model_loads(checkpoint, case, monkeypatch):
+def test_generate_mistakes_are_one_line_before_the_model_loads(untrained_checkpoint, clip, case, monkeypatch):
     import pengi_kit.api
 
     def no_load(*args, **kwargs):
         raise AssertionError("the model was loaded before the input was checked")
 
     monkeypatch.setattr(pengi_kit.api, "load_model", no_load)
-    clip = checkpoint.parent / "clip.wav"
+    checkpoint = untrained_checkpoint
     args = {
         "recipe": [REPO / "recipes" / "demo.toml", clip],
         "weights-file": [checkpoint / "model.safetensors", clip],
         "device": [checkpoint, clip, "--device", "gpu"],
         "batch-size": [checkpoint, clip, "--batch-size", "0"],
-        "out-folder": [checkpoint, clip, "--out", checkpoint.parent / "missing_dir" / "x.txt"],
+        "out-folder": [checkpoint, clip, "--out", clip.parent / "missing_dir" / "x.txt"],
     }[case]
     needle = {"recipe": "is a recipe, not a checkpoint", "weights-file": "not a checkpoint folder",
               "device": "'gpu' is not a device", "batch-size": "--batch-size", "out-folder": "does not exist"}[case]
@@ -129,8 +119,8 @@ def test_generate_mistakes_are_one_line_before_the_model_loads(checkpoint, case,
     assert needle in result.stderr and "Traceback" not in result.output, result.output
 
 
-def test_generate_prints_no_library_warnings_and_text_names_segments(checkpoint, tmp_path):
-    clip = checkpoint.parent / "clip.wav"
+def test_generate_prints_no_library_warnings_and_text_names_segments(untrained_checkpoint, clip, tmp_path):
+    checkpoint = untrained_checkpoint
     manifest = tmp_path / "m.jsonl"
     manifest.write_text(json.dumps({"audio": str(clip), "start": 0.25, "end": 0.75}) + "\n"
                         + json.dumps({"audio": str(clip)}) + "\n")
@@ -144,7 +134,8 @@ def test_generate_prints_no_library_warnings_and_text_names_segments(checkpoint,
     assert names == [f"{clip}[0.25-0.75]", str(clip)]  # no empty start/end columns
 
 
-def test_evaluate_usage_errors_come_before_torch_and_nothing_scored_is_a_failure(checkpoint, tmp_path):
+def test_evaluate_usage_errors_come_before_torch_and_nothing_scored_is_a_failure(untrained_checkpoint, tmp_path):
+    checkpoint = untrained_checkpoint
     code = ("import sys\nfrom pengi_kit.cli import main\ntry:\n    main(['evaluate', sys.argv[1]])\n"
             "except SystemExit as e:\n    print(e.code, 'torch' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code, str(checkpoint)], capture_output=True, text=True, timeout=60)

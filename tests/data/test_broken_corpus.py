@@ -11,8 +11,8 @@ import pytest
 from pengi_kit.engine.trainer import Trainer, TrainingError
 from pengi_kit.errors import ManifestError
 from pengi_kit.recipe import from_dict
+from pengi_kit.testing import tiny_recipe
 
-from conftest import tiny_raw_recipe
 from corpora import make_broken_corpus
 
 MAX_SECONDS = 5.0
@@ -20,7 +20,7 @@ BATCH = 8
 
 
 def _recipe(tmp_path, manifest, on_error):
-    raw = tiny_raw_recipe(tmp_path / "run", batch_size=BATCH, max_steps=0, epochs=1)
+    raw = tiny_recipe(tmp_path / "run", train={"batch_size": BATCH, "max_steps": 0, "epochs": 1})
     raw["data"].update(train=str(manifest), valid="", on_error=on_error, max_seconds=MAX_SECONDS)
     return from_dict(raw)
 
@@ -95,7 +95,7 @@ def test_bad_validation_clips_are_reported_once(tmp_path):
     manifest = tmp_path / "valid.jsonl"
     manifest.write_text("".join(json.dumps({"audio": name, "task": "caption", "text": "a tone"}) + "\n"
                                 for name in ("good.wav", "bad.wav")))
-    raw = tiny_raw_recipe(tmp_path / "run", max_steps=2, eval_every=1)
+    raw = tiny_recipe(tmp_path / "run", train={"max_steps": 2, "eval_every": 1})
     raw["data"]["valid"] = str(manifest)
     Trainer(from_dict(raw), progress=False).fit()
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

@@ -18,12 +18,10 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 from click.testing import CliRunner
 
 from pengi_kit.cli import main
-
-from conftest import tiny_raw_recipe
+from pengi_kit.testing import tiny_recipe
 
 SR = 16000
 TIMEOUT = 120.0  # seconds: a regression fails here instead of hanging CI
@@ -211,7 +209,7 @@ def test_data_shard_lists_every_unreadable_file(hostile, tmp_path, capfd):
 # ---------------------------------------------------------------- generate over a folder
 
 def test_collect_inputs_reports_what_it_leaves_out(hostile):
-    from pengi_kit.api import collect_inputs
+    from pengi_kit.data.inputs import collect_inputs
 
     clips, _ = hostile
     jobs, problems = within(TIMEOUT, collect_inputs, [clips])
@@ -225,22 +223,10 @@ def test_collect_inputs_reports_what_it_leaves_out(hostile):
         assert_each_reported_once(problems, [name])
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    from pengi_kit.engine.checkpoint import save_checkpoint
-    from pengi_kit.model import build_model
-    from pengi_kit.recipe import from_dict
-
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("ck")
-    recipe = from_dict({**tiny_raw_recipe(folder / "run"), "generate": {"method": "greedy", "max_new_tokens": 2}})
-    return str(save_checkpoint(folder / "step-0", build_model(recipe), recipe))
-
-
-def test_generate_over_the_folder_skips_each_with_its_reason(hostile, checkpoint, capfd):
+def test_generate_over_the_folder_skips_each_with_its_reason(hostile, untrained_checkpoint, capfd):
     clips, _ = hostile
     result = within(TIMEOUT, CliRunner().invoke, main,
-                    ["generate", checkpoint, str(clips), "--format", "jsonl", "--no-progress"])
+                    ["generate", str(untrained_checkpoint), str(clips), "--format", "jsonl", "--no-progress"])
     assert result.exit_code == 1, result.output
     assert "Traceback" not in result.output
     rows = [json.loads(line) for line in result.stdout.splitlines()]
@@ -255,12 +241,12 @@ def test_generate_over_the_folder_skips_each_with_its_reason(hostile, checkpoint
 # ---------------------------------------------------------------- the training data path
 
 def test_training_batches_carry_each_error(hostile, tmp_path, capfd):
-    from pengi_kit.data.dataset import build_dataset
+    from pengi_kit.data.build import build_dataset
     from pengi_kit.data.loader import TrainLoader
     from pengi_kit.recipe import from_dict
 
     _, manifest = hostile
-    raw = tiny_raw_recipe(tmp_path / "run")
+    raw = tiny_recipe(tmp_path / "run")
     raw["data"]["train"] = str(manifest)
     dataset = build_dataset(from_dict(raw), "train", SR, 0.5)
     assert len(dataset) == len(GOOD) + len(REASONS)

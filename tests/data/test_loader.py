@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from pengi_kit.data.dataset import ManifestDataset, MixtureDataset, build_dataset
+from pengi_kit.data.build import build_dataset
+from pengi_kit.data.dataset import ManifestDataset, MixtureDataset
 from pengi_kit.data.loader import TrainLoader
 from pengi_kit.data.sampler import BucketBatchSampler
 from pengi_kit.errors import RecipeError
 from pengi_kit.recipe import from_dict
+from pengi_kit.testing import tiny_recipe
 
-from conftest import tiny_raw_recipe
 from corpora import tone, write
 
 SR = 16000
@@ -114,7 +115,7 @@ def test_zero_and_two_workers_give_identical_batches(tmp_path):
 def test_mixture_from_recipe_weights_templates_and_crops(tmp_path):
     a = corpus(tmp_path, "a", 8)
     b = corpus(tmp_path, "b", 16, task="caption")
-    raw = tiny_raw_recipe(tmp_path / "run")
+    raw = tiny_recipe(tmp_path / "run")
     raw["data"]["train"] = [
         {"manifest": str(a), "weight": 2, "task": "caption", "templates": {"caption": "describe the {kind} sound"}},
         {"manifest": str(b), "weight": 0.5},
@@ -137,7 +138,7 @@ def test_mixture_from_recipe_weights_templates_and_crops(tmp_path):
 
 def test_dataset_can_add_its_own_task(tmp_path):
     path = corpus(tmp_path, "d", 2, task="spoken_digit", speaker="theo")
-    raw = tiny_raw_recipe(tmp_path / "run")
+    raw = tiny_recipe(tmp_path / "run")
     raw["data"]["train"] = [{"manifest": str(path), "templates": {"spoken_digit": "which digit does {speaker} say"}}]
     dataset = build_dataset(from_dict(raw), "train", SR, 0.2)
     assert dataset[1]["prompt"] == "which digit does theo say" and dataset[1]["task"] == "spoken_digit"
@@ -152,7 +153,7 @@ def test_dataset_can_add_its_own_task(tmp_path):
     ("a.jsonl", r"data.train\[0\]: expected a table"),
 ])
 def test_bad_mixture_entries_are_recipe_errors(tmp_path, entry, message):
-    raw = tiny_raw_recipe(tmp_path / "run")
+    raw = tiny_recipe(tmp_path / "run")
     raw["data"]["train"] = [entry]
     with pytest.raises(RecipeError, match=message):
         from_dict(raw)
@@ -160,7 +161,7 @@ def test_bad_mixture_entries_are_recipe_errors(tmp_path, entry, message):
 
 def test_plain_string_source_still_works(tmp_path):
     path = corpus(tmp_path, "s", 4, task="caption")
-    raw = tiny_raw_recipe(tmp_path / "run")
+    raw = tiny_recipe(tmp_path / "run")
     raw["data"]["train"] = str(path)
     dataset = build_dataset(from_dict(raw), "train", SR, 0.2)
     assert isinstance(dataset, ManifestDataset) and len(dataset) == 4

@@ -12,13 +12,13 @@ import torch
 from click.testing import CliRunner
 
 from pengi_kit.cli import main
-from pengi_kit.data.dataset import build_dataset
+from pengi_kit.data.build import build_dataset
 from pengi_kit.data.loader import TrainLoader, eval_loader
 from pengi_kit.data.shards import ShardDataset, ShardError, expand_braces, resolve_shards
 from pengi_kit.engine.trainer import Trainer
 from pengi_kit.recipe import from_dict
+from pengi_kit.testing import tiny_recipe
 
-from conftest import tiny_raw_recipe
 from corpora import tone, write
 
 SR = 16000
@@ -114,7 +114,7 @@ def test_streaming_same_batches_for_any_worker_count_and_rank_split(sharded):
 
 def test_training_streams_shards(sharded, tmp_path):
     _, out = sharded
-    raw = tiny_raw_recipe(tmp_path / "run", batch_size=4, max_steps=3)
+    raw = tiny_recipe(tmp_path / "run", train={"batch_size": 4, "max_steps": 3})
     raw["data"].update(train=str(out / "train-{000000..000003}.tar"), valid=str(out), num_workers=2)
     recipe = from_dict(raw)
     assert isinstance(build_dataset(recipe, "train", SR, 0.5), ShardDataset)
@@ -129,7 +129,7 @@ def test_training_streams_shards(sharded, tmp_path):
 
 def test_shards_cannot_be_mixed_with_weights(sharded, tmp_path):
     manifest, out = sharded
-    raw = tiny_raw_recipe(tmp_path / "run")
+    raw = tiny_recipe(tmp_path / "run")
     raw["data"]["train"] = [{"manifest": str(out)}, {"manifest": str(manifest), "weight": 2}]
     with pytest.raises(Exception, match="cannot be mixed"):
         build_dataset(from_dict(raw), "train", SR, 0.5)

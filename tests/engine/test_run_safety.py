@@ -18,12 +18,11 @@ from click.testing import CliRunner
 
 from pengi_kit.cli import main
 from pengi_kit.data.sampler import BucketBatchSampler
-from pengi_kit.engine import checkpoint as ckpt
+from pengi_kit import checkpoint as ckpt
 from pengi_kit.engine.trainer import Trainer, TrainingAborted, TrainingError, TrainingInterrupted
 from pengi_kit.errors import PengiKitError
 from pengi_kit.recipe import dumps, from_dict
-
-from conftest import tiny_raw_recipe
+from pengi_kit.testing import tiny_recipe
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -60,7 +59,7 @@ def no_model(monkeypatch):
 def test_a_second_run_into_a_run_directory_is_refused_and_changes_nothing(tmp_path):
     run = tmp_path / "run"
     recipe = tmp_path / "r.toml"
-    recipe.write_text(dumps(tiny_raw_recipe(run, max_steps=2)))
+    recipe.write_text(dumps(tiny_recipe(run, train={"max_steps": 2})))
     first = _cli("train", str(recipe))
     assert first.returncode == 0, first.stderr[-2000:]
     (run / "audio_tagger.pth").write_bytes(b"weights a recipe loads")  # not a run: never counts, never goes
@@ -87,7 +86,7 @@ def test_any_trace_of_a_run_is_refused_before_the_model_is_built(tmp_path, no_mo
         (run / leftover / ".step-00000003.tmp-1").mkdir(parents=True)
     with pytest.raises(TrainingError, match=r"holds another run \((a metrics.jsonl up to step 7|a best/ checkpoint|"
                                             r"an unfinished checkpoints/ folder)\); continue it with --resume"):
-        Trainer(from_dict(tiny_raw_recipe(run)), progress=False)
+        Trainer(from_dict(tiny_recipe(run)), progress=False)
     result = CliRunner().invoke(main, ["train", "--help"])  # the flags the message names exist
     assert "--resume" in result.output and "--overwrite" in result.output
 
@@ -96,19 +95,19 @@ def test_a_directory_without_a_run_is_used(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "audio_tagger.pth").write_bytes(b"x")  # e.g. the demo's tagger, which its recipe loads
-    trainer = Trainer(from_dict(tiny_raw_recipe(run, max_steps=1, best_metric="")), progress=False)
+    trainer = Trainer(from_dict(tiny_recipe(run, train={"max_steps": 1, "best_metric": ""})), progress=False)
     assert trainer.fit().name == "step-00000001"
 
 
 def test_resume_continues_and_overwrite_starts_over_keeping_other_files(tmp_path):
     run = tmp_path / "run"
-    Trainer(from_dict(tiny_raw_recipe(run, max_steps=2)), progress=False).fit()
-    resumed = Trainer(from_dict(tiny_raw_recipe(run, max_steps=3)), resume=True, progress=False)
+    Trainer(from_dict(tiny_recipe(run, train={"max_steps": 2})), progress=False).fit()
+    resumed = Trainer(from_dict(tiny_recipe(run, train={"max_steps": 3})), resume=True, progress=False)
     assert resumed.step == 2 and resumed.fit().name == "step-00000003"
     assert sorted(_losses(run)) == [1, 2, 3]
 
     (run / "audio_tagger.pth").write_bytes(b"kept")
-    raw = tiny_raw_recipe(run, max_steps=2, save_every=1, keep_last=5)
+    raw = tiny_recipe(run, train={"max_steps": 2, "save_every": 1, "keep_last": 5})
     raw["optim"]["lr"] = 5e-4  # another run: its checkpoint must be its own, not the first run's step 2
     with pytest.raises(TrainingError, match="choose one"):
         Trainer(from_dict(raw), resume=True, overwrite=True, progress=False)
@@ -124,7 +123,7 @@ def test_resume_continues_and_overwrite_starts_over_keeping_other_files(tmp_path
 def test_cli_overwrite_starts_over(tmp_path):
     run = tmp_path / "run"
     recipe = tmp_path / "r.toml"
-    recipe.write_text(dumps(tiny_raw_recipe(run, max_steps=3, best_metric="")))
+    recipe.write_text(dumps(tiny_recipe(run, train={"max_steps": 3, "best_metric": ""})))
     runner = CliRunner()
     assert runner.invoke(main, ["train", str(recipe)]).exit_code == 0
     both = runner.invoke(main, ["train", str(recipe), "--resume", "--overwrite"])
@@ -140,19 +139,19 @@ def test_cli_overwrite_starts_over(tmp_path):
 
 def test_the_final_checkpoint_replaces_a_damaged_one_of_the_same_step(tmp_path):
     run = tmp_path / "run"
-    Trainer(from_dict(tiny_raw_recipe(run, max_steps=4, save_every=2, keep_last=5)), progress=False).fit()
+    Trainer(from_dict(tiny_recipe(run, train={"max_steps": 4, "save_every": 2, "keep_last": 5})), progress=False).fit()
     newest = ckpt.checkpoints(run)[-1]
     (newest / "model.safetensors").write_bytes(b"truncated")
-    resumed = Trainer(from_dict(tiny_raw_recipe(run, max_steps=4, save_every=2, keep_last=5)), resume=True,
-                      progress=False)
+    resumed = Trainer(from_dict(tiny_recipe(run, train={"max_steps": 4, "save_every": 2, "keep_last": 5})),
+                      resume=True, progress=False)
     assert resumed.step == 2
     path = resumed.fit()  # step 4 again: written by this run, not the damaged folder left in place
     assert path == newest and ckpt.verify(path)["step"] == 4
 
     # keep_last = 1 while a damaged later checkpoint lingers: the one just written is never pruned
     (newest / "model.safetensors").write_bytes(b"truncated")
-    resumed = Trainer(from_dict(tiny_raw_recipe(run, max_steps=3, save_every=1, keep_last=1)), resume=True,
-                      progress=False)
+    resumed = Trainer(from_dict(tiny_recipe(run, train={"max_steps": 3, "save_every": 1, "keep_last": 1})),
+                      resume=True, progress=False)
     assert resumed.step == 2
     path = resumed.fit()
     assert path.name == "step-00000003" and ckpt.verify(path)["step"] == 3
@@ -163,11 +162,11 @@ def test_the_final_checkpoint_replaces_a_damaged_one_of_the_same_step(tmp_path):
 @pytest.mark.parametrize("launch", ["checked", "overwrite", "raw"])
 def test_a_torchrun_restart_continues_its_own_run(tmp_path, monkeypatch, launch):
     run = tmp_path / "run"
-    Trainer(from_dict(tiny_raw_recipe(run, max_steps=2)), progress=False).fit()  # the first attempt's work
+    Trainer(from_dict(tiny_recipe(run, train={"max_steps": 2})), progress=False).fit()  # the first attempt's work
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
     if launch == "checked":  # `pengi-kit train --max-restarts` checked the directory before the first attempt
         monkeypatch.setenv("PENGI_KIT_RUN_CHECKED", "1")
-    recipe = from_dict(tiny_raw_recipe(run, max_steps=3))
+    recipe = from_dict(tiny_recipe(run, train={"max_steps": 3}))
     if launch == "raw":  # torchrun started by hand: nothing says the run there is this one's
         with pytest.raises(TrainingError, match="holds another run"):
             Trainer(recipe, progress=False)
@@ -180,10 +179,10 @@ def test_a_torchrun_restart_continues_its_own_run(tmp_path, monkeypatch, launch)
 
 def test_a_signal_in_fit_stops_with_a_checkpoint_and_resume_is_exact(tmp_path):
     full = tmp_path / "full"
-    Trainer(from_dict(tiny_raw_recipe(full, max_steps=6)), progress=False).fit()
+    Trainer(from_dict(tiny_recipe(full, train={"max_steps": 6})), progress=False).fit()
 
     run = tmp_path / "run"
-    trainer = Trainer(from_dict(tiny_raw_recipe(run, max_steps=6)), progress=False)
+    trainer = Trainer(from_dict(tiny_recipe(run, train={"max_steps": 6})), progress=False)
     step = trainer.train_step
 
     def interrupted_step(batch):
@@ -204,14 +203,14 @@ def test_a_signal_in_fit_stops_with_a_checkpoint_and_resume_is_exact(tmp_path):
     assert ckpt.verify(exc.checkpoint)["step"] == 3
     assert [r for r in _rows(run) if r.get("event") == "interrupted"][0]["signal"] == "SIGINT"
 
-    resumed = Trainer(from_dict(tiny_raw_recipe(run, max_steps=6)), resume=True, progress=False)
+    resumed = Trainer(from_dict(tiny_recipe(run, train={"max_steps": 6})), resume=True, progress=False)
     assert resumed.step == 3
     resumed.fit()
     assert _losses(run) == _losses(full)  # bitwise: the interrupted run lost nothing
 
 
 def test_a_second_signal_aborts_at_once(tmp_path):
-    trainer = Trainer(from_dict(tiny_raw_recipe(tmp_path / "run", max_steps=6)), progress=False)
+    trainer = Trainer(from_dict(tiny_recipe(tmp_path / "run", train={"max_steps": 6})), progress=False)
     step = trainer.train_step
 
     def twice(batch):
@@ -250,7 +249,7 @@ def _wait_for_step(proc, run, step, timeout=240):
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_the_command_stops_on_a_signal_with_a_checkpoint_and_resumes(tmp_path, sig):
     run = tmp_path / "run"
-    raw = tiny_raw_recipe(run, max_steps=5000, save_every=0, eval_every=0, best_metric="")
+    raw = tiny_recipe(run, train={"max_steps": 5000, "save_every": 0, "eval_every": 0, "best_metric": ""})
     raw["data"].update(synthetic_train_size=4000, num_workers=1 if sig == signal.SIGINT else 0)
     recipe = tmp_path / "r.toml"
     recipe.write_text(dumps(raw))
@@ -286,7 +285,7 @@ def test_the_command_stops_on_a_signal_with_a_checkpoint_and_resumes(tmp_path, s
 
 def test_every_process_stops_at_the_same_step_under_torchrun(tmp_path):
     run = tmp_path / "run"
-    raw = tiny_raw_recipe(run, max_steps=5000, save_every=0, eval_every=0, best_metric="")
+    raw = tiny_recipe(run, train={"max_steps": 5000, "save_every": 0, "eval_every": 0, "best_metric": ""})
     raw["data"]["synthetic_train_size"] = 4000
     recipe = tmp_path / "r.toml"
     recipe.write_text(dumps(raw))
@@ -316,19 +315,19 @@ def test_every_process_stops_at_the_same_step_under_torchrun(tmp_path):
 
 def test_device_that_torch_does_not_parse_is_one_line(tmp_path, no_model):
     recipe = tmp_path / "r.toml"
-    recipe.write_text(dumps(tiny_raw_recipe(tmp_path / "run")))
+    recipe.write_text(dumps(tiny_recipe(tmp_path / "run")))
     result = _cli("train", str(recipe), "--device", "gpu")
     assert result.returncode == 2
     assert result.stderr.splitlines() == ["error: --device 'gpu' is not a device; use cpu, cuda, cuda:N or mps"]
     with pytest.raises(PengiKitError, match="is not a device"):
-        Trainer(from_dict(tiny_raw_recipe(tmp_path / "run")), device="gpu")
+        Trainer(from_dict(tiny_recipe(tmp_path / "run")), device="gpu")
 
 
 def test_cuda_without_cuda_is_one_line_before_the_model(tmp_path, monkeypatch, no_model):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
     recipe = tmp_path / "r.toml"
-    recipe.write_text(dumps(tiny_raw_recipe(tmp_path / "run")))
+    recipe.write_text(dumps(tiny_recipe(tmp_path / "run")))
     for args in (["train", str(recipe), "--device", "cuda"], ["train", str(recipe), "--device", "cuda:1"]):
         result = CliRunner().invoke(main, args)
         assert result.exit_code == 2, result.output
@@ -336,7 +335,7 @@ def test_cuda_without_cuda_is_one_line_before_the_model(tmp_path, monkeypatch, n
         assert len(lines) == 1 and lines[0].endswith("; use --device cpu"), lines
         assert lines[0].startswith(f"error: --device {args[-1]}: torch sees no CUDA GPU on this machine"), lines
     with pytest.raises(PengiKitError, match="no CUDA GPU"):
-        Trainer(from_dict(tiny_raw_recipe(tmp_path / "run")), device="cuda")
+        Trainer(from_dict(tiny_recipe(tmp_path / "run")), device="cuda")
     assert not (tmp_path / "run").exists()
 
 
@@ -370,13 +369,13 @@ def test_the_left_out_examples_rotate_so_every_one_is_seen():
 
 
 def test_the_trainer_says_how_many_examples_each_epoch_leaves_out(tmp_path, capsys):
-    raw = tiny_raw_recipe(tmp_path / "run")
+    raw = tiny_recipe(tmp_path / "run")
     raw["data"]["synthetic_train_size"] = 50
     Trainer(from_dict(raw), progress=False)
     err = capsys.readouterr().err
     # 50 clips, 5 examples each, 8 to a batch
     assert "pengi-kit: each epoch uses 248 of 250 examples (2 left out per epoch, different ones each epoch)" in err
-    Trainer(from_dict(tiny_raw_recipe(tmp_path / "other")), progress=False)  # 320 of 320: nothing to say
+    Trainer(from_dict(tiny_recipe(tmp_path / "other")), progress=False)  # 240 of 240: nothing to say
     assert "left out" not in capsys.readouterr().err
 
 

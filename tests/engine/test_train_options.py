@@ -5,12 +5,11 @@ import pytest
 import torch
 
 import pengi_kit
-from pengi_kit.engine import checkpoint as ckpt
+from pengi_kit import checkpoint as ckpt
 from pengi_kit.engine.trainer import Trainer
 from pengi_kit.errors import RecipeError
 from pengi_kit.recipe import from_dict
-
-from conftest import tiny_raw_recipe
+from pengi_kit.testing import tiny_recipe
 
 
 def _rows(run_dir):
@@ -20,7 +19,8 @@ def _rows(run_dir):
 def test_activation_checkpointing_trains_to_the_same_loss(tmp_path, capsys):
     losses = []
     for flag in (False, True):
-        raw = tiny_raw_recipe(tmp_path / str(flag), max_steps=1, activation_checkpointing=flag, best_metric="")
+        raw = tiny_recipe(tmp_path / str(flag), text_encoder=True,
+                          train={"max_steps": 1, "activation_checkpointing": flag, "best_metric": ""})
         raw["data"]["valid"] = ""
         trainer = Trainer(from_dict(raw), progress=False)
         if flag:
@@ -33,20 +33,21 @@ def test_activation_checkpointing_trains_to_the_same_loss(tmp_path, capsys):
 
 
 def test_compile_and_best_options_are_validated(tmp_path):
-    recipe = from_dict(tiny_raw_recipe(tmp_path))
+    recipe = from_dict(tiny_recipe(tmp_path))
     assert recipe["train"]["compile"] is False and recipe["train"]["activation_checkpointing"] is False
     assert (recipe["train"]["best_metric"], recipe["train"]["best_mode"]) == ("valid_loss", "min")
-    assert from_dict(tiny_raw_recipe(tmp_path, compile=True))["train"]["compile"] is True
+    assert from_dict(tiny_recipe(tmp_path, train={"compile": True}))["train"]["compile"] is True
     with pytest.raises(RecipeError, match="train.compile: expected boolean"):
-        from_dict(tiny_raw_recipe(tmp_path, compile="yes"))
+        from_dict(tiny_recipe(tmp_path, train={"compile": "yes"}))
     with pytest.raises(RecipeError, match="train.best_mode: 'lowest' is not one of"):
-        from_dict(tiny_raw_recipe(tmp_path, best_mode="lowest"))
+        from_dict(tiny_recipe(tmp_path, train={"best_mode": "lowest"}))
 
 
 @pytest.mark.parametrize("mode", ["min", "max"])
 def test_best_checkpoint_follows_the_metric_and_survives_pruning(tmp_path, mode):
     run = tmp_path / "run"
-    raw = tiny_raw_recipe(run, max_steps=4, eval_every=1, save_every=1, keep_last=1, best_mode=mode)
+    raw = tiny_recipe(run, train={"max_steps": 4, "eval_every": 1, "save_every": 1, "keep_last": 1,
+                               "best_mode": mode})
     raw["data"]["synthetic_valid_size"] = 2
     trainer = Trainer(from_dict(raw), progress=False)
     trainer.fit()
@@ -63,7 +64,7 @@ def test_best_checkpoint_follows_the_metric_and_survives_pruning(tmp_path, mode)
 
 def test_best_metric_disabled(tmp_path):
     run = tmp_path / "run"
-    Trainer(from_dict(tiny_raw_recipe(run, max_steps=2, best_metric="")), progress=False).fit()
+    Trainer(from_dict(tiny_recipe(run, train={"max_steps": 2, "best_metric": ""})), progress=False).fit()
     assert not (run / "best").exists()
 
 
@@ -72,7 +73,7 @@ def test_tensorboard_scalars(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     run = tmp_path / "run"
-    Trainer(from_dict(tiny_raw_recipe(run, max_steps=2)), progress=False).fit()
+    Trainer(from_dict(tiny_recipe(run, train={"max_steps": 2})), progress=False).fit()
     events = EventAccumulator(str(run / "tensorboard"))
     events.Reload()
     assert {"loss", "lr", "valid_loss"} <= set(events.Tags()["scalars"])

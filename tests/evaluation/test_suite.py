@@ -43,11 +43,3 @@ def test_missing_manifest_is_skipped_with_its_recipe(tmp_path):
     report = json.loads((tmp_path / "out" / "results.json").read_text())
     assert report["tasks"][0]["status"].startswith("skipped")
     assert "| caps | CIDEr-D |" in (tmp_path / "out" / "results.md").read_text()
-
-
-def test_cli_offers_every_task():
-    from pengi_kit.cli import evaluate_cmd
-    from pengi_kit.evaluation.tasks import TASKS
-
-    choice = next(p for p in evaluate_cmd.params if p.name == "task").type.choices
-    assert list(choice) == list(TASKS)

@@ -12,14 +12,15 @@ from pengi_kit.errors import PengiKitError
 from pengi_kit.evaluation.tasks import evaluate
 from pengi_kit.model import build_model
 from pengi_kit.recipe import from_dict
-
-from conftest import tiny_raw_recipe
+from pengi_kit.testing import tiny_recipe
 
 
 @pytest.fixture(scope="module")
 def pengi(tmp_path_factory):
     torch.manual_seed(0)
-    return Pengi(build_model(from_dict(tiny_raw_recipe(tmp_path_factory.mktemp("run")))).eval(), num_workers=1)
+    raw = tiny_recipe(tmp_path_factory.mktemp("run"), text_encoder=True)
+    model = build_model(from_dict(raw, ["model.lm.tokenizer='byte'"])).eval()  # no label is an unknown word
+    return Pengi(model, num_workers=1)
 
 
 def test_log_likelihood_is_the_mean_token_log_probability_of_training(pengi):

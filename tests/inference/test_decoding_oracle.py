@@ -54,7 +54,6 @@ def test_default_beam_with_every_option_equals_uncached(eos_lm):
                      opts.get("temperature", 1.0)) for i in range(len(x))]
         assert got == want
         lengths = sorted(len(t) for t in got)
-        print(lengths)
         assert len(set(lengths)) >= 3  # clips leave the batch at different steps
 
 
@@ -139,6 +138,10 @@ def test_bad_settings_are_named():
     Decoding(compat="pengi", temperature=0)  # the reference treats it as 1
     with pytest.raises(ValueError, match="top_p"):
         Decoding(top_p=0)
+    with pytest.raises(TypeError, match="beam_sise"):
+        Decoding.from_dict({"beam_sise": 3})
+    with pytest.raises(ValueError, match="'beam', 'greedy' or 'sample'"):
+        Decoding.from_dict({"method": "nucleus"})
 
 
 def test_preallocated_cache_equals_the_growing_one(eos_lm):

@@ -12,8 +12,7 @@ from pengi_kit.api import Clip, Pengi
 from pengi_kit.errors import AudioError
 from pengi_kit.model import build_model
 from pengi_kit.recipe import from_dict
-
-from conftest import tiny_raw_recipe
+from pengi_kit.testing import tiny_recipe
 
 RATE = 16000
 
@@ -21,9 +20,10 @@ RATE = 16000
 @pytest.fixture(scope="module")
 def pengi(tmp_path_factory):
     torch.manual_seed(0)
-    raw = tiny_raw_recipe(tmp_path_factory.mktemp("run"))
+    raw = tiny_recipe(tmp_path_factory.mktemp("run"), text_encoder=True)
     raw["generate"] = {"method": "beam", "beam_size": 2, "max_new_tokens": 5}
-    model = build_model(from_dict(raw)).eval()
+    # GPT-2's byte-level tokens: compat "pengi" stops on a space, not on end-of-text
+    model = build_model(from_dict(raw, ["model.lm.tokenizer='byte'"])).eval()
     return Pengi(model, num_workers=2)
 
 
@@ -124,3 +124,16 @@ def test_bad_clips_raise_or_are_skipped(pengi, tmp_path):
         pengi.generate([wave(0)], "x")
     with pytest.raises(ValueError, match="2 clips but 3 prompts"):
         pengi.generate([good, good], ["a", "b", "c"])
+
+
+def test_arrays_and_files_take_one_preparation_path(pengi, tmp_path):
+    # stereo at another rate, shorter than the encoder's clip: mixed, resampled and repeat-padded alike
+    rate = 22050
+    stereo = np.random.default_rng(7).uniform(-0.5, 0.5, (int(rate * 0.3), 2)).astype(np.float32)
+    sf.write(tmp_path / "st.wav", stereo, rate, subtype="FLOAT")
+    from_file = pengi._waveform(str(tmp_path / "st.wav"), None)
+    assert from_file.shape == (int(pengi.model.sample_rate * pengi.model.clip_seconds),)
+    for array in [(stereo, rate), (stereo.T, rate), (torch.from_numpy(stereo.T).double(), rate)]:
+        torch.testing.assert_close(pengi._waveform(array, None), from_file)
+    with pytest.raises(ValueError, match=r"1-D \(or 2-D with channels\), got shape \(2, 3, 4\)"):
+        pengi._waveform((np.zeros((2, 3, 4)), rate), None)

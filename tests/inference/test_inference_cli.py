@@ -7,25 +7,16 @@ import json
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 from click.testing import CliRunner
 
 from pengi_kit.cli import main
-from pengi_kit.engine.checkpoint import save_checkpoint
-from pengi_kit.model import build_model
-from pengi_kit.recipe import from_dict
-
-from conftest import tiny_raw_recipe
 
 RATE = 16000
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("ck")
-    recipe = from_dict({**tiny_raw_recipe(folder / "run"), "generate": {"method": "greedy", "max_new_tokens": 4}})
-    return str(save_checkpoint(folder / "step-0", build_model(recipe), recipe))
+def checkpoint(untrained_checkpoint):
+    return str(untrained_checkpoint)
 
 
 @pytest.fixture(scope="module")

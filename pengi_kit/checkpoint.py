@@ -13,6 +13,10 @@
 
 Writes are atomic (temporary directory, fsync, rename). Loading verifies the hashes
 and never unpickles arbitrary objects (``torch.load(weights_only=True)``).
+
+Inference, the importers and the trainer all read and write checkpoints here; this
+module imports nothing of the engine, so loading a model for inference does not load
+the training code.
 """
 from __future__ import annotations
 

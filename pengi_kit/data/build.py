@@ -1,0 +1,66 @@
+"""The train and valid datasets a recipe names.
+
+Kept apart from the dataset classes so that neither :mod:`pengi_kit.data.dataset` nor
+:mod:`pengi_kit.data.shards` needs the other: this module is the one place that knows
+every kind of source.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from pengi_kit.data.base import PengiDataset
+from pengi_kit.data.dataset import ManifestDataset, MixtureDataset, SyntheticDataset
+from pengi_kit.data.shards import ShardDataset, is_shard_source
+from pengi_kit.data.synthetic import SyntheticCorpus
+from pengi_kit.errors import RecipeError
+
+__all__ = ["build_dataset", "sources", "synthetic_corpus"]
+
+
+def synthetic_corpus(recipe: dict[str, Any], split: str, sample_rate: int,
+                     clip_seconds: float | None) -> SyntheticCorpus:
+    """The synthetic split a recipe describes; train and valid clips are disjoint."""
+    seed = recipe["seed"] + (0 if split == "train" else 10_000_019)
+    return SyntheticCorpus(recipe["data"][f"synthetic_{split}_size"], seed, sample_rate, clip_seconds or 2.0)
+
+
+def sources(recipe: dict[str, Any], split: str) -> list[dict[str, Any]]:
+    """``data.train`` / ``data.valid`` as a list of ``{"manifest", "weight", ...}`` tables."""
+    source = recipe["data"][split]
+    if isinstance(source, str):
+        return [{"manifest": source, "weight": 1.0}] if source else []
+    return [dict(entry) for entry in source]
+
+
+def build_dataset(recipe: dict[str, Any], split: str, sample_rate: int,
+                  clip_seconds: float | None) -> PengiDataset | None:
+    """The train or valid dataset a recipe names; None when it names none.
+
+    A source is ``"synthetic"``, a JSONL/CSV manifest, or (alone) a shard pattern or
+    folder, which streams. Several sources make a :class:`MixtureDataset` (for
+    ``valid``, weights are ignored: every example is scored once).
+    """
+    data = recipe["data"]
+    entries = sources(recipe, split)
+    if not entries:
+        return None
+    crop = data["train_crop"] if split == "train" else data["eval_crop"]
+    built: list[PengiDataset] = []
+    for stream, entry in enumerate(entries):
+        name = entry["manifest"]
+        if name == "synthetic":
+            built.append(SyntheticDataset(synthetic_corpus(recipe, split, sample_rate, clip_seconds)))
+        elif is_shard_source(name):
+            if len(entries) > 1 or entry.get("weight", 1.0) != 1.0:
+                raise RecipeError(f"data.{split}: shards '{name}' stream and cannot be mixed with weights "
+                                    "(shard each corpus into one set, or mix manifests)")
+            return ShardDataset(name, sample_rate, clip_seconds, crop, recipe["seed"],
+                                max_seconds=data["max_seconds"])
+        else:
+            built.append(ManifestDataset(name, sample_rate, clip_seconds, crop, recipe["seed"], data["on_error"],
+                                         task=entry.get("task"), templates=entry.get("templates"),
+                                         max_seconds=data["max_seconds"], stream=stream))
+    if len(built) == 1 and entries[0].get("weight", 1.0) == 1.0:
+        return built[0]
+    weights = [e.get("weight", 1.0) if split == "train" else 1.0 for e in entries]
+    return MixtureDataset(built, weights)
