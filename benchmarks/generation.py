@@ -28,7 +28,8 @@ import torch
 RATE, SECONDS, PROMPT = 44100, 7.0, "generate audio caption"
 
 
-def build_model(device: str):
+def build_model(device: str, lm_layers: int = 12, vocab: int = 50257):
+    """Pengi-base shape; a smaller LM and vocabulary only for ``benchmarks/gpu.sh --smoke``."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from pengi_kit.components._hf import word_tokenizer
@@ -40,8 +41,8 @@ def build_model(device: str):
                                         "model.lm.n_layer=1"])  # this LM is replaced below
     torch.manual_seed(0)
     model = build(recipe)
-    tokenizer = word_tokenizer([f"w{i}" for i in range(50257 - 4)])  # GPT-2's vocabulary size
-    config = GPT2Config(vocab_size=len(tokenizer), bos_token_id=0, eos_token_id=0)  # GPT-2 base
+    tokenizer = word_tokenizer([f"w{i}" for i in range(vocab - 4)])  # GPT-2's vocabulary size
+    config = GPT2Config(vocab_size=len(tokenizer), n_layer=lm_layers, bos_token_id=0, eos_token_id=0)  # GPT-2 base
     model.lm = HFCausalLM(GPT2LMHeadModel(config), tokenizer)
     model.recipe = {**recipe, "generate": {}}
     return model.to(device).eval()

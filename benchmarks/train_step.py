@@ -36,7 +36,8 @@ import torch
 RATE, SECONDS, PROMPT_LEN, TARGET_LEN = 44100, 7.0, 40, 77
 
 
-def build_model(device: str) -> torch.nn.Module:
+def build_model(device: str, lm_layers: int = 12, text_layers: int = 12) -> torch.nn.Module:
+    """Pengi-base shape; fewer LM / text-tower layers only for ``benchmarks/gpu.sh --smoke``."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from pengi_kit.components.hf_causal_lm import HFCausalLM
@@ -44,13 +45,13 @@ def build_model(device: str) -> torch.nn.Module:
     from pengi_kit.recipe import load_recipe
 
     recipe = load_recipe("pengi_base", [
-        'model.text_encoder.pretrained=""', "model.text_encoder.hidden_size=512", "model.text_encoder.num_layers=12",
+        'model.text_encoder.pretrained=""', "model.text_encoder.hidden_size=512", f"model.text_encoder.num_layers={text_layers}",
         "model.text_encoder.num_heads=8", "model.text_encoder.projection_dim=512",
         "model.text_encoder.max_positions=77",
         'model.lm.pretrained=""', "model.lm.n_layer=1"])  # this LM is replaced below by GPT-2 base
     torch.manual_seed(0)
     model = build(recipe)
-    lm = GPT2LMHeadModel(GPT2Config(vocab_size=50257, bos_token_id=0, eos_token_id=0))  # GPT-2 base sizes
+    lm = GPT2LMHeadModel(GPT2Config(vocab_size=50257, n_layer=lm_layers, bos_token_id=0, eos_token_id=0))  # GPT-2 base sizes
     lm.requires_grad_(False)
     model.lm = HFCausalLM(lm, model.lm.tokenizer)
     return model.to(device).train()
@@ -108,14 +109,17 @@ class PeakMemory:
             self.peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - self.base) / 2**20
 
 
-def run(model, inputs, device: str, *, best: bool, compile_: bool, steps: int, warmup: int) -> tuple[float, float]:
+def run(model, inputs, device: str, *, best: bool, compile_: bool, steps: int, warmup: int,
+        bf16: bool | None = None) -> tuple[float, float]:
+    """(samples/s, peak MiB); ``bf16`` (default: ``best``) turns autocast on separately, since CPUs
+    without bf16 units run it many times slower than fp32."""
     from pengi_kit.engine.optim import build_optimizer
 
     params = [p for p in model.parameters() if p.requires_grad]
     optim = {"name": "adamw", "lr": 1e-5, "betas": [0.9, 0.999], "weight_decay": 0.0}
     fused = best and device.startswith("cuda")
     module = torch.compile(model) if best and compile_ else model
-    autocast = (torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if best
+    autocast = (torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if (best if bf16 is None else bf16)
                 else torch.autocast(torch.device(device).type, enabled=False))
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     with PeakMemory(device) as memory:

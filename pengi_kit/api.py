@@ -19,6 +19,7 @@ import torch
 
 from pengi_kit.data.audio import load_audio, prepare_waveform
 from pengi_kit.data.inputs import Clip
+from pengi_kit.devices import resolve_device
 from pengi_kit.generation import Decoding, cut_at_stop, generate as decode, reference_text
 from pengi_kit.model import PengiModel, build_model
 
@@ -39,15 +40,15 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> PengiMod
     from pengi_kit.recipe import from_dict
     from pengi_kit.sources import resolve_relative
 
-    path = ckpt.resolve(_checkpoint_folder(path))
+    path = ckpt.resolve(checkpoint_folder(path))
     meta = ckpt.verify(path)
     # sources inside the checkpoint (an importer's lm/, text_encoder/) are relative to it
     model = build_model(from_dict(resolve_relative(ckpt.read_recipe(path), path)))
     ckpt.load_weights(model, path, meta.get("referenced", []))
-    return model.to(_device(device)).eval()
+    return model.to(resolve_device(device)).eval()
 
 
-def _checkpoint_folder(path: str | Path) -> Path:
+def checkpoint_folder(path: str | Path) -> Path:
     """``path`` if it is a folder; a file gets a one-line error saying what to pass instead."""
     from pengi_kit.errors import CheckpointError
 
@@ -65,21 +66,6 @@ def _checkpoint_folder(path: str | Path) -> Path:
                               "(`pengi-kit import --help` lists the formats) and pass the folder it writes")
     raise CheckpointError(f"{path} is a file, not a checkpoint folder: pass the folder that holds it "
                           f"({path.parent})")
-
-
-def _device(device: str | torch.device | None) -> torch.device:
-    """A torch device from ``"auto"``, ``"cpu"``, ``"cuda:1"`` ...; one-line errors for the rest."""
-    from pengi_kit.errors import PengiKitError
-
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(device)
-    except (RuntimeError, ValueError, TypeError):
-        raise PengiKitError(f"--device {device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise PengiKitError(f"device {device} requested but torch sees no CUDA GPU (use --device cpu)")
-    return device
 
 
 class Pengi:

@@ -146,7 +146,7 @@ def train_cmd(recipe: str, overrides: tuple[str, ...], resume: bool, overwrite: 
     note = offline_if_hub_unreachable(resolved)
     if note and "LOCAL_RANK" not in os.environ:
         say(f"pengi-kit: {note}")
-    from pengi_kit.engine.distributed import resolve_device
+    from pengi_kit.devices import resolve_device
     from pengi_kit.engine.trainer import Trainer, run_dir_taken
 
     many = nproc_per_node > 1 or nnodes != "1"
@@ -291,12 +291,13 @@ def _run_inference(checkpoint: str, inputs: tuple[str, ...], prompts: list[str],
                    decoding: dict[str, Any], describe: bool) -> None:
     """Shared by generate and describe: expand inputs, report bad ones, stream results."""
     import pengi_kit
-    from pengi_kit.api import DESCRIBE_PROMPTS, _checkpoint_folder, _device
+    from pengi_kit.api import DESCRIBE_PROMPTS, checkpoint_folder
+    from pengi_kit.devices import resolve_device
     from pengi_kit.data.inputs import collect_inputs
     from pengi_kit.progress import say
 
     fmt = "jsonl" if as_json else fmt
-    _checkpoint_folder(checkpoint), _device(device), _writable(out)  # before the model loads
+    checkpoint_folder(checkpoint), resolve_device(device), _writable(out)  # before the model loads
     jobs, problems = collect_inputs(inputs, prompts)
     for problem in problems:
         say(f"skipped: {problem}")
@@ -425,10 +426,11 @@ def evaluate_cmd(checkpoint: str, task: str | None, manifest: str | None, suite:
 
         registry().get("task", task, where="--task")  # before the model loads
     import pengi_kit  # torch loads only once the command line is known to be good
-    from pengi_kit.api import _checkpoint_folder, _device
+    from pengi_kit.api import checkpoint_folder
+    from pengi_kit.devices import resolve_device
     from pengi_kit.evaluation.suite import TaskSpec, load_suite, run_suite, table, write_report
 
-    _checkpoint_folder(checkpoint), _device(device)
+    checkpoint_folder(checkpoint), resolve_device(device)
     task_options = {k: options.pop(k) for k in ("train_manifest", "classes", "multi_label", "matcher", "prompt",
                                                  "limit")}
     task_options["method"] = options.pop("scoring")
@@ -470,7 +472,7 @@ def demo_cmd(recipe: str, overrides: tuple[str, ...], device: str | None) -> Non
     further without losing a run, use `pengi-kit train` with another train.output_dir.
     """
     from pengi_kit import demo
-    from pengi_kit.engine.distributed import resolve_device
+    from pengi_kit.devices import resolve_device
     from pengi_kit.recipe import load_recipe
 
     resolved = load_recipe(recipe, overrides)

@@ -55,6 +55,9 @@ class Decoding:
                          COMPAT_MODES)
     capitalize: bool = option(False, "Upper-case each text's first character and lower-case the rest "
                               "(str.capitalize), as msclap's CLAPCap captions.")
+    compile: bool = option(False, "Capture the per-step decode with torch.compile (CUDA graphs) over a static KV "
+                           "cache; the first batch of each size compiles. Same tokens; CUDA only (elsewhere a "
+                           "no-op with a note).")
 
     def __post_init__(self) -> None:
         if self.compat is None:

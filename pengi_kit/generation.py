@@ -7,6 +7,11 @@ no per-step Python loop over clips or candidates, and no copy of the tokens to t
 host until the end, unless ``stop`` strings need the text. Clips that are finished
 leave the batch, so the remaining ones run on fewer rows.
 
+With ``compile`` (on CUDA) the search runs over a static KV cache instead: rows fixed at
+batch x beams and length at prefix + ``max_new_tokens``, finished rows left in place as
+padding, so every one-token step has the same shapes and is captured once by
+``torch.compile(mode="reduce-overhead")`` (CUDA graphs). The tokens are the same.
+
 Two modes (``compat``):
 
 - ``"none"`` (default): stops on the LM's real end-of-text; beam search keeps the
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import sys
 from typing import Any
 
 import torch
@@ -71,17 +77,57 @@ def reference_text(tokenizer: Any, ids: list[int]) -> str:
 
 
 @torch.no_grad()
-def generate(lm: Any, prefix: torch.Tensor, cfg: Decoding, *, keep_stop: bool = False) -> list[list[int]]:
+def generate(lm: Any, prefix: torch.Tensor, cfg: Decoding, *, keep_stop: bool = False,
+             static: bool | None = None) -> list[list[int]]:
     """Token ids for each row of ``prefix`` (B, P, D), without the stop id, or with
     ``keep_stop`` ending with it where the row stopped (the reference's text includes it;
-    a row that a ``stop`` string ended may then end with a stop id it did not generate)."""
+    a row that a ``stop`` string ended may then end with a stop id it did not generate).
+
+    ``static``: run over a static KV cache (see the module doc); unset, where ``cfg.compile``
+    compiles the step. ``static=True`` without compile gives the same tokens (tested)."""
     if prefix.shape[0] == 0:
         return []
+    compiled = cfg.compile and _can_compile(prefix.device)
+    options = {"static": compiled if static is None else static or compiled, "compiled": compiled}
     if cfg.method == "beam" and cfg.compat == "pengi":
-        return _beam_search_pengi(lm, prefix, cfg, keep_stop)
+        return _beam_search_pengi(lm, prefix, cfg, keep_stop, options)
     if cfg.method == "beam" and cfg.beam_size > 1:
-        return _beam_search(lm, prefix, cfg, keep_stop)
-    return _greedy_or_sample(lm, prefix, cfg, keep_stop)
+        return _beam_search(lm, prefix, cfg, keep_stop, options)
+    return _greedy_or_sample(lm, prefix, cfg, keep_stop, options)
+
+
+# ---------------------------------------------------------------------- compiled decode step
+
+# reduce-overhead: inductor kernels replayed as one CUDA graph per step; dynamic=False since
+# the static cache gives every step the same shapes (a smaller last batch compiles once more)
+COMPILE_OPTIONS: dict[str, Any] = {"mode": "reduce-overhead", "dynamic": False}
+_noted: set[str] = set()
+_compiled_step: Any = None
+
+
+def _can_compile(device: torch.device) -> bool:
+    """torch.compile of the decode step pays where CUDA graphs remove the per-kernel launch
+    cost; on the CPU the step is bound by matrix products and compiling takes minutes, so
+    ``compile`` is a no-op there, with a one-line note."""
+    if device.type == "cuda":
+        return True
+    if device.type not in _noted:
+        _noted.add(device.type)
+        print(f"note: generate.compile captures the decode step on CUDA only; decoding on {device.type} "
+              "as without it", file=sys.stderr)
+    return False
+
+
+def _lm_step(lm: Any, embeds: torch.Tensor, mask: torch.Tensor, past: Any, **kwargs: Any) -> tuple[torch.Tensor, Any]:
+    return lm(embeds, mask, past, use_cache=True, **kwargs)
+
+
+def _step() -> Any:
+    """One compiled function for every LM (torch.compile guards on the module and shapes)."""
+    global _compiled_step
+    if _compiled_step is None:
+        _compiled_step = torch.compile(_lm_step, **COMPILE_OPTIONS)
+    return _compiled_step
 
 
 # ---------------------------------------------------------------------- helpers
@@ -100,22 +146,48 @@ class _Runner:
     position's logits are computed (the prefix would otherwise compute a vocabulary-wide
     row per prefix token), the cache is preallocated (``new_cache``), and beam reorders
     leave the clip's shared prefix in place (``reorder_cache(..., keep_first=)``).
+
+    With ``static`` (and an LM whose ``new_cache`` takes ``rows``), the cache and mask keep
+    ``rows`` x ``total`` for the whole search: fewer live rows are padded, the mask is zero
+    where nothing was written yet, and each one-token step has the same shapes, which
+    ``compiled`` runs through ``torch.compile``.
     """
 
-    def __init__(self, lm: Any, rows: int, total: int, device: torch.device) -> None:
-        self.lm = lm
+    def __init__(self, lm: Any, rows: int, total: int, device: torch.device,
+                 options: dict[str, bool] | None = None) -> None:
+        options = options or {}
+        self.lm, self.rows, self.length = lm, rows, 0
+        self.static = bool(options.get("static")) and _accepts(getattr(lm, "new_cache", None), "rows")
+        self.step = _step() if self.static and options.get("compiled") else None
         self.mask = torch.ones(rows, total, dtype=torch.long, device=device)
-        self.length = 0
-        self.past: Any = lm.new_cache(total) if hasattr(lm, "new_cache") else None
+        if self.static:
+            self.mask.zero_()
+            self.past: Any = lm.new_cache(total, rows=rows)
+        else:
+            self.past = lm.new_cache(total) if hasattr(lm, "new_cache") else None
         self.last_only = {"logits_to_keep": 1} if _accepts(lm.forward, "logits_to_keep") else {}
         self.keep_prefix = _accepts(lm.reorder_cache, "keep_first")
 
     def __call__(self, embeds: torch.Tensor) -> torch.Tensor:
-        rows = embeds.shape[0]
-        self.length += embeds.shape[1]
-        logits, self.past = self.lm(embeds, self.mask[:rows, : self.length], self.past, use_cache=True,
-                                    **self.last_only)
-        return logits[:, -1]
+        rows, new = embeds.shape[:2]
+        if not self.static:
+            self.length += new
+            logits, self.past = self.lm(embeds, self.mask[:rows, : self.length], self.past, use_cache=True,
+                                        **self.last_only)
+            return logits[:, -1]
+        self.mask[:, self.length: self.length + new] = 1
+        self.length += new
+        if new > 1:  # the prefix, once per search: not worth a static shape
+            logits, self.past = self.lm(embeds, self.mask[:rows], self.past, use_cache=True, **self.last_only)
+            return logits[:, -1]
+        if rows < self.rows:  # finished rows left the search: pad, so the step keeps its shape
+            embeds = torch.cat([embeds, embeds.new_zeros(self.rows - rows, *embeds.shape[1:])])
+        if self.step is None:
+            logits, self.past = self.lm(embeds, self.mask, self.past, use_cache=True, **self.last_only)
+            return logits[:rows, -1]
+        torch.compiler.cudagraph_mark_step_begin()
+        logits, self.past = self.step(self.lm, embeds, self.mask, self.past, **self.last_only)
+        return logits[:rows, -1].clone()  # the graph's output buffer is overwritten by the next step
 
     def select(self, rows: torch.Tensor, keep_first: int = 0) -> None:
         """Keep (and reorder, or repeat) cache rows. ``keep_first``: the positions before it
@@ -168,14 +240,15 @@ def _until(row: list[int], stop: int, keep: bool = False) -> list[int]:
 
 # ---------------------------------------------------------------------- greedy / sampling
 
-def _greedy_or_sample(lm: Any, prefix: torch.Tensor, cfg: Decoding, keep_stop: bool = False) -> list[list[int]]:
+def _greedy_or_sample(lm: Any, prefix: torch.Tensor, cfg: Decoding, keep_stop: bool = False,
+                      options: dict[str, bool] | None = None) -> list[list[int]]:
     b, p, device = prefix.shape[0], prefix.shape[1], prefix.device
     stop, steps = stop_token_id(lm, cfg), cfg.max_tokens
     generator = None
     if cfg.method == "sample":
         generator = torch.Generator(device=device)
         generator.manual_seed(cfg.seed if cfg.seed is not None else int(torch.seed()))
-    run = _Runner(lm, b, p + steps, device)
+    run = _Runner(lm, b, p + steps, device, options)
     logits = run(prefix)
     tokens = torch.full((b, steps), stop, dtype=torch.long, device=device)
     out = torch.full((b, steps), stop, dtype=torch.long, device=device)
@@ -210,7 +283,8 @@ def _greedy_or_sample(lm: Any, prefix: torch.Tensor, cfg: Decoding, keep_stop: b
 
 # ---------------------------------------------------------------------- beam search
 
-def _beam_search(lm: Any, prefix: torch.Tensor, cfg: Decoding, keep_stop: bool = False) -> list[list[int]]:
+def _beam_search(lm: Any, prefix: torch.Tensor, cfg: Decoding, keep_stop: bool = False,
+                 options: dict[str, bool] | None = None) -> list[list[int]]:
     """Beam search that keeps the k best finished hypotheses per clip (see the module doc).
 
     At each step the 2k best candidates of a clip are ranked; an ending one (stop id, or
@@ -219,7 +293,7 @@ def _beam_search(lm: Any, prefix: torch.Tensor, cfg: Decoding, keep_stop: bool =
     """
     b, p, device = prefix.shape[0], prefix.shape[1], prefix.device
     k, steps, stop, lp = cfg.beam_size, cfg.max_tokens, stop_token_id(lm, cfg), cfg.length_penalty
-    run = _Runner(lm, b * k, p + steps, device)
+    run = _Runner(lm, b * k, p + steps, device, options)
     logits = run(prefix)
     run.select(torch.arange(b, device=device).repeat_interleave(k))  # one prefix pass per clip
     logits = logits.repeat_interleave(k, dim=0)
@@ -288,12 +362,13 @@ def _beam_search(lm: Any, prefix: torch.Tensor, cfg: Decoding, keep_stop: bool =
     return [_until(r, stop, keep_stop) for r in out.tolist()]
 
 
-def _beam_search_pengi(lm: Any, prefix: torch.Tensor, cfg: Decoding, keep_stop: bool = False) -> list[list[int]]:
+def _beam_search_pengi(lm: Any, prefix: torch.Tensor, cfg: Decoding, keep_stop: bool = False,
+                       options: dict[str, bool] | None = None) -> list[list[int]]:
     """The reference wrapper's beam search, batched over clips (see the module doc)."""
     b, p, device = prefix.shape[0], prefix.shape[1], prefix.device
     k, steps, stop = cfg.beam_size, cfg.max_tokens, stop_token_id(lm, cfg)
     temperature = cfg.temperature if cfg.temperature > 0 else 1.0
-    run = _Runner(lm, b * k, p + steps, device)
+    run = _Runner(lm, b * k, p + steps, device, options)
     logp = (run(prefix) / temperature).softmax(-1).log()
     vocab = logp.shape[-1]
     scores, first = logp.topk(k, -1)  # (b, k): the first step ranks by log-probability alone

@@ -159,6 +159,8 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "save_frozen": Field(bool, False, "Also copy frozen pretrained components into checkpoints."),
         "output_dir": Field(str, "", "Where checkpoints and logs go; default runs/<name>."),
         "compile": Field(bool, False, "Wrap the model with torch.compile (after DDP wrapping)."),
+        "peak_flops": Field(float, 0.0, "Peak TFLOP/s of one GPU, for the MFU in the log; 0 looks it up in a "
+                            "table of known GPUs.", range=">= 0"),
         "activation_checkpointing": Field(bool, False, "Recompute activations in the backward pass of trainable "
                                           "components that support it (Hugging Face LM and text encoder)."),
         "best_metric": Field(str, "valid_loss", "Validation metric whose best value is kept in <output_dir>/best; "

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers.cache_utils import Cache, DynamicLayer
+from transformers.cache_utils import Cache, DynamicLayer, StaticLayer
 
 from pengi_kit.components._hf import build_hf
 
@@ -46,17 +46,24 @@ class HFCausalLM(nn.Module):
                          **{self._cache_name: past_key_values})
         return out.logits, out[self._cache_name] if self._cache_name in out else None
 
-    def new_cache(self, max_length: int) -> Any:
+    def new_cache(self, max_length: int, rows: int | None = None) -> Any:
         """An empty KV cache with room for ``max_length`` positions, written in place (no
         growing by concatenation) and reordered by :meth:`reorder_cache` without moving
-        positions that every reordered row shares."""
-        return Cache(layers=[_BufferLayer(max_length) for _ in range(self.model.config.num_hidden_layers)])
+        positions that every reordered row shares.
+
+        With ``rows``, a static cache: ``rows`` x ``max_length`` for the whole search, so each
+        one-token step has the same shapes (what CUDA graphs and ``torch.compile`` need); its
+        attention mask must then cover all ``max_length`` positions."""
+        n = self.model.config.num_hidden_layers
+        if rows is not None:
+            return Cache(layers=[_StaticLayer(max_length, rows) for _ in range(n)])
+        return Cache(layers=[_BufferLayer(max_length) for _ in range(n)])
 
     def reorder_cache(self, past_key_values: Any, beam_idx: torch.Tensor, keep_first: int = 0) -> Any:
         """Rows ``beam_idx`` of the cache. ``keep_first``: positions before it are equal in
         each row and its source (the shared prefix of a clip's beams) and stay in place."""
         layers = getattr(past_key_values, "layers", [])
-        if layers and all(isinstance(layer, _BufferLayer) for layer in layers):
+        if layers and all(isinstance(layer, (_BufferLayer, _StaticLayer)) for layer in layers):
             for layer in layers:
                 layer.select(beam_idx, keep_first)
         else:
@@ -119,6 +126,51 @@ class _BufferLayer(DynamicLayer):
             self._k[:, :, filled] = k[rows, :, filled]
             self._v[:, :, filled] = v[rows, :, filled]
         self._views()
+
+    def reorder_cache(self, beam_idx: torch.Tensor) -> None:
+        self.select(beam_idx)
+
+
+class _StaticLayer(StaticLayer):
+    """A cache layer of fixed shape (rows, heads, capacity, dim) for the whole search, written
+    in place at a position held in a tensor (transformers' ``StaticLayer``), so a one-token
+    step has static shapes. Positions not yet written are hidden by the causal mask and the
+    attention mask. A search with fewer live rows than ``rows`` keeps them first; the rows
+    after them hold copies that nobody reads."""
+
+    def __init__(self, capacity: int, rows: int) -> None:
+        super().__init__(capacity)
+        self.rows = rows
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        # sized for all rows even when the prefix runs on fewer (one per clip, not per beam)
+        super().lazy_initialization(key_states[:1].expand(self.rows, -1, -1, -1),
+                                    value_states[:1].expand(self.rows, -1, -1, -1))
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any,
+               **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        n, length = key_states.shape[0], key_states.shape[-2]
+        if n == self.rows:
+            return super().update(key_states, value_states)
+        # the (uncompiled) prefix pass over the first n rows
+        position = torch.arange(length, device=self.device) + self.cumulative_length
+        self.cumulative_length.add_(length)
+        self.keys[:n].index_copy_(2, position, key_states)
+        self.values[:n].index_copy_(2, position, value_states)
+        return self.keys[:n], self.values[:n]
+
+    def select(self, rows: torch.Tensor, keep_first: int = 0) -> None:
+        """Rows ``rows`` first, in place (the buffers keep their address); fewer rows than
+        the cache holds are padded with row 0."""
+        if not self.is_initialized:
+            return
+        rows = rows.to(self.device)
+        if rows.numel() < self.rows:
+            rows = torch.cat([rows, rows.new_zeros(self.rows - rows.numel())])
+        for buffer in (self.keys, self.values):
+            buffer[:, :, keep_first:] = buffer[rows, :, keep_first:]
 
     def reorder_cache(self, beam_idx: torch.Tensor) -> None:
         self.select(beam_idx)

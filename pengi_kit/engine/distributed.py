@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from pengi_kit.errors import PengiKitError
+from pengi_kit.devices import resolve_device
 
 
 @dataclass(frozen=True)
@@ -16,6 +17,9 @@ class Dist:
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    # a gloo group for the trainer's per-step flags on CPU tensors: reading them never waits
+    # for the GPU (None: the default group, which is gloo already on the CPU)
+    control: Any = field(default=None, compare=False)
 
     @property
     def is_main(self) -> bool:
@@ -24,36 +28,6 @@ class Dist:
     @property
     def enabled(self) -> bool:
         return self.world_size > 1
-
-
-def resolve_device(device: str | None, local_rank: int = 0, world_size: int = 1) -> torch.device:
-    """The device this process trains on, or a one-line PengiKitError for a device that does not
-    parse or is not there (checked before a model is built or a process group joined).
-
-    ``None``: the GPU of the local rank when CUDA is available, else the CPU. With many
-    processes each takes the GPU of its local rank, whatever index ``device`` names.
-    """
-    if device is None:
-        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError, TypeError):
-        raise PengiKitError(f"--device {device!r} is not a device; use cpu, cuda, cuda:N or mps") from None
-    if dev.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            build = "" if torch.version.cuda else f" (this torch {torch.__version__} is built without CUDA)"
-            raise PengiKitError(f"--device {device}: torch sees no CUDA GPU on this machine{build}; "
-                                "use --device cpu")
-        index = local_rank if world_size > 1 or dev.index is None else dev.index
-        if index >= count:
-            who = f"local rank {local_rank} needs" if world_size > 1 else f"--device {device} names"
-            raise PengiKitError(f"{who} GPU {index}, but torch sees {count} GPU(s) (cuda:0 to cuda:{count - 1})")
-        return torch.device("cuda", index)
-    available = getattr(getattr(torch, dev.type, None), "is_available", None)
-    if callable(available) and not available():
-        raise PengiKitError(f"--device {device}: torch finds no {dev.type} device on this machine; use --device cpu")
-    return dev
 
 
 def setup(device: str | None = None) -> Dist:
@@ -69,12 +43,13 @@ def setup(device: str | None = None) -> Dist:
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo")
-    return Dist(rank, world, local, dev)
+    control = dist.new_group(backend="gloo") if world > 1 and use_cuda else None
+    return Dist(rank, world, local, dev, control)
 
 
-def all_reduce_sum(value: torch.Tensor, d: Dist) -> torch.Tensor:
+def all_reduce_sum(value: torch.Tensor, d: Dist, group: Any = None) -> torch.Tensor:
     if d.enabled:
-        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+        dist.all_reduce(value, op=dist.ReduceOp.SUM, group=group)
     return value
 
 

@@ -21,6 +21,7 @@ from pengi_kit import checkpoint as ckpt
 from pengi_kit.data.build import build_dataset
 from pengi_kit.data.loader import TrainLoader, eval_loader
 from pengi_kit.engine.distributed import Dist, all_reduce_sum, barrier, setup
+from pengi_kit.engine.flops import example_inputs, measure, peak_flops
 from pengi_kit.engine.optim import build_optimizer, build_scheduler
 from pengi_kit.errors import PengiKitError
 from pengi_kit.model import PengiModel, build_model
@@ -101,6 +102,12 @@ class Trainer:
         self._tensorboard: Any = None
         self._saved_step: int | None = None  # the step of this run's newest step checkpoint
         self._signal = 0  # the first SIGINT/SIGTERM fit() received
+        # steps whose loss (a device tensor, NaN when skipped) the host has not read yet, the
+        # non-finite steps in a row so far, and this log window's tokens (device) and FLOPs
+        self._pending: list[tuple[int, torch.Tensor]] = []
+        self._bad_in_row = 0
+        self._window_tokens = torch.zeros((), dtype=torch.float64, device=self.dist.device)
+        self._window_flops = 0.0
         for dataset in (self.train_data, self.valid_data):  # bad manifest lines, reported like bad clips
             self._report_bad(list(dataset.load_errors) if dataset is not None else [])
         if self.resume:
@@ -112,6 +119,8 @@ class Trainer:
         recipe, train = self.recipe, self.recipe["train"]
         seed_everything(recipe["seed"])  # the same initial weights on every rank
         self.model = build_model(recipe).to(self.dist.device)
+        if self.dist.enabled:
+            self._freeze_unused()
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         if not self.params:
             raise TrainingError("every component is frozen: set trainable = true on at least one [model.*] table")
@@ -120,9 +129,9 @@ class Trainer:
         self.module: torch.nn.Module = self.model
         if self.dist.enabled:  # frozen parameters have requires_grad=False: DDP leaves them out
             ids = [self.dist.device.index] if self.dist.device.type == "cuda" else None
-            # encoders' classifier heads are outside the embedding path: their parameters get no gradient
+            # _freeze_unused left every trainable parameter on the loss's path: no search per step
             self.module = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids,
-                                                                    find_unused_parameters=True)
+                                                                    find_unused_parameters=False)
         if train["compile"]:
             self.module = torch.compile(self.module)
         precision = train["precision"]
@@ -130,6 +139,28 @@ class Trainer:
             raise TrainingError("train.precision = 'fp16' needs a GPU; use 'bf16' or 'fp32' on the CPU")
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
         self.scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+        # MFU needs a GPU's peak (None on the CPU) and the model's FLOPs, counted once here
+        self.peak_flops = peak_flops(self.dist.device, precision, train["peak_flops"])
+        self.step_flops = measure(self.model) if self.peak_flops else None
+
+    def _freeze_unused(self) -> None:
+        """Freeze the trainable parameters that the loss does not reach (the encoders'
+        classifier heads: CNN14's fc_audioset, HTSAT's tscam_conv and head), found once by a
+        backward pass over one example, so that DDP needs no search for unused parameters
+        each step. They would get no gradient anyway: training is unchanged."""
+        trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        self.model.eval()  # no batch-norm statistics drift, no dropout; RNG untouched below
+        devices = [self.dist.device] if self.dist.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            loss = self.model(**example_inputs(self.model, 4))["loss_sum"]
+            grads = torch.autograd.grad(loss, [p for _, p in trainable], allow_unused=True)
+        self.model.train()
+        unused = [n for (n, p), g in zip(trainable, grads) if g is None]
+        for name, param in trainable:
+            if name in unused:
+                param.requires_grad_(False)
+        if unused:
+            self._log_line(f"not trained (the loss does not use them): {', '.join(unused)}")
 
     def _setup_data(self) -> None:
         """The datasets at the encoder's input contract, and a loader whose batches depend on
@@ -159,7 +190,8 @@ class Trainer:
         """Optimiser over the trainable parameters and the learning-rate schedule over the run's steps."""
         train, optim = self.recipe["train"], self.recipe["optim"]
         self.total_steps = train["max_steps"] or train["epochs"] * self.steps_per_epoch
-        self.optimizer = build_optimizer(self.params, optim, fused=self.dist.device.type == "cuda")
+        # fused Adam(W) skips a non-finite step on the device (found_inf): no wait for the GPU
+        self.optimizer = build_optimizer(self.params, optim, fused=self.dist.device.type in ("cuda", "cpu"))
         self.scheduler = build_scheduler(self.optimizer, optim, self.total_steps)
 
     # ------------------------------------------------------------------ state
@@ -247,6 +279,7 @@ class Trainer:
 
     def _write(self, path: Path, meta: dict[str, Any]) -> Path:
         """Every rank gathers its RNG state; rank 0 writes the checkpoint at ``path``."""
+        self._check_steps()  # skipped_steps must be exact in the checkpoint
         states = [ckpt.rng_state()]
         if self.dist.enabled:
             gathered: list[Any] = [None] * self.dist.world_size
@@ -339,10 +372,16 @@ class Trainer:
                 "prompt_ids": prompts["input_ids"].to(dev), "prompt_mask": prompts["attention_mask"].to(dev),
                 "target_ids": targets["input_ids"].to(dev), "target_mask": targets["attention_mask"].to(dev)}
 
-    def train_step(self, batch: dict[str, Any]) -> float | None:
+    def train_step(self, batch: dict[str, Any]) -> torch.Tensor:
         """One optimiser step over ``grad_accum`` micro-batches; the loss is the mean over
-        every target token of the global batch, on any number of processes."""
+        every target token of the global batch, on any number of processes.
+
+        Returns the loss as a 0-dim tensor on the device, NaN where the loss or the gradient
+        was not finite and the step left the weights and optimiser state as they were. Nothing
+        here waits for the device: the loop reads losses only every few steps (_check_steps)."""
         inputs = self._inputs(batch)
+        if self.step_flops is not None:  # shapes are known on the host: no wait
+            self._window_flops += self.step_flops.step(inputs["audio"].shape[0], inputs["target_ids"].shape[1])
         accum = self.recipe["train"]["grad_accum"]
         tokens = all_reduce_sum(inputs["target_mask"].sum().double(), self.dist)
         scale = self.dist.world_size / tokens.clamp(min=1)  # DDP averages gradients over ranks
@@ -362,19 +401,22 @@ class Trainer:
             self.scaler.unscale_(self.optimizer)
         clip = self.recipe["optim"]["grad_clip"]
         norm = torch.nn.utils.clip_grad_norm_(self.params, clip if clip > 0 else math.inf)
-        if not (torch.isfinite(loss_mean) and torch.isfinite(norm)):
-            self.optimizer.zero_grad(set_to_none=True)
-            if self.scaler:
-                self.scaler.update()
-            return None
-        if self.scaler:
+        finite = torch.isfinite(loss_mean) & torch.isfinite(norm)
+        if self.scaler:  # GradScaler skips a step whose gradients are not finite, on the device
             self.scaler.step(self.optimizer)
             self.scaler.update()
-        else:
+        elif getattr(self.optimizer, "_step_supports_amp_scaling", False):  # fused: found_inf skips on the device
+            self.optimizer.found_inf = (~finite).float()
+            try:
+                self.optimizer.step()
+            finally:
+                del self.optimizer.found_inf
+        elif bool(finite):  # an optimiser that cannot skip on the device: one wait here
             self.optimizer.step()
-        self.scheduler.step()
+        self.scheduler.step()  # a skipped step still counts in the schedule: the host does not know yet
         self.optimizer.zero_grad(set_to_none=True)
-        return float(loss_mean)
+        self._window_tokens += tokens
+        return torch.where(finite, loss_mean, torch.full_like(loss_mean, math.nan))
 
     def validate(self) -> dict[str, float]:
         """Validation loss (and the hook's metrics); training RNG streams are left as they were,
@@ -470,7 +512,8 @@ class Trainer:
         self.model.train()
         bar = progress_bar(self.total_steps, "training", "step", initial=self.step,
                            enabled=None if self.progress and self.dist.is_main else False)
-        bad_in_row, window_start, window_samples = 0, time.perf_counter(), 0
+        window_start, window_samples = time.perf_counter(), 0
+        check_every = min(train["log_every"], train["max_nonfinite_steps"])
         stop = 0
         while self.step < self.total_steps and not stop:
             for batch in self._loader():
@@ -482,20 +525,27 @@ class Trainer:
                 self.step += 1
                 self.batch_in_epoch += 1
                 window_samples += len(batch["prompts"]) * self.dist.world_size
-                if not usable:
+                if loss is None:
                     self._log_line(f"step {self.step}: every example of a batch was skipped; step skipped")
                     self._log({"event": "empty_batch", "step": self.step})
                 else:
-                    bad_in_row = bad_in_row + 1 if loss is None else 0
-                    if loss is None:
-                        self._nonfinite(bad_in_row)
+                    self._pending.append((self.step, loss))
                 bar.update(1)
-                if loss is not None and (self.step % train["log_every"] == 0 or self.step == self.total_steps):
-                    rate = window_samples / max(time.perf_counter() - window_start, 1e-9)
-                    bar.set_postfix(loss=f"{loss:.3f}", samples_s=f"{rate:.0f}")
-                    self._log({"step": self.step, "epoch": self.epoch, "loss": loss,
-                               "lr": self.scheduler.get_last_lr()[0], "samples_per_s": rate})
+                log_now = self.step % train["log_every"] == 0 or self.step == self.total_steps
+                losses = self._check_steps() if log_now or self.step % check_every == 0 else {}
+                if log_now and math.isfinite(losses.get(self.step, math.nan)):
+                    seconds = max(time.perf_counter() - window_start, 1e-9)
+                    record = self._speed(window_samples, seconds)
+                    mfu = record["mfu"]
+                    bar.set_postfix(loss=f"{losses[self.step]:.3f}", samples_s=f"{record['samples_per_s']:.0f}",
+                                    tokens_s=f"{record['tokens_per_s']:.0f}",
+                                    mfu=f"{mfu:.1%}" if mfu is not None else self._no_mfu)
+                    self._log({"step": self.step, "epoch": self.epoch, "loss": losses[self.step],
+                               "lr": self.scheduler.get_last_lr()[0], **record})
+                if log_now:
                     window_start, window_samples = time.perf_counter(), 0
+                    self._window_tokens.zero_()
+                    self._window_flops = 0.0
                 if train["eval_every"] and self.step % train["eval_every"] == 0:
                     self._validate_and_log()
                 if train["save_every"] and self.step % train["save_every"] == 0:
@@ -535,27 +585,56 @@ class Trainer:
 
         All ranks step or none does (a rank stepping alone would wait forever in the
         gradient all-reduce), and all ranks see every problem: rank 0 reports them, and
-        under 'fail' all ranks stop together. One all-reduce carries it all."""
+        under 'fail' all ranks stop together. One all-reduce of a CPU tensor carries it all
+        (gloo: it never waits for the GPU); one process needs no tensor."""
+        if not self.dist.enabled:
+            return bool(batch["prompts"]), batch["errors"], int(self._signal)
         local = torch.tensor([float(not batch["prompts"]), float(len(batch["errors"])),
-                              float(self._signal == signal.SIGINT), float(self._signal == signal.SIGTERM)],
-                             device=self.dist.device)
-        total = all_reduce_sum(local, self.dist)
-        stop = signal.SIGTERM if float(total[3]) > 0 else signal.SIGINT if float(total[2]) > 0 else 0
+                              float(self._signal == signal.SIGINT), float(self._signal == signal.SIGTERM)])
+        total = all_reduce_sum(local, self.dist, self.dist.control).tolist()
+        stop = signal.SIGTERM if total[3] > 0 else signal.SIGINT if total[2] > 0 else 0
         errors = batch["errors"]
-        if self.dist.enabled and float(total[1]) > 0 and not stop:
+        if total[1] > 0 and not stop:
             gathered: list[Any] = [None] * self.dist.world_size
             torch.distributed.all_gather_object(gathered, errors)
             errors = [e for part in gathered for e in part]
-        return float(total[0]) == 0.0, errors, int(stop)
+        return total[0] == 0.0, errors, int(stop)
 
-    def _nonfinite(self, in_row: int) -> None:
-        self.skipped_steps += 1
-        self._log_line(f"step {self.step}: non-finite loss or gradient, step skipped ({in_row} in a row)")
-        self._log({"event": "nonfinite", "step": self.step})
-        if in_row >= self.recipe["train"]["max_nonfinite_steps"]:
+    @property
+    def _no_mfu(self) -> str:
+        return "n/a on CPU" if self.dist.device.type == "cpu" else "n/a (set train.peak_flops)"
+
+    def _speed(self, samples: int, seconds: float) -> dict[str, Any]:
+        """A log window's throughput: samples/s and LM tokens/s (prefix + non-padding target
+        tokens, all processes), and MFU (this process's model FLOPs / time / the GPU's peak;
+        None without a peak, e.g. on the CPU). Reads the window's token count: one wait."""
+        tokens = float(self._window_tokens) + samples * self.model.prefix_length
+        mfu = self._window_flops / seconds / self.peak_flops if self.step_flops is not None else None
+        return {"samples_per_s": samples / seconds, "tokens_per_s": tokens / seconds,
+                "mfu": None if mfu is None else round(mfu, 4)}
+
+    def _check_steps(self) -> dict[int, float]:
+        """Read the losses of the steps since the last check in one wait for the device; count
+        and report the non-finite ones (which the device already skipped), and stop the run
+        with a checkpoint when ``max_nonfinite_steps`` came in a row. The loop checks every
+        min(log_every, max_nonfinite_steps) steps and before each checkpoint."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            return {}
+        values = torch.stack([loss for _, loss in pending]).tolist()
+        for (step, _), value in zip(pending, values):
+            if math.isfinite(value):
+                self._bad_in_row = 0
+                continue
+            self._bad_in_row += 1
+            self.skipped_steps += 1
+            self._log_line(f"step {step}: non-finite loss or gradient, step skipped ({self._bad_in_row} in a row)")
+            self._log({"event": "nonfinite", "step": step})
+        if self._bad_in_row >= self.recipe["train"]["max_nonfinite_steps"]:
             path = self.save()
-            raise TrainingError(f"{in_row} non-finite steps in a row at step {self.step}: the run diverged; "
-                                f"lower optim.lr or check the data. Checkpoint: {path}")
+            raise TrainingError(f"{self._bad_in_row} non-finite steps in a row at step {self.step}: the run "
+                                f"diverged; lower optim.lr or check the data. Checkpoint: {path}")
+        return {step: value for (step, _), value in zip(pending, values)}
 
     def _end_epoch(self, train: dict[str, Any]) -> None:
         if self.bad_examples:

@@ -20,7 +20,7 @@ FIELDS = [f.name for f in fields(Decoding)]
 # a valid value other than the default for every field (compat "pengi" allows all of them when sampling)
 CHANGED = {"method": "sample", "beam_size": 2, "max_new_tokens": 3, "min_new_tokens": 1, "length_penalty": 0.5,
            "temperature": 0.7, "top_k": 3, "top_p": 0.9, "no_repeat_ngram_size": 2, "stop": [".", "!"], "seed": 3,
-           "compat": "pengi", "capitalize": True}
+           "compat": "pengi", "capitalize": True, "compile": True}
 
 
 def test_the_example_values_cover_every_field_and_differ_from_the_defaults():
