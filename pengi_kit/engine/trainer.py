@@ -119,8 +119,7 @@ class Trainer:
         recipe, train = self.recipe, self.recipe["train"]
         seed_everything(recipe["seed"])  # the same initial weights on every rank
         self.model = build_model(recipe).to(self.dist.device)
-        if self.dist.enabled:
-            self._freeze_unused()
+        self._freeze_unused()  # on one process too: checkpoints resume on any number of processes
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         if not self.params:
             raise TrainingError("every component is frozen: set trainable = true on at least one [model.*] table")
