@@ -155,9 +155,10 @@ class Pengi:
 
         ``decoding`` overrides the recipe's [generate] table: ``method``, ``beam_size``,
         ``max_new_tokens``, ``min_new_tokens``, ``length_penalty``, ``temperature``,
-        ``top_k``, ``top_p``, ``no_repeat_ngram_size``, ``stop``, ``seed``, ``compat``
-        (see :class:`pengi_kit.generation.Decoding`). ``batch_size`` is the number of
-        (clip, prompt) rows decoded together (each holds ``beam_size`` beams).
+        ``top_k``, ``top_p``, ``no_repeat_ngram_size``, ``stop``, ``seed``, ``compat`` ...
+        (every field of :class:`pengi_kit.decoding.Decoding`). ``batch_size`` is the number of
+        (clip, prompt) rows decoded together (each holds ``beam_size`` beams). ``progress``:
+        a labelled bar on standard error (``None``: only when it is a terminal).
         ``on_error``: ``"raise"`` (default), ``"skip"`` (a bad clip gives ``None``), or a
         function ``(item, error)`` called for each bad clip, which is then skipped.
         """
@@ -406,6 +407,47 @@ class Pengi:
                     bar.update(len(prefix) * n)
         bar.close()
         return out
+
+    def listening(self, audio: AudioLike | Sequence[AudioLike], rows: Sequence[tuple[int, str, str]], *,
+                  sample_rate: int | None = None, batch_size: int = 32, progress: bool | None = False,
+                  on_error: OnError = "raise") -> dict[str, float]:
+        """The listening check (docs/training.md) on ``audio``'s clips: ``rows`` are (clip index,
+        prompt, reference text). Returns ``loss``, the mean negative log-probability per token of
+        the references (end-of-text included) given their own clip, ``loss_shuffled``, the same
+        with every clip's audio replaced by the next readable clip's (a roll by one: a clip is
+        never paired with itself), ``listening`` = ``loss_shuffled - loss`` (nats per token;
+        about 0 when the model ignores its audio), and the ``clips`` and ``tokens`` counted.
+        Needs two readable clips; ``on_error`` as for :meth:`generate` (a skipped clip's rows
+        are left out)."""
+        clips = self._as_list(audio)
+        handle = self._error_handler(on_error)
+        prefixes: dict[int, torch.Tensor] = {}
+        with ThreadPoolExecutor(max(1, self.num_workers)) as pool, torch.inference_mode():
+            for i in range(0, len(clips), batch_size):
+                good, waves = self._load(pool, clips[i:i + batch_size], sample_rate, handle)
+                if good:
+                    for g, prefix in zip(good, self.model.audio_prefix(waves)):
+                        prefixes[i + g] = prefix
+            if len(prefixes) < 2:
+                raise ValueError("the listening check needs two readable clips or more")
+            order = sorted(prefixes)
+            other = dict(zip(order, order[1:] + order[:1]))
+            kept = [r for r in rows if r[0] in prefixes]
+            sums = torch.zeros(3, dtype=torch.float64)
+            for r0 in range(0, len(kept), batch_size):
+                chunk = kept[r0:r0 + batch_size]
+                target = self.model.tokenize_targets([text for _, _, text in chunk])
+                ids, mask = target["input_ids"].to(self.device), target["attention_mask"].to(self.device)
+                text_prefix = self.model.prompt_prefix([prompt for _, prompt, _ in chunk])
+                for k, index in enumerate((lambda c: c, other.__getitem__)):
+                    audio_prefix = torch.stack([prefixes[index(c)] for c, _, _ in chunk])
+                    logp = self.model.target_logprobs(self.model.join_prefix(audio_prefix, text_prefix), ids, mask)
+                    sums[k] -= logp.double().sum().cpu()
+                sums[2] += mask.sum().cpu()
+        tokens = max(float(sums[2]), 1.0)
+        loss, shuffled = float(sums[0]) / tokens, float(sums[1]) / tokens
+        return {"loss": loss, "loss_shuffled": shuffled, "listening": shuffled - loss,
+                "clips": len(prefixes), "tokens": int(sums[2])}
 
     def embed_text(self, texts: str | Iterable[str], *, batch_size: int = 256,
                    progress: bool | None = False) -> torch.Tensor:

@@ -292,8 +292,8 @@ def _run_inference(checkpoint: str, inputs: tuple[str, ...], prompts: list[str],
     """Shared by generate and describe: expand inputs, report bad ones, stream results."""
     import pengi_kit
     from pengi_kit.api import DESCRIBE_PROMPTS, checkpoint_folder
-    from pengi_kit.devices import resolve_device
     from pengi_kit.data.inputs import collect_inputs
+    from pengi_kit.devices import resolve_device
     from pengi_kit.progress import say
 
     fmt = "jsonl" if as_json else fmt
@@ -322,9 +322,8 @@ def _run_inference(checkpoint: str, inputs: tuple[str, ...], prompts: list[str],
 
     # jsonl/csv carry start/end fields; the text format names a segment in its audio column
     extra = ["start", "end"] if fmt != "text" and any(j.segment for j in jobs) else []
-    show = progress if progress is not None else sys.stderr.isatty()
     clips = [j.audio for j in jobs]
-    options = dict(batch_size=batch_size, progress=show, on_error=report, **decoding)
+    options = dict(batch_size=batch_size, progress=progress, on_error=report, **decoding)  # None: on a terminal
     if describe:
         columns = ["audio", *extra, *DESCRIBE_PROMPTS, "summary"]
         writer = _Writer(fmt, out, columns if fmt != "text" else ["audio", *extra, "summary"])

@@ -9,6 +9,24 @@ from torch import nn
 
 from pengi_kit.recipe import COMPONENT_SLOTS, slot_enabled
 
+#: The listening check (docs/training.md): a model whose loss on its references rises by less
+#: than this many nats per token when each clip's audio is swapped for another clip's does not
+#: use its audio. A model that tells apart even two equally likely answers from the audio gains
+#: ln 2 = 0.69 nats on that token, 0.05 or more per token over a target of up to ~14 tokens;
+#: rounding (bf16) moves the difference by about 0.001.
+LISTENING_THRESHOLD = 0.05
+
+
+def listening_warning(listening: float, what: str = "validation loss") -> str | None:
+    """The one-line warning for a listening check below :data:`LISTENING_THRESHOLD`, else None."""
+    if not listening < LISTENING_THRESHOLD:  # NaN (nothing to compare): no warning
+        return None
+    return (f"pengi-kit: the model is not listening: its {what} changes by only {listening:.4f} "
+            f"nats/token when clips' audio is swapped (below {LISTENING_THRESHOLD}); it answers from the "
+            "prompt and the texts alone. Use a pretrained audio encoder (pengi-kit import, or pretrain one on "
+            "your data) and/or unfreeze it, train longer, or check that the texts depend on the audio; "
+            "see docs/training.md, 'The listening check'")
+
 
 class Projection(nn.Module):
     """Pengi's projection head: linear, GELU, linear, dropout, residual, LayerNorm."""

@@ -24,7 +24,7 @@ from pengi_kit.engine.distributed import Dist, all_reduce_sum, barrier, setup
 from pengi_kit.engine.flops import example_inputs, measure, peak_flops
 from pengi_kit.engine.optim import build_optimizer, build_scheduler
 from pengi_kit.errors import PengiKitError
-from pengi_kit.model import PengiModel, build_model
+from pengi_kit.model import PengiModel, build_model, listening_warning
 from pengi_kit.progress import bar as progress_bar, say
 
 
@@ -318,6 +318,10 @@ class Trainer:
     def _validate_and_log(self) -> None:
         metrics = self.validate()
         self._log({"step": self.step, **metrics})
+        if "valid_loss" in metrics:
+            listening = (f", listening {metrics['listening']:.4f} nats/token (shuffled audio "
+                         f"{metrics['valid_loss_shuffled']:.4f})" if "listening" in metrics else "")
+            self._log_line(f"step {self.step}: valid_loss {metrics['valid_loss']:.4f}{listening}")
         self._keep_best(metrics)
 
     # ------------------------------------------------------------------ logging
@@ -434,7 +438,9 @@ class Trainer:
         self.model.eval()
         loader = eval_loader(self.valid_data, self.batch_size, rank=self.dist.rank, world_size=self.dist.world_size,
                              num_workers=self.recipe["data"]["num_workers"])
-        total = torch.zeros(2, dtype=torch.float64, device=self.dist.device)
+        # loss sum, tokens; then over batches of two or more clips (the listening check):
+        # loss sum with each clip's own audio, with the audio rolled by one across the batch, tokens
+        total = torch.zeros(5, dtype=torch.float64, device=self.dist.device)
         errors: list[str] = []
         size = None if isinstance(self.valid_data, torch.utils.data.IterableDataset) else len(loader)  # no length
         bar = progress_bar(size, f"validating (step {self.step})", "batch",
@@ -444,9 +450,7 @@ class Trainer:
             errors += batch["errors"]
             if not batch["prompts"]:
                 continue
-            with self._autocast():
-                out = self.model(**self._inputs(batch))
-            total += torch.stack([out["loss_sum"].double(), out["tokens"].double()])
+            total += self._listening_sums(self._inputs(batch))
         bar.close()
         all_reduce_sum(total, self.dist)
         if self.dist.enabled:
@@ -457,9 +461,34 @@ class Trainer:
         self.valid_errors.update(new)
         self._report_bad(new)
         metrics = {"valid_loss": float(total[0] / total[1].clamp(min=1))}
+        if total[4] > 0:  # some batch had two clips or more, on some rank
+            metrics["valid_loss_shuffled"] = float(total[3] / total[4])
+            metrics["listening"] = float((total[3] - total[2]) / total[4])
+            warning = listening_warning(metrics["listening"])
+            if warning and self.dist.is_main and not getattr(self, "_listening_warned", False):
+                self._listening_warned = True  # once a run; metrics.jsonl has every validation's value
+                say(warning)
         if self.validate_hook is not None:
             metrics.update(self.validate_hook(self.model, self.step))
         return metrics
+
+    def _listening_sums(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """[loss sum, tokens, own-audio loss sum, shuffled-audio loss sum, tokens] of one batch,
+        the last three 0 for a batch of one clip. The audio prefixes are computed once; the
+        shuffled loss pairs clip i's prompt and target with clip i+1's audio prefix (a roll by
+        one: deterministic and never a clip with itself)."""
+        model = self.model
+        with self._autocast():
+            audio = model.audio_prefix(inputs["audio"])
+            text = model.text_prefix(inputs["prompt_ids"], inputs["prompt_mask"])
+            own = -model.target_logprobs(model.join_prefix(audio, text), inputs["target_ids"],
+                                         inputs["target_mask"]).double().sum()
+            tokens = inputs["target_mask"].sum().double()
+            if len(audio) < 2:
+                return torch.stack([own, tokens, *torch.zeros(3, dtype=torch.float64, device=own.device)])
+            shuffled = -model.target_logprobs(model.join_prefix(audio.roll(1, dims=0), text),
+                                              inputs["target_ids"], inputs["target_mask"]).double().sum()
+        return torch.stack([own, tokens, own, shuffled, tokens])
 
     # ------------------------------------------------------------------ loop
     def _loader(self) -> Iterable[dict[str, Any]]:

@@ -329,6 +329,37 @@ def linear_probe(pengi: Pengi, manifest: str | Path, *, train_manifest: str | Pa
     return result
 
 
+# ---------------------------------------------------------------------------- listening check
+def listening(pengi: Pengi, manifest: str | Path, *, on_error: str = "skip", limit: int | None = None,
+              batch_size: int = 32, prompt: str | None = None, **_: Any) -> Result:
+    """The listening check (docs/training.md) on the manifest's clips: the loss per token of
+    every row's reference text given its clip and prompt (``loss``), the same with each clip's
+    audio swapped for the next clip's (``loss_shuffled``), and ``listening``, their difference
+    in nats per token: about 0 when the model ignores its audio. Any task's rows serve; needs
+    two clips or more."""
+    from pengi_kit.model import LISTENING_THRESHOLD, listening_warning
+
+    result = Result("listening")
+    groups = _read(manifest, result, on_error, limit)
+    if len(groups) < 2:
+        raise PengiKitError(f"{manifest}: the listening check needs two clips or more")
+    rows = [(i, prompt or g.prompt, text) for i, g in enumerate(groups) for text in g.texts]
+    try:
+        out = pengi.listening([g.clip for g in groups], rows, batch_size=batch_size,
+                              on_error=_on_error(on_error, result))
+    except ValueError as exc:
+        raise PengiKitError(f"{manifest}: {exc} ({result.problems[-1] if result.problems else 'empty'})") from exc
+    result.metrics = {"listening": out["listening"], "loss": out["loss"], "loss_shuffled": out["loss_shuffled"]}
+    result.info.update(clips=out["clips"], tokens=out["tokens"], threshold=LISTENING_THRESHOLD)
+    warning = listening_warning(out["listening"], "loss on the references")
+    if warning:
+        from pengi_kit.progress import say
+
+        result.info["warning"] = warning
+        say(warning)
+    return result
+
+
 def evaluate(pengi: Pengi, task: str, manifest: str | Path, **options: Any) -> Result:
     """Run the registered ``task`` (``pengi-kit list-components --kind task``; the built-ins
     are the functions above) on ``manifest``; ``options`` as the task function takes."""
