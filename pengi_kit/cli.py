@@ -561,7 +561,7 @@ def data_check_cmd(manifest: Path, jobs: int, max_seconds: float, progress: bool
 @click.option("--shard-size", type=int, default=1000, show_default=True, help="Samples per shard.")
 @click.option("--prefix", default="train", show_default=True, help="Shard names: PREFIX-000000.tar ...")
 @click.option("--shuffle/--no-shuffle", default=True, show_default=True, help="Shuffle rows before sharding.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the shuffle.")
 def data_shard_cmd(manifest: Path, out: Path, shard_size: int, prefix: str, shuffle: bool, seed: int) -> None:
     """Write MANIFEST's rows and audio into webdataset-style tar shards."""
     from pengi_kit.data.shards import write_shards

@@ -149,3 +149,16 @@ def test_evaluate_usage_errors_come_before_torch_and_nothing_scored_is_a_failure
 def test_version_names_the_command():
     proc = subprocess.run([sys.executable, "-m", "pengi_kit", "--version"], capture_output=True, text=True)
     assert proc.stdout.startswith("pengi-kit, version "), proc.stdout
+
+
+def test_every_option_of_every_command_says_what_it_does():
+    import click
+
+    def undocumented(command, path):
+        for sub_name, sub in getattr(command, "commands", {}).items():
+            yield from undocumented(sub, f"{path} {sub_name}")
+        for param in command.params:
+            if isinstance(param, click.Option) and not param.help:
+                yield f"{path} {param.opts[0]}"
+
+    assert list(undocumented(main, "pengi-kit")) == []
