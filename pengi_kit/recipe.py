@@ -444,18 +444,14 @@ def check_files(recipe: dict[str, Any]) -> None:
     so that ``validate`` refuses what ``train`` could not start. Checkpoints do not need it:
     their recipes may name training data that is long gone."""
     from pengi_kit.data.shards import is_shard_source, resolve_shards
-    from pengi_kit.sources import looks_local
+    from pengi_kit.sources import looks_local, weight_sources
 
-    for slot, table in recipe["model"].items():
-        if not isinstance(table, dict):
-            continue
-        for key in ("pretrained", "tokenizer"):
-            value = table.get(key)
-            if isinstance(value, str) and value and looks_local(value) and not Path(value).expanduser().exists():
-                fix = ("run `pengi-kit demo` first: it pretrains this encoder" if recipe["name"] == "demo" else
-                       "check the path (relative to the current directory); `pengi-kit import` writes weights "
-                       "from a published checkpoint")
-                raise RecipeError(f"model.{slot}.{key}: '{value}' does not exist ({fix})")
+    for slot, _, key, value in weight_sources(recipe):
+        if looks_local(value) and not Path(value).expanduser().exists():
+            fix = ("run `pengi-kit demo` first: it pretrains this encoder" if recipe["name"] == "demo" else
+                   "check the path (relative to the current directory); `pengi-kit import` writes weights "
+                   "from a published checkpoint")
+            raise RecipeError(f"model.{slot}.{key}: '{value}' does not exist ({fix})")
     for split in ("train", "valid"):
         entries = recipe["data"][split]
         for i, entry in enumerate([entries] if isinstance(entries, str) else entries):

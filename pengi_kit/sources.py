@@ -30,7 +30,7 @@ import json
 import os
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 ARCHITECTURE_ONLY = "architecture_only.json"
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
@@ -60,18 +60,26 @@ def mark_architecture_only(folder: str | Path, note: str) -> None:
     }, indent=2) + "\n", encoding="utf-8")
 
 
+def weight_sources(recipe: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any], str, str]]:
+    """``(slot, table, key, value)`` for each non-empty ``pretrained``/``tokenizer`` string of
+    the recipe's component tables: where weights and tokenizers come from."""
+    for slot, table in recipe.get("model", {}).items():
+        if not isinstance(table, dict):
+            continue
+        for key in ("pretrained", "tokenizer"):
+            value = table.get(key)
+            if isinstance(value, str) and value:
+                yield slot, table, key, value
+
+
 def resolve_relative(recipe: dict[str, Any], base: str | Path) -> dict[str, Any]:
     """A copy of ``recipe`` whose component ``pretrained``/``tokenizer`` values that name a
     path inside ``base`` (a checkpoint directory) are made absolute."""
     base = Path(base)
     out = copy.deepcopy(recipe)
-    for table in out.get("model", {}).values():
-        if not isinstance(table, dict):
-            continue
-        for key in ("pretrained", "tokenizer"):
-            value = table.get(key)
-            if isinstance(value, str) and value and not Path(value).is_absolute() and (base / value).exists():
-                table[key] = str((base / value).resolve())
+    for _, table, key, value in list(weight_sources(out)):
+        if not Path(value).is_absolute() and (base / value).exists():
+            table[key] = str((base / value).resolve())
     return out
 
 
@@ -88,13 +96,8 @@ def looks_local(source: str) -> bool:
 
 def hub_sources(recipe: dict[str, Any]) -> list[str]:
     """The ``pretrained``/``tokenizer`` values of a resolved recipe that name hub ids or tags."""
-    found = []
-    for table in recipe.get("model", {}).values():
-        for key in ("pretrained", "tokenizer"):
-            value = table.get(key) if isinstance(table, dict) else None
-            if isinstance(value, str) and value and value != "byte" and ":" not in value and not looks_local(value):
-                found.append(value)
-    return found
+    return [value for _, _, _, value in weight_sources(recipe)
+            if value != "byte" and ":" not in value and not looks_local(value)]
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
@@ -139,4 +142,4 @@ def offline_if_hub_unreachable(recipe: dict[str, Any]) -> str | None:
 
 
 __all__ = ["ARCHITECTURE_ONLY", "is_architecture_only", "mark_architecture_only", "resolve_relative",
-           "hub_sources", "hub_reachable", "offline_if_hub_unreachable"]
+           "weight_sources", "hub_sources", "hub_reachable", "offline_if_hub_unreachable"]
