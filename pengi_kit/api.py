@@ -40,32 +40,12 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> PengiMod
     from pengi_kit.recipe import from_dict
     from pengi_kit.sources import resolve_relative
 
-    path = ckpt.resolve(checkpoint_folder(path))
+    path = ckpt.resolve(path)
     meta = ckpt.verify(path)
     # sources inside the checkpoint (an importer's lm/, text_encoder/) are relative to it
     model = build_model(from_dict(resolve_relative(ckpt.read_recipe(path), path)))
     ckpt.load_weights(model, path, meta.get("referenced", []))
     return model.to(resolve_device(device)).eval()
-
-
-def checkpoint_folder(path: str | Path) -> Path:
-    """``path`` if it is a folder; a file gets a one-line error saying what to pass instead."""
-    from pengi_kit.errors import CheckpointError
-
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such checkpoint folder (pass a run directory such as runs/demo, a "
-                              "checkpoint folder, or a folder written by `pengi-kit import`)")
-    if path.is_dir():
-        return path
-    if path.suffix == ".toml":
-        raise CheckpointError(f"{path} is a recipe, not a checkpoint: train it first (`pengi-kit train {path}`) "
-                              "and pass the run directory it prints")
-    if path.suffix in (".pth", ".pt", ".ckpt", ".bin"):
-        raise CheckpointError(f"{path} is a weights file, not a checkpoint folder: import it first "
-                              "(`pengi-kit import --help` lists the formats) and pass the folder it writes")
-    raise CheckpointError(f"{path} is a file, not a checkpoint folder: pass the folder that holds it "
-                          f"({path.parent})")
 
 
 class Pengi:

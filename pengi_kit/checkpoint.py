@@ -193,9 +193,27 @@ def checkpoints(run_dir: Path) -> list[Path]:
     return sorted(folder.glob("step-*")) if folder.is_dir() else []
 
 
+def folder(path: str | Path) -> Path:
+    """``path`` if it is a folder; a file gets a one-line error saying what to pass instead."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint folder (pass a run directory such as runs/demo, a "
+                              "checkpoint folder, or a folder written by `pengi-kit import`)")
+    if path.is_dir():
+        return path
+    if path.suffix == ".toml":
+        raise CheckpointError(f"{path} is a recipe, not a checkpoint: train it first (`pengi-kit train {path}`) "
+                              "and pass the run directory it prints")
+    if path.suffix in (".pth", ".pt", ".ckpt", ".bin"):
+        raise CheckpointError(f"{path} is a weights file, not a checkpoint folder: import it first "
+                              "(`pengi-kit import --help` lists the formats) and pass the folder it writes")
+    raise CheckpointError(f"{path} is a file, not a checkpoint folder: pass the folder that holds it "
+                          f"({path.parent})")
+
+
 def resolve(path: str | Path) -> Path:
     """A checkpoint directory, or a run directory -> its newest intact checkpoint."""
-    path = Path(path)
+    path = folder(path)
     if (path / META).exists() or not (path / "checkpoints").is_dir():
         verify(path)
         return path

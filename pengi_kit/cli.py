@@ -291,7 +291,8 @@ def _run_inference(checkpoint: str, inputs: tuple[str, ...], prompts: list[str],
                    decoding: dict[str, Any], describe: bool) -> None:
     """Shared by generate and describe: expand inputs, report bad ones, stream results."""
     import pengi_kit
-    from pengi_kit.api import DESCRIBE_PROMPTS, checkpoint_folder
+    from pengi_kit.api import DESCRIBE_PROMPTS
+    from pengi_kit.checkpoint import folder as checkpoint_folder
     from pengi_kit.data.inputs import collect_inputs
     from pengi_kit.devices import resolve_device
     from pengi_kit.progress import say
@@ -425,7 +426,7 @@ def evaluate_cmd(checkpoint: str, task: str | None, manifest: str | None, suite:
 
         registry().get("task", task, where="--task")  # before the model loads
     import pengi_kit  # torch loads only once the command line is known to be good
-    from pengi_kit.api import checkpoint_folder
+    from pengi_kit.checkpoint import folder as checkpoint_folder
     from pengi_kit.devices import resolve_device
     from pengi_kit.evaluation.suite import TaskSpec, load_suite, run_suite, table, write_report
 
