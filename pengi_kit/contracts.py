@@ -86,3 +86,33 @@ PROTOCOLS = {
     "mapper": Mapper,
     "causal_lm": CausalLM,
 }
+
+
+@runtime_checkable
+class Trainable(Protocol):
+    """What the one trainer (:mod:`pengi_kit.engine.trainer`) needs of a model: the Pengi model
+    and the encoders of pretraining (:mod:`pengi_kit.pretraining`) alike. It follows
+    ``sample_rate``/``clip_seconds`` when loading audio; ``export(out_dir) -> Path``, where a model
+    has it, writes the folder users take away (an encoder folder, a CLAP folder) after training."""
+
+    sample_rate: int
+    clip_seconds: float | None
+
+    def batch_inputs(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """A collated batch -> ``forward``'s inputs: CPU tensors, every one batch-first."""
+
+    def loss_units(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """How many terms ``loss_sum`` sums over (target tokens, clips): the trainer divides by
+        their total over every process and micro-batch."""
+
+    def forward(self, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{"loss_sum": ...}`` over this process's terms."""
+
+    def validation_sums(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``{metric: float64 [sum, count]}`` of one validation batch, ``valid_loss`` among them."""
+
+    def example_inputs(self, n: int = 1) -> dict[str, torch.Tensor]:
+        """Inputs of ``n`` made-up examples on the model's device (one backward on them finds
+        the parameters the loss never reaches)."""
+
+    def set_trainable(self, flags: dict[str, bool]) -> None: ...

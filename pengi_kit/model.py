@@ -173,6 +173,48 @@ class PengiModel(nn.Module):
         logp = self.target_logprobs(self.prefix(audio, prompt_ids, prompt_mask), target_ids, target_mask)
         return {"loss_sum": -logp.sum(), "tokens": target_mask.sum()}
 
+    # -------------------------------------------------------------- the engine's protocol
+    def batch_inputs(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """A collated batch (:mod:`pengi_kit.data.collate`) -> forward's inputs (CPU tensors, batch-first)."""
+        prompts, targets = self.tokenize_prompts(batch["prompts"]), self.tokenize_targets(batch["texts"])
+        return {"audio": batch["audio"], "prompt_ids": prompts["input_ids"], "prompt_mask": prompts["attention_mask"],
+                "target_ids": targets["input_ids"], "target_mask": targets["attention_mask"]}
+
+    @staticmethod
+    def loss_units(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The terms ``loss_sum`` sums over: target tokens."""
+        return inputs["target_mask"].sum()
+
+    def example_inputs(self, n: int = 1, target_length: int = 4) -> dict[str, torch.Tensor]:
+        """Forward inputs of ``n`` made-up examples on the model's device: silent clips (10 s where the
+        encoder takes any length), a one-word prompt, ``target_length`` target tokens."""
+        dev = next(self.parameters()).device
+        samples = int(self.sample_rate * (self.clip_seconds or 10.0))
+        prompts = self.tokenize_prompts(["a"] * n)
+        ids = torch.zeros(n, target_length, dtype=torch.long, device=dev)
+        return {"audio": torch.zeros(n, samples, device=dev), "prompt_ids": prompts["input_ids"].to(dev),
+                "prompt_mask": prompts["attention_mask"].to(dev), "target_ids": ids, "target_mask": torch.ones_like(ids)}
+
+    @torch.no_grad()
+    def validation_sums(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``{metric: float64 [sum, count]}`` over one batch: the validation loss and the listening check.
+
+        The listening check (docs/training.md) pairs clip i's prompt and target with clip i-1's
+        audio prefix (a roll by one: deterministic, never a clip with itself) and compares the
+        loss with the clip's own; the audio prefixes are computed once. A batch of one clip
+        counts 0 for it."""
+        audio = self.audio_prefix(inputs["audio"])
+        text = self.text_prefix(inputs["prompt_ids"], inputs["prompt_mask"])
+        ids, mask = inputs["target_ids"], inputs["target_mask"]
+        own = -self.target_logprobs(self.join_prefix(audio, text), ids, mask).double().sum()
+        tokens = mask.sum().double()
+        sums = {"valid_loss": torch.stack([own, tokens])}
+        if len(audio) < 2:
+            return sums
+        shuffled = -self.target_logprobs(self.join_prefix(audio.roll(1, dims=0), text), ids, mask).double().sum()
+        return {**sums, "valid_loss_shuffled": torch.stack([shuffled, tokens]),
+                "listening": torch.stack([shuffled - own, tokens])}
+
     def set_trainable(self, flags: dict[str, bool]) -> None:
         """Freeze or unfreeze each component. The projections always train, as in Pengi."""
         self.requires_grad_(True)
@@ -188,11 +230,17 @@ class PengiModel(nn.Module):
         return self
 
 
-def build_model(recipe: dict[str, Any], registry: Any | None = None) -> PengiModel:
-    """Build the composite model from a resolved recipe (``pengi_kit.recipe.load_recipe``)."""
+def build_model(recipe: dict[str, Any], registry: Any | None = None) -> nn.Module:
+    """The model a resolved recipe (``pengi_kit.recipe.load_recipe``) describes: the composite
+    Pengi model, or for ``task = "tagging" | "contrastive"`` an encoder to pretrain
+    (:mod:`pengi_kit.pretraining`). Each offers the engine's protocol (:class:`pengi_kit.contracts.Trainable`)."""
     if registry is None:
         from pengi_kit.plugins import registry as get_registry
         registry = get_registry()
+    if recipe.get("task", "pengi") != "pengi":
+        from pengi_kit.pretraining import build_pretraining_model
+
+        return build_pretraining_model(recipe, registry)
     cfg = recipe["model"]
 
     def build(slot: str, **supplied: Any) -> nn.Module:

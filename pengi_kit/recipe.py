@@ -56,6 +56,10 @@ def _in_range(value: float, spec: str) -> bool:
         ((value <= high) if spec[-1] == "]" else (value < high))
 
 
+TASKS = ("pengi", "tagging", "contrastive")
+# the component slots a pretraining task builds (all required); "pengi" builds COMPONENT_SLOTS
+TASK_SLOTS = {"tagging": ("audio_encoder",), "contrastive": ("audio_encoder", "text_encoder")}
+
 COMPONENT_SLOTS = {
     # slot: (kind, required, trainable by default, arguments the model builder supplies)
     "audio_encoder": ("audio_encoder", True, True, ()),
@@ -106,6 +110,9 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "name": Field(str, "", "Run name; the output directory defaults to runs/<name>."),
         "seed": Field(int, 0, "Seed for weights, data order, crops and sampling."),
         "extends": Field(str, "", "A recipe this one starts from (name in the same folder or a path)."),
+        "task": Field(str, "pengi", "What to train: 'pengi' (audio + prompt -> text), or an audio encoder to "
+                      "pretrain: 'tagging' (a classifier head on labels) or 'contrastive' (CLAP: audio and text "
+                      "encoders in a joint space). See docs/pretraining.md.", TASKS),
     },
     "model": {
         "projection_dim": Field(int, 1024, "Width of the shared audio/text projection space (d_proj).", range=">= 1"),
@@ -120,7 +127,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "train": Field((str, list), "synthetic",
                        "Training data: a manifest (JSONL/CSV), a shard pattern or folder, 'synthetic' (the demo "
                        "corpus), or a list of tables {manifest = ..., weight = 1.0, task = ..., templates = {...}} "
-                       "mixed by weight."),
+                       "mixed by weight; prompt = \"...\" in a table is the prompt of its rows that have none."),
         "valid": Field((str, list), "synthetic", "Validation data, as data.train (weights ignored), or '' for none."),
         "synthetic_train_size": Field(int, 4000, "Clips in the synthetic training split.", range=">= 1"),
         "synthetic_valid_size": Field(int, 400, "Clips in the synthetic validation split.", range=">= 1"),
@@ -158,7 +165,10 @@ SCHEMA: dict[str, dict[str, Field]] = {
                                      "in a row.", range=">= 1"),
         "save_frozen": Field(bool, False, "Also copy frozen pretrained components into checkpoints."),
         "output_dir": Field(str, "", "Where checkpoints and logs go; default runs/<name>."),
-        "compile": Field(bool, False, "Wrap the model with torch.compile (after DDP wrapping)."),
+        "strategy": Field(str, "ddp", "How several processes share the model: 'ddp' replicates it; 'fsdp' shards "
+                          "the trainable parameters, gradients and optimiser state (FSDP2), for LMs that do not fit "
+                          "beside their optimiser state. One process: no difference.", ("ddp", "fsdp")),
+        "compile": Field(bool, False, "Wrap the model with torch.compile (after DDP/FSDP wrapping)."),
         "peak_flops": Field(float, 0.0, "Peak TFLOP/s of one GPU, for the MFU in the log; 0 looks it up in a "
                             "table of known GPUs.", range=">= 0"),
         "activation_checkpointing": Field(bool, False, "Recompute activations in the backward pass of trainable "
@@ -166,6 +176,16 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "best_metric": Field(str, "valid_loss", "Validation metric whose best value is kept in <output_dir>/best; "
                              "'' disables."),
         "best_mode": Field(str, "min", "Whether a lower or a higher best_metric is better.", ("min", "max")),
+    },
+    "pretrain": {
+        "classes": Field(list, [], "Tagging: the class names, in the head's order; [] means every label found "
+                         "in data.train, sorted."),
+        "multi_label": Field(bool, False, "Tagging: a clip may have several labels (sigmoid and binary "
+                             "cross-entropy) instead of one (softmax and cross-entropy)."),
+        "label_separator": Field(str, ",", "Tagging, multi_label: what separates the labels in a text "
+                                 "('dog, rain')."),
+        "temperature": Field(float, 0.07, "Contrastive: the initial softmax temperature (learned).", range="> 0"),
+        "text_length": Field(int, 77, "Contrastive: text tokens given to the text encoder.", range=">= 1"),
     },
     "generate": _decoding_fields(),
 }
@@ -334,6 +354,7 @@ def validate(raw: dict[str, Any], registry: Any | None = None) -> dict[str, Any]
     for key, field in SCHEMA[""].items():
         if key != "extends":
             resolved[key] = _check_type(key, raw.get(key, field.default), field.type)
+            field.check(key, resolved[key])
     for section in SECTIONS:
         given = raw.get(section, {})
         if not isinstance(given, dict):
@@ -352,7 +373,18 @@ def validate(raw: dict[str, Any], registry: Any | None = None) -> dict[str, Any]
         for key, field in fields.items():
             if field.default is not None:  # None: unset, and TOML cannot write it
                 out.setdefault(key, copy.deepcopy(field.default))
-        if section == "model":
+        if section == "model" and resolved["task"] in TASK_SLOTS:
+            needed = TASK_SLOTS[resolved["task"]]
+            for slot in COMPONENT_SLOTS:
+                if slot in given and slot not in needed:
+                    raise RecipeError(f"model.{slot}: task '{resolved['task']}' builds only "
+                                      f"{' and '.join(needed)}; remove [model.{slot}]")
+                if slot in needed and slot not in given:
+                    raise RecipeError(f"model.{slot}: missing; task '{resolved['task']}' needs a [model.{slot}] "
+                                      "table with a 'name'")
+                if slot in needed:
+                    out[slot] = _validate_component(slot, given[slot], registry)
+        elif section == "model":
             for slot, (_, required, _, _) in COMPONENT_SLOTS.items():
                 if slot in SWITCHABLE_SLOTS and isinstance(given.get(slot), dict) and given[slot].get("name") == "none":
                     if required:
@@ -372,6 +404,8 @@ def validate(raw: dict[str, Any], registry: Any | None = None) -> dict[str, Any]
 
 
 def _check_consistency(recipe: dict[str, Any]) -> None:
+    if recipe["task"] == "pengi" and recipe["pretrain"] != {k: f.default for k, f in SCHEMA["pretrain"].items()}:
+        raise RecipeError("[pretrain]: only used by task = 'tagging' or 'contrastive'; remove it, or set task")
     try:
         Decoding(**recipe["generate"])
     except ValueError as exc:
@@ -382,6 +416,8 @@ def _check_consistency(recipe: dict[str, Any]) -> None:
                           f"{train['grad_accum']}; make it a multiple")
     _check_data_sources(recipe)
     model = recipe["model"]
+    if recipe["task"] in TASK_SLOTS:
+        return
     if not slot_enabled(model, "text_mapper"):
         if "text_encoder" in model:
             raise RecipeError("model.text_mapper: a text encoder needs a text mapper; set its name, or switch "
@@ -395,12 +431,13 @@ def _check_consistency(recipe: dict[str, Any]) -> None:
                           "tokens are the mapper's input; make prefix_length at least prompt_length")
 
 
-DATA_SOURCE_KEYS = {"manifest": str, "weight": float, "task": str, "templates": dict}
+DATA_SOURCE_KEYS = {"manifest": str, "weight": float, "task": str, "templates": dict, "prompt": str}
 
 
 def _check_data_sources(recipe: dict[str, Any]) -> None:
     """A list under data.train / data.valid: tables with a manifest, a positive weight, and
-    optionally the dataset's default task and its own templates ({task: "prompt {field}"})."""
+    optionally the dataset's default task, its own templates ({task: "prompt {field}"}) or
+    one prompt for every row without its own."""
     from pengi_kit.data.templates import TemplateError, placeholders, template_fields
 
     for split in ("train", "valid"):
@@ -423,7 +460,12 @@ def _check_data_sources(recipe: dict[str, Any]) -> None:
             entry.setdefault("weight", 1.0)
             if not entry["weight"] > 0:
                 raise RecipeError(f"{where}.weight: must be positive, got {entry['weight']}")
+            if "prompt" in entry and not entry["prompt"].strip():
+                raise RecipeError(f"{where}.prompt: empty; write the question every row is asked, or remove it")
             templates = entry.get("templates", {})
+            if "prompt" in entry and templates:
+                raise RecipeError(f"{where}: prompt and templates together, but the prompt replaces every "
+                                  "template; keep one of them")
             for task, template in templates.items():
                 if not isinstance(template, str) or not template.strip():
                     raise RecipeError(f"{where}.templates.{task}: expected a prompt string, got {template!r}")

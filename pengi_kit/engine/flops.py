@@ -61,17 +61,6 @@ class StepFlops:
         return total
 
 
-def example_inputs(model: torch.nn.Module, target_length: int) -> dict[str, torch.Tensor]:
-    """A PengiModel's forward inputs for one example: a silent clip (10 s where the encoder
-    takes any length), a one-word prompt, ``target_length`` target tokens."""
-    dev = next(model.parameters()).device
-    samples = int(model.sample_rate * (model.clip_seconds or 10.0))
-    prompts = model.tokenize_prompts(["a"])
-    ids = torch.zeros(1, target_length, dtype=torch.long, device=dev)
-    return {"audio": torch.zeros(1, samples, device=dev), "prompt_ids": prompts["input_ids"].to(dev),
-            "prompt_mask": prompts["attention_mask"].to(dev), "target_ids": ids, "target_mask": torch.ones_like(ids)}
-
-
 def _slot_flops(model: torch.nn.Module, target_length: int) -> dict[str, float]:
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
@@ -79,7 +68,7 @@ def _slot_flops(model: torch.nn.Module, target_length: int) -> dict[str, float]:
     # the math kernel spells attention out in matmuls, which are counted on every device
     # (the counter knows no CPU flash kernel); the fused GPU kernels do the same FLOPs
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
-        model(**example_inputs(model, target_length))
+        model(**model.example_inputs(1, target_length))
     root = type(model).__name__
     out: dict[str, float] = {}
     for name, counts in counter.get_flop_counts().items():

@@ -21,7 +21,7 @@ from pengi_kit import checkpoint as ckpt
 from pengi_kit.data.build import build_dataset
 from pengi_kit.data.loader import TrainLoader, eval_loader
 from pengi_kit.engine.distributed import Dist, all_reduce_sum, barrier, setup
-from pengi_kit.engine.flops import example_inputs, measure, peak_flops
+from pengi_kit.engine.flops import measure, peak_flops
 from pengi_kit.engine.optim import build_optimizer, build_scheduler
 from pengi_kit.errors import PengiKitError
 from pengi_kit.model import PengiModel, build_model, listening_warning
@@ -69,7 +69,9 @@ def seed_everything(seed: int) -> None:
 
 
 class Trainer:
-    """Train the model a resolved recipe describes.
+    """Train the model a resolved recipe describes: a Pengi model, or an encoder to pretrain
+    (``task = "tagging" | "contrastive"``); the trainer knows only their common protocol
+    (:class:`pengi_kit.contracts.Trainable`).
 
     ``Trainer(recipe).fit()`` returns the final checkpoint directory. Metrics go to
     ``<output_dir>/metrics.jsonl``; checkpoints to ``<output_dir>/checkpoints/step-N``.
@@ -140,7 +142,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
         # MFU needs a GPU's peak (None on the CPU) and the model's FLOPs, counted once here
         self.peak_flops = peak_flops(self.dist.device, precision, train["peak_flops"])
-        self.step_flops = measure(self.model) if self.peak_flops else None
+        self.step_flops = measure(self.model) if self.peak_flops and isinstance(self.model, PengiModel) else None
 
     def _freeze_unused(self) -> None:
         """Freeze the trainable parameters that the loss does not reach (the encoders'
@@ -151,7 +153,7 @@ class Trainer:
         self.model.eval()  # no batch-norm statistics drift, no dropout; RNG untouched below
         devices = [self.dist.device] if self.dist.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
-            loss = self.model(**example_inputs(self.model, 4))["loss_sum"]
+            loss = self.model(**self.model.example_inputs(2))["loss_sum"]
             grads = torch.autograd.grad(loss, [p for _, p in trainable], allow_unused=True)
         self.model.train()
         unused = [n for (n, p), g in zip(trainable, grads) if g is None]
@@ -166,9 +168,9 @@ class Trainer:
         (seed, epoch, rank) only: any num_workers, exact mid-epoch resume."""
         recipe, data = self.recipe, self.recipe["data"]
         seed_everything(recipe["seed"] + self.dist.rank)  # dropout and crops differ per rank
-        enc = self.model.audio_encoder
-        self.train_data = build_dataset(recipe, "train", enc.sample_rate, enc.clip_seconds)
-        self.valid_data = build_dataset(recipe, "valid", enc.sample_rate, enc.clip_seconds)
+        rate, seconds = self.model.sample_rate, self.model.clip_seconds
+        self.train_data = build_dataset(recipe, "train", rate, seconds)
+        self.valid_data = build_dataset(recipe, "valid", rate, seconds)
         if self.train_data is None:
             raise TrainingError("data.train is empty: name a manifest or 'synthetic'")
         self.batch_size = recipe["train"]["batch_size"]
@@ -319,9 +321,12 @@ class Trainer:
         metrics = self.validate()
         self._log({"step": self.step, **metrics})
         if "valid_loss" in metrics:
-            listening = (f", listening {metrics['listening']:.4f} nats/token (shuffled audio "
-                         f"{metrics['valid_loss_shuffled']:.4f})" if "listening" in metrics else "")
-            self._log_line(f"step {self.step}: valid_loss {metrics['valid_loss']:.4f}{listening}")
+            parts = [f"{name} {value:.4f}" for name, value in metrics.items()
+                     if name not in ("listening", "valid_loss_shuffled") and isinstance(value, float)]
+            if "listening" in metrics:
+                parts.append(f"listening {metrics['listening']:.4f} nats/token (shuffled audio "
+                             f"{metrics['valid_loss_shuffled']:.4f})")
+            self._log_line(f"step {self.step}: {', '.join(parts)}")
         self._keep_best(metrics)
 
     # ------------------------------------------------------------------ logging
@@ -368,16 +373,12 @@ class Trainer:
         return torch.autocast(self.dist.device.type, dtype=self.autocast_dtype)
 
     def _inputs(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        dev = self.dist.device
-        prompts = self.model.tokenize_prompts(batch["prompts"])
-        targets = self.model.tokenize_targets(batch["texts"])
-        return {"audio": batch["audio"].to(dev, non_blocking=True),
-                "prompt_ids": prompts["input_ids"].to(dev), "prompt_mask": prompts["attention_mask"].to(dev),
-                "target_ids": targets["input_ids"].to(dev), "target_mask": targets["attention_mask"].to(dev)}
+        return {k: v.to(self.dist.device, non_blocking=True) for k, v in self.model.batch_inputs(batch).items()}
 
     def train_step(self, batch: dict[str, Any]) -> torch.Tensor:
         """One optimiser step over ``grad_accum`` micro-batches; the loss is the mean over
-        every target token of the global batch, on any number of processes.
+        every term (target token, clip: the model's ``loss_units``) of the global batch, on
+        any number of processes.
 
         Returns the loss as a 0-dim tensor on the device, NaN where the loss or the gradient
         was not finite and the step left the weights and optimiser state as they were. Nothing
@@ -386,9 +387,9 @@ class Trainer:
         if self.step_flops is not None:  # shapes are known on the host: no wait
             self._window_flops += self.step_flops.step(inputs["audio"].shape[0], inputs["target_ids"].shape[1])
         accum = self.recipe["train"]["grad_accum"]
-        tokens = all_reduce_sum(inputs["target_mask"].sum().double(), self.dist)
+        tokens = all_reduce_sum(self.model.loss_units(inputs).double(), self.dist)
         scale = self.dist.world_size / tokens.clamp(min=1)  # DDP averages gradients over ranks
-        n = inputs["audio"].shape[0]
+        n = len(next(iter(inputs.values())))
         bounds = [round(i * n / accum) for i in range(accum + 1)]
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.dist.device)
         for i in range(accum):
@@ -438,9 +439,7 @@ class Trainer:
         self.model.eval()
         loader = eval_loader(self.valid_data, self.batch_size, rank=self.dist.rank, world_size=self.dist.world_size,
                              num_workers=self.recipe["data"]["num_workers"])
-        # loss sum, tokens; then over batches of two or more clips (the listening check):
-        # loss sum with each clip's own audio, with the audio rolled by one across the batch, tokens
-        total = torch.zeros(5, dtype=torch.float64, device=self.dist.device)
+        sums: dict[str, torch.Tensor] = {}  # metric -> [sum, count] (the model's validation_sums)
         errors: list[str] = []
         size = None if isinstance(self.valid_data, torch.utils.data.IterableDataset) else len(loader)  # no length
         bar = progress_bar(size, f"validating (step {self.step})", "batch",
@@ -450,20 +449,24 @@ class Trainer:
             errors += batch["errors"]
             if not batch["prompts"]:
                 continue
-            total += self._listening_sums(self._inputs(batch))
+            with self._autocast():
+                for name, value in self.model.validation_sums(self._inputs(batch)).items():
+                    sums[name] = sums[name] + value if name in sums else value
         bar.close()
-        all_reduce_sum(total, self.dist)
-        if self.dist.enabled:
+        names = sorted(sums)
+        if self.dist.enabled:  # a rank may have had no batch, or no batch of two clips: agree on the names
             gathered: list[Any] = [None] * self.dist.world_size
-            torch.distributed.all_gather_object(gathered, errors)
-            errors = [e for part in gathered for e in part]
+            torch.distributed.all_gather_object(gathered, (names, errors))
+            names = sorted({n for part, _ in gathered for n in part})
+            errors = [e for _, part in gathered for e in part]
+        zero = torch.zeros(2, dtype=torch.float64, device=self.dist.device)
+        total = all_reduce_sum(torch.stack([sums.get(n, zero) for n in names]) if names else zero[None], self.dist)
         new = [e for e in dict.fromkeys(errors) if e not in self.valid_errors]  # each reported once per run
         self.valid_errors.update(new)
         self._report_bad(new)
-        metrics = {"valid_loss": float(total[0] / total[1].clamp(min=1))}
-        if total[4] > 0:  # some batch had two clips or more, on some rank
-            metrics["valid_loss_shuffled"] = float(total[3] / total[4])
-            metrics["listening"] = float((total[3] - total[2]) / total[4])
+        metrics = {n: float(total[i, 0] / total[i, 1]) for i, n in enumerate(names) if total[i, 1] > 0}
+        metrics.setdefault("valid_loss", math.nan)  # nothing could be scored
+        if "listening" in metrics:  # some batch had two clips or more, on some rank
             warning = listening_warning(metrics["listening"])
             if warning and self.dist.is_main and not getattr(self, "_listening_warned", False):
                 self._listening_warned = True  # once a run; metrics.jsonl has every validation's value
@@ -471,24 +474,6 @@ class Trainer:
         if self.validate_hook is not None:
             metrics.update(self.validate_hook(self.model, self.step))
         return metrics
-
-    def _listening_sums(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """[loss sum, tokens, own-audio loss sum, shuffled-audio loss sum, tokens] of one batch,
-        the last three 0 for a batch of one clip. The audio prefixes are computed once; the
-        shuffled loss pairs clip i's prompt and target with clip i+1's audio prefix (a roll by
-        one: deterministic and never a clip with itself)."""
-        model = self.model
-        with self._autocast():
-            audio = model.audio_prefix(inputs["audio"])
-            text = model.text_prefix(inputs["prompt_ids"], inputs["prompt_mask"])
-            own = -model.target_logprobs(model.join_prefix(audio, text), inputs["target_ids"],
-                                         inputs["target_mask"]).double().sum()
-            tokens = inputs["target_mask"].sum().double()
-            if len(audio) < 2:
-                return torch.stack([own, tokens, *torch.zeros(3, dtype=torch.float64, device=own.device)])
-            shuffled = -model.target_logprobs(model.join_prefix(audio.roll(1, dims=0), text),
-                                              inputs["target_ids"], inputs["target_mask"]).double().sum()
-        return torch.stack([own, tokens, own, shuffled, tokens])
 
     # ------------------------------------------------------------------ loop
     def _loader(self) -> Iterable[dict[str, Any]]:
@@ -566,7 +551,7 @@ class Trainer:
                     record = self._speed(window_samples, seconds)
                     mfu = record["mfu"]
                     bar.set_postfix(loss=f"{losses[self.step]:.3f}", samples_s=f"{record['samples_per_s']:.0f}",
-                                    tokens_s=f"{record['tokens_per_s']:.0f}",
+                                    **({"tokens_s": f"{record['tokens_per_s']:.0f}"} if "tokens_per_s" in record else {}),
                                     mfu=f"{mfu:.1%}" if mfu is not None else self._no_mfu)
                     self._log({"step": self.step, "epoch": self.epoch, "loss": losses[self.step],
                                "lr": self.scheduler.get_last_lr()[0], **record})
@@ -636,10 +621,11 @@ class Trainer:
         """A log window's throughput: samples/s and LM tokens/s (prefix + non-padding target
         tokens, all processes), and MFU (this process's model FLOPs / time / the GPU's peak;
         None without a peak, e.g. on the CPU). Reads the window's token count: one wait."""
-        tokens = float(self._window_tokens) + samples * self.model.prefix_length
         mfu = self._window_flops / seconds / self.peak_flops if self.step_flops is not None else None
-        return {"samples_per_s": samples / seconds, "tokens_per_s": tokens / seconds,
-                "mfu": None if mfu is None else round(mfu, 4)}
+        record = {"samples_per_s": samples / seconds, "mfu": None if mfu is None else round(mfu, 4)}
+        if isinstance(self.model, PengiModel):
+            record["tokens_per_s"] = (float(self._window_tokens) + samples * self.model.prefix_length) / seconds
+        return record
 
     def _check_steps(self) -> dict[int, float]:
         """Read the losses of the steps since the last check in one wait for the device; count

@@ -17,7 +17,7 @@ def _counted(model, target_length):
 
     model.eval()
     with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
-        model(**flops.example_inputs(model, target_length))
+        model(**model.example_inputs(1, target_length))
     return counter.get_total_flops()
 
 

@@ -48,15 +48,17 @@ def test_the_shuffled_loss_is_the_loss_with_the_audio_rolled_by_one(tmp_path):
     batch = next(iter(eval_loader(trainer.valid_data, 4)))
     inputs = trainer._inputs(batch)
     with torch.no_grad():
-        own, tokens, own2, shuffled, tokens2 = trainer._listening_sums(inputs).tolist()
+        sums = {k: v.tolist() for k, v in model.validation_sums(inputs).items()}
         out = model(**inputs)
         rolled = model(**{**inputs, "audio": inputs["audio"].roll(1, dims=0)})
-    assert own == own2 == pytest.approx(out["loss_sum"].item(), rel=1e-5)
-    assert tokens == tokens2 == out["tokens"].item()
+    (own, tokens), (shuffled, tokens2) = sums["valid_loss"], sums["valid_loss_shuffled"]
+    assert own == pytest.approx(out["loss_sum"].item(), rel=1e-5)
+    assert tokens == tokens2 == model.loss_units(inputs).item()
     assert shuffled == pytest.approx(rolled["loss_sum"].item(), rel=1e-5)
+    assert sums["listening"][0] == pytest.approx(shuffled - own, rel=1e-5)
     one = {k: v[:1] for k, v in inputs.items()}  # a batch of one clip has nothing to swap
     with torch.no_grad():
-        assert trainer._listening_sums(one).tolist()[2:] == [0.0, 0.0, 0.0]
+        assert set(model.validation_sums(one)) == {"valid_loss"}
 
 
 def test_a_model_with_a_zeroed_audio_prefix_is_flagged_once(tmp_path, capsys):
