@@ -56,10 +56,16 @@ def referenced_slots(recipe: dict[str, Any]) -> list[str]:
             and not is_architecture_only(model[s]["pretrained"])]
 
 
-def weights_to_save(model: torch.nn.Module, recipe: dict[str, Any]) -> dict[str, torch.Tensor]:
+def weights_to_save(model: torch.nn.Module, recipe: dict[str, Any],
+                    state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """``state`` (default: the model's state dict) without the referenced slots, except what
+    trains inside them (LoRA adapters on a frozen LM: its source does not hold them)."""
     skip = tuple(f"{slot}." for slot in referenced_slots(recipe))
+    trained = {name for name, param in model.named_parameters() if param.requires_grad}
+    state = model.state_dict() if state is None else state
     # clone: tied weights (GPT-2's lm_head and wte) must not share storage in safetensors
-    return {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items() if not k.startswith(skip)}
+    return {k: v.detach().cpu().contiguous().clone() for k, v in state.items()
+            if not k.startswith(skip) or k in trained}
 
 
 def _sha256(path: Path) -> str:
@@ -100,11 +106,13 @@ def _py_state_to_list(state: tuple) -> list:
 
 def save_checkpoint(path: Path, model: torch.nn.Module, recipe: dict[str, Any],
                     training_state: dict[str, Any] | None = None, rng: dict[int, dict] | None = None,
-                    meta: dict[str, Any] | None = None, extra: Callable[[Path], None] | None = None) -> Path:
+                    meta: dict[str, Any] | None = None, extra: Callable[[Path], None] | None = None,
+                    weights: dict[str, torch.Tensor] | None = None) -> Path:
     """Write a checkpoint directory atomically; returns its path.
 
     ``extra(folder)`` may add files and subfolders to the checkpoint before it is
-    hashed and renamed into place.
+    hashed and renamed into place. ``weights``: the model's full state dict where
+    ``model.state_dict()`` would not give it (FSDP shards).
     """
     from safetensors.torch import save_file
 
@@ -113,7 +121,7 @@ def save_checkpoint(path: Path, model: torch.nn.Module, recipe: dict[str, Any],
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     (tmp / RECIPE).write_text(dumps(recipe), encoding="utf-8")
-    save_file(weights_to_save(model, recipe), str(tmp / WEIGHTS))
+    save_file(weights_to_save(model, recipe, weights), str(tmp / WEIGHTS))
     if training_state is not None:
         torch.save(training_state, tmp / STATE)
     for rank, state in (rng or {}).items():
@@ -135,6 +143,30 @@ def save_checkpoint(path: Path, model: torch.nn.Module, recipe: dict[str, Any],
     shutil.rmtree(old, ignore_errors=True)
     _fsync(path.parent)
     return path
+
+
+def export_merged(model: torch.nn.Module, out: Path) -> Path:
+    """Write ``model`` (loaded from a checkpoint: its ``recipe`` is set) as a checkpoint for
+    inference at ``out``, without training state. LoRA adapters (``[model.lm.lora]``) are merged
+    into the LM and the lora table leaves the recipe; the merged LM is no longer its pretrained
+    source, so its config and tokenizer go to ``out/lm`` (architecture-only) and every weight
+    to ``model.safetensors`` (``train.save_frozen``). An existing ``out`` is replaced."""
+    import copy
+
+    from pengi_kit.sources import mark_architecture_only
+
+    recipe = copy.deepcopy(model.recipe)
+    lm, extra = recipe["model"]["lm"], None
+    if lm.pop("lora", None) is not None:
+        model.lm.merge_adapters()
+        recipe["train"]["save_frozen"] = True
+        if lm.get("pretrained") and not is_architecture_only(lm["pretrained"]):
+            def extra(folder: Path) -> None:
+                model.lm.save_architecture(folder / "lm")
+                mark_architecture_only(folder / "lm", "config and tokenizer of the LM, LoRA adapters merged; the "
+                                                      "weights are in the checkpoint's model.safetensors")
+            lm["pretrained"] = "lm"  # relative: resolved against the checkpoint folder when loaded
+    return save_checkpoint(out, model, recipe, meta={"exported": True}, extra=extra)
 
 
 def _version() -> str:

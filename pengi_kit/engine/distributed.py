@@ -61,3 +61,21 @@ def barrier(d: Dist) -> None:
 def teardown(d: Dist) -> None:
     if d.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def shard(model: torch.nn.Module, bf16: bool) -> torch.nn.Module:
+    """FSDP2 (``fully_shard``) in place: each transformer block of the model's components (the
+    classes a Hugging Face model lists in ``_no_split_modules``) is a unit of its own, gathered
+    just before it runs and freed after; the rest (encoders, mappers, embeddings, head) is the
+    root's unit. Parameters, gradients and optimiser state are sharded over the processes.
+
+    ``bf16``: the blocks compute in bfloat16 with gradients reduced in float32 (FSDP's mixed
+    precision); the root keeps float32 parameters under the trainer's autocast, so that audio
+    front-ends and losses keep their precision."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    block_names = {name for m in model.modules() for name in (getattr(m, "_no_split_modules", None) or [])}
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else None
+    for block in [m for m in model.modules() if type(m).__name__ in block_names]:
+        fully_shard(block, **({"mp_policy": policy} if policy else {}))
+    return fully_shard(model)

@@ -20,7 +20,7 @@ import torch
 from pengi_kit import checkpoint as ckpt
 from pengi_kit.data.build import build_dataset
 from pengi_kit.data.loader import TrainLoader, eval_loader
-from pengi_kit.engine.distributed import Dist, all_reduce_sum, barrier, setup
+from pengi_kit.engine.distributed import Dist, all_reduce_sum, barrier, setup, shard
 from pengi_kit.engine.flops import measure, peak_flops
 from pengi_kit.engine.optim import build_optimizer, build_scheduler
 from pengi_kit.errors import PengiKitError
@@ -117,22 +117,26 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup
     def _setup_model(self) -> None:
-        """Build the model on this process's device; wrap it for DDP and compile as the recipe says."""
+        """Build the model on this process's device; shard it (FSDP) or wrap it for DDP, and compile,
+        as the recipe says."""
         recipe, train = self.recipe, self.recipe["train"]
         seed_everything(recipe["seed"])  # the same initial weights on every rank
         self.model = build_model(recipe).to(self.dist.device)
         self._freeze_unused()  # on one process too: checkpoints resume on any number of processes
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
-        if not self.params:
+        if not any(p.requires_grad for p in self.model.parameters()):
             raise TrainingError("every component is frozen: set trainable = true on at least one [model.*] table")
         if train["activation_checkpointing"]:
             self._enable_activation_checkpointing()
         self.module: torch.nn.Module = self.model
-        if self.dist.enabled:  # frozen parameters have requires_grad=False: DDP leaves them out
+        self.fsdp = train["strategy"] == "fsdp" and self.dist.enabled
+        if self.fsdp:  # in place: self.model's parameters become shards (DTensors)
+            shard(self.model, bf16=train["precision"] == "bf16")
+        elif self.dist.enabled:  # frozen parameters have requires_grad=False: DDP leaves them out
             ids = [self.dist.device.index] if self.dist.device.type == "cuda" else None
             # _freeze_unused left every trainable parameter on the loss's path: no search per step
             self.module = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids,
                                                                     find_unused_parameters=False)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
         if train["compile"]:
             self.module = torch.compile(self.module)
         precision = train["precision"]
@@ -231,9 +235,17 @@ class Trainer:
         for bad in skipped:
             self._log_line(f"ignoring damaged checkpoint {bad}")
         meta = ckpt.verify(path)
-        ckpt.load_weights(self.model, path, meta.get("referenced", []))
         state, rng = ckpt.load_training_state(path, self.dist.rank)
-        self.optimizer.load_state_dict(state["optimizer"])
+        sharded = state["optimizer"] is None  # written by train.strategy = "fsdp"
+        if sharded != self.fsdp:
+            written, now = ("fsdp", "ddp or one process") if sharded else ("ddp or one process", "fsdp")
+            raise TrainingError(f"{path}: its optimiser state was written with {written}, this run uses {now}; "
+                                "resume with the same train.strategy (and, for fsdp, several processes)")
+        if self.fsdp:
+            self._load_sharded(path)
+        else:
+            ckpt.load_weights(self.model, path, meta.get("referenced", []))
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         # the schedule follows this recipe (a run may be resumed with more steps): recompute the lr
         for group, base, factor in zip(self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas):
@@ -266,6 +278,36 @@ class Trainer:
                     break
         self._log_line(f"activation checkpointing: {', '.join(done) if done else 'no trainable component supports it'}")
 
+    def _load_sharded(self, path: Path) -> None:
+        """FSDP: every rank takes its shards of the full weights and of the optimiser state
+        (torch.distributed.checkpoint, one file per rank under ``optimizer/``)."""
+        import torch.distributed.checkpoint as dcp
+        from safetensors.torch import load_file
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions, get_optimizer_state_dict, set_model_state_dict, set_optimizer_state_dict)
+
+        full = load_file(str(path / ckpt.WEIGHTS))
+        set_model_state_dict(self.model, full, options=StateDictOptions(full_state_dict=True, strict=False))
+        state = {"optimizer": get_optimizer_state_dict(self.model, self.optimizer)}
+        dcp.load(state, checkpoint_id=str(path / "optimizer"))
+        set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"])
+
+    def _sharded_state(self, path: Path) -> tuple[dict[str, torch.Tensor], Callable[[Path], None]]:
+        """FSDP, every rank: the full weights (gathered on rank 0, on the CPU) and a function that
+        moves the optimiser state, which every rank has just written in shards, into the checkpoint."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions, get_model_state_dict, get_optimizer_state_dict)
+
+        weights = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        staging = path.parent / f".{path.name}.optimizer"
+        if self.dist.is_main:
+            shutil.rmtree(staging, ignore_errors=True)
+        barrier(self.dist)
+        dcp.save({"optimizer": get_optimizer_state_dict(self.model, self.optimizer)}, checkpoint_id=str(staging))
+        barrier(self.dist)
+        return weights, lambda folder: os.replace(staging, folder / "optimizer")
+
     def save(self) -> Path:
         """Write a checkpoint of the current step (rank 0 writes; every rank's RNG goes in)."""
         path = self._write(self.out / "checkpoints" / f"step-{self.step:08d}", {})
@@ -286,12 +328,14 @@ class Trainer:
             gathered: list[Any] = [None] * self.dist.world_size
             torch.distributed.all_gather_object(gathered, states[0])
             states = gathered
+        weights, extra = self._sharded_state(path) if self.fsdp else (None, None)
         if self.dist.is_main:
-            training_state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            training_state = {"optimizer": None if self.fsdp else self.optimizer.state_dict(),
+                              "scheduler": self.scheduler.state_dict(),
                               "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
                               "world_size": self.dist.world_size, "skipped_steps": self.skipped_steps}
             ckpt.save_checkpoint(path, self.model, self.recipe, training_state, dict(enumerate(states)),
-                                 meta={"step": self.step, "epoch": self.epoch, **meta})
+                                 meta={"step": self.step, "epoch": self.epoch, **meta}, extra=extra, weights=weights)
         return path
 
     def _keep_best(self, metrics: dict[str, float]) -> None:
@@ -367,6 +411,14 @@ class Trainer:
         self._log({"event": "skipped_examples", "step": self.step, "errors": errors})
 
     # ------------------------------------------------------------------ steps
+    def _gradient_sync(self, sync: bool) -> contextlib.AbstractContextManager:
+        """Reduce gradients across processes only after the last micro-batch of a step."""
+        if self.fsdp:
+            self.model.set_requires_gradient_sync(sync)
+        elif self.dist.enabled and not sync:
+            return self.module.no_sync()
+        return contextlib.nullcontext()
+
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
@@ -394,8 +446,7 @@ class Trainer:
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.dist.device)
         for i in range(accum):
             part = {k: v[bounds[i]:bounds[i + 1]] for k, v in inputs.items()}
-            sync = i == accum - 1 or not self.dist.enabled
-            with (contextlib.nullcontext() if sync else self.module.no_sync()), self._autocast():
+            with self._gradient_sync(i == accum - 1), self._autocast():
                 out = self.module(**part)
                 loss = out["loss_sum"] * scale.to(out["loss_sum"].dtype)
             (self.scaler.scale(loss) if self.scaler else loss).backward()
@@ -405,6 +456,7 @@ class Trainer:
             self.scaler.unscale_(self.optimizer)
         clip = self.recipe["optim"]["grad_clip"]
         norm = torch.nn.utils.clip_grad_norm_(self.params, clip if clip > 0 else math.inf)
+        norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP: a DTensor
         finite = torch.isfinite(loss_mean) & torch.isfinite(norm)
         if self.scaler:  # GradScaler skips a step whose gradients are not finite, on the device
             self.scaler.step(self.optimizer)
@@ -428,9 +480,13 @@ class Trainer:
         if self.valid_data is None:
             return {}
         rng = ckpt.rng_state()
+        if self.fsdp:  # the blocks gather their shards as they run; the root's parts are gathered here
+            self.model.unshard()
         try:
             return self._validate()
         finally:
+            if self.fsdp:
+                self.model.reshard()
             ckpt.set_rng_state(rng)
             self.model.train()
 
@@ -577,6 +633,10 @@ class Trainer:
         if self.batch_in_epoch and not train["eval_every"]:  # max_steps ended mid-epoch
             self._validate_and_log()
         path = self._checkpoint()
+        export = getattr(self.model, "export", None)  # pretraining: the folder a recipe or evaluate loads
+        if export is not None and self.dist.is_main:
+            self._log_line(f"exported {export(self.out)}")
+        barrier(self.dist)
         if self.bad_examples:
             self._log_line(f"{len(self.bad_examples)} example(s) skipped in this run; see {self.out}/metrics.jsonl")
         self._close_tensorboard()
