@@ -10,7 +10,12 @@ On a model of Pengi-base shape with random weights (built offline by the functio
   uncached one-clip reference (``generation.reference_generate``), pengi-kit, and
   ``transformers``' own ``generate`` on the same prefix;
 - data: clips/s the training loader delivers from 10 s FLAC files at 44.1 kHz (7 s
-  crops, the recipe's workers) against the clips/s the best training step consumes.
+  crops, the recipe's workers) against the clips/s the best training step consumes;
+- smollm2: a Llama-type LM of SmolLM2-135M shape (``generation.build_llama``), pengi-kit's
+  decoding against ``transformers``' ``generate`` on the same random 80-embedding prefix,
+  batch 1 and 8, beam 5 (``generation.py --lm smollm2-135m``);
+- lm train: a Pengi step whose LM is that model, frozen / with LoRA / fully fine-tuned, each
+  in a fresh process (``train_step.py --lora``): samples/s, peak memory, trainable parameters.
 
     python benchmarks/gpu.py [--smoke] [--device cuda|cpu] [--threads N] [--json PATH]
 
@@ -43,9 +48,11 @@ import train_step as train_bench  # noqa: E402
 
 SIZES = {  # smoke: seconds on the CPU; full: minutes on one H100 (compile warm-up included)
     "full": dict(lm_layers=12, text_layers=12, vocab=50257, train_batch=32, steps=8, warmup=2,
-                 batches=(1, 32), ref_clips=4, new_tokens=30, clips=64, loader_batch=32),
+                 batches=(1, 32), ref_clips=4, new_tokens=30, clips=64, loader_batch=32,
+                 llama_layers=30, llama_vocab=49152, llama_batches=(1, 8), lora_batch=8),
     "smoke": dict(lm_layers=2, text_layers=2, vocab=1000, train_batch=1, steps=1, warmup=0,
-                  batches=(1, 4), ref_clips=1, new_tokens=10, clips=8, loader_batch=4),
+                  batches=(1, 4), ref_clips=1, new_tokens=10, clips=8, loader_batch=4,
+                  llama_layers=1, llama_vocab=300, llama_batches=(1, 2), lora_batch=1),
 }
 BEAM = 5
 
@@ -194,6 +201,37 @@ def data_part(train_rate: float, size: dict, workers: int) -> list[dict]:
             {"part": "data", "name": "best training step consumes", "rate": train_rate, "unit": "clips/s", "note": ""}]
 
 
+def smollm2_part(device: str, size: dict) -> list[dict]:
+    """A SmolLM2-135M-shaped Llama: pengi-kit's decoding against transformers' generate, same prefix."""
+    lm = gen_bench.build_llama(device, size["llama_layers"], size["llama_vocab"])
+    prefix = gen_bench.random_prefix(lm, max(size["llama_batches"]))
+    rows = []
+    for r in gen_bench.versus_transformers(lm, prefix, list(size["llama_batches"]), BEAM, size["new_tokens"], device,
+                                           breakdown=False):
+        b, part = r["batch"], f"smollm2 b{r['batch']}"
+        rows.append({"part": part, "name": "transformers generate (same prefix)", "rate": b / r["theirs"],
+                     "unit": "clips/s", "note": "num_beams=5, length_penalty=1, early_stopping=False"})
+        rows.append({"part": part, "name": "pengi-kit, compat='none'", "rate": b / r["ours"], "unit": "clips/s",
+                     "ratio": r["ratio"], "vs": "transformers", "note": f"same tokens as transformers {r['same']}/{b}"})
+    return rows
+
+
+def lora_part(device: str, size: dict) -> list[dict]:
+    """Pengi steps with the SmolLM2-135M-shaped LM frozen, with LoRA and fully trained, each in a fresh process."""
+    runs = train_bench.lora_runs(device, size["lora_batch"], size["steps"], size["warmup"], size["llama_layers"],
+                                 size["llama_vocab"])
+    full, rows = runs["full"], []
+    for config in ("full", "lora", "frozen"):
+        r = runs[config]
+        row = {"part": "lm train", "name": train_bench.LM_CONFIGS[config], "rate": r["rate"], "unit": "samples/s",
+               "memory_mib": r["peak_mib"], "note": f"{r['trainable_lm']:,} trainable LM parameters"}
+        if config != "full":
+            row.update(ratio=r["rate"] / full["rate"], vs="full fine-tuning")
+            row["note"] += f", {r['peak_mib'] / full['peak_mib']:.2f}x its peak memory"
+        rows.append(row)
+    return rows
+
+
 # ---------------------------------------------------------------------------------- table
 def device_line(device: str) -> str:
     if device.startswith("cuda"):
@@ -215,7 +253,7 @@ def table(rows: list[dict], header: list[str]) -> str:
     for r in rows:
         ratio = f"{r['ratio']:.2f}x vs {r['vs']}" if r.get("ratio") is not None else "-"
         cells.append([r["part"], r["name"], fmt(r["rate"], ".2f") + (" " + r["unit"] if r["rate"] is not None else ""),
-                      fmt(r.get("memory_mib"), ".0f") if r["part"] == "train" else "-",
+                      fmt(r.get("memory_mib"), ".0f") if r["part"].endswith("train") else "-",
                       (fmt(r["mfu"] * 100 if r.get("mfu") is not None else None, ".1f") + ("%" if r.get("mfu") else ""))
                       if r["part"] == "train" else "-", ratio, r.get("note", "")])
     widths = [max(len(c[i]) for c in cells) for i in range(len(cells[0]) - 1)]
@@ -251,6 +289,10 @@ def main() -> None:
     rows += decode_part(args.device, size)
     t_decode = time.perf_counter()
     rows += data_part(train_rate, size, workers)
+    t_data = time.perf_counter()
+    rows += smollm2_part(args.device, size)
+    t_smollm2 = time.perf_counter()
+    rows += lora_part(args.device, size)
     end = time.perf_counter()
     mode = "SMOKE (tiny sizes: checks the script, not speed)" if args.smoke else \
         "Pengi-base shape, random weights (HTSAT-tiny, CLIP-B/16-size text, 2x4-layer mappers k=40, GPT-2 base)"
@@ -265,7 +307,12 @@ def main() -> None:
               f"decode: beam {BEAM}, {size['new_tokens']} new tokens; tokens agree where the algorithms agree: "
               "reference = compat='pengi' (length-normalised ranking, stops when all beams stop); "
               "transformers = compat='none' (k finished hypotheses, sum/len**1)",
-              f"time: train {t_train - start:.0f} s, decode {t_decode - t_train:.0f} s, data {end - t_decode:.0f} s"]
+              f"smollm2: Llama of SmolLM2-135M shape ({size['llama_layers']} layers, vocabulary {size['llama_vocab']}), "
+              f"random prefix of 80 embeddings, beam {BEAM}, {size['new_tokens']} new tokens; lm train: that LM in a "
+              f"Pengi step with a tiny audio side, batch {size['lora_batch']}, fp32, LoRA rank 8 on q/k/v/o_proj, "
+              "each configuration in a fresh process",
+              f"time: train {t_train - start:.0f} s, decode {t_decode - t_train:.0f} s, data {t_data - t_decode:.0f} s, "
+              f"smollm2 {t_smollm2 - t_data:.0f} s, lm train {end - t_smollm2:.0f} s"]
     print(table(rows, header))
     if args.json:
         Path(args.json).write_text(json.dumps({"header": header, "rows": rows}, indent=1))

@@ -16,6 +16,7 @@ _API = {
     "load": "pengi_kit.api",
     "load_model": "pengi_kit.api",
     "Pengi": "pengi_kit.api",
+    "Clap": "pengi_kit.api",
     "Clip": "pengi_kit.data.inputs",
     "build_model": "pengi_kit.model",
     "PengiModel": "pengi_kit.model",

@@ -20,6 +20,7 @@ import torch
 from pengi_kit.data.audio import load_audio, prepare_waveform
 from pengi_kit.data.inputs import Clip
 from pengi_kit.devices import resolve_device
+from pengi_kit.errors import PengiKitError
 from pengi_kit.generation import Decoding, cut_at_stop, generate as decode, reference_text
 from pengi_kit.model import PengiModel, build_model
 
@@ -57,9 +58,11 @@ class Pengi:
     runs; each clip is encoded once however many prompts it is asked.
     """
 
+    generates = True  # a model that generates text (a CLAP model, :class:`Clap`, only embeds)
+
     def __init__(self, model: PengiModel, num_workers: int | None = None) -> None:
         self.model = model
-        recipe = model.recipe or {}
+        recipe = getattr(model, "recipe", None) or {}
         self.defaults = dict(recipe.get("generate", {}))
         self.crop = recipe.get("data", {}).get("eval_crop", "start")
         self.num_workers = num_workers if num_workers is not None else min(4, os.cpu_count() or 1)
@@ -334,8 +337,7 @@ class Pengi:
         clips = self._as_list(audio)
         handle = self._error_handler(on_error)
         embed = self.model.embed_audio if projected else self.model.audio_encoder
-        width = self.model.audio_projection.linear2.out_features if projected else self.model.audio_encoder.embed_dim
-        out = torch.full((len(clips), width), float("nan"))
+        out = torch.full((len(clips), self._audio_width(projected)), float("nan"))
         bar = progress_bar(len(clips), "embedding audio", "clip", enabled=progress)
         with ThreadPoolExecutor(max(1, self.num_workers)) as pool, torch.inference_mode():
             for i in range(0, len(clips), batch_size):
@@ -345,6 +347,9 @@ class Pengi:
                 bar.update(len(clips[i:i + batch_size]))
         bar.close()
         return out
+
+    def _audio_width(self, projected: bool) -> int:
+        return self.model.audio_projection.linear2.out_features if projected else self.model.audio_encoder.embed_dim
 
     def log_likelihood(self, audio: AudioLike | Sequence[AudioLike], prompt: str, texts: Sequence[str], *,
                        sample_rate: int | None = None, batch_size: int = 64, progress: bool | None = False,
@@ -439,12 +444,43 @@ class Pengi:
         bar = progress_bar(len(texts), "embedding texts", "text", enabled=progress)
         with torch.inference_mode():
             for i in range(0, len(texts), batch_size):
-                tokens = self.model.tokenize_prompts(texts[i:i + batch_size])
-                out.append(self.model.embed_text(tokens["input_ids"].to(self.device),
-                                                 tokens["attention_mask"].to(self.device)))
+                out.append(self._embed_texts(texts[i:i + batch_size]))
                 bar.update(len(texts[i:i + batch_size]))
         bar.close()
         return torch.cat(out)
+
+    def _embed_texts(self, texts: list[str]) -> torch.Tensor:
+        tokens = self.model.tokenize_prompts(texts)
+        return self.model.embed_text(tokens["input_ids"].to(self.device), tokens["attention_mask"].to(self.device))
+
+
+class Clap(Pengi):
+    """A CLAP model: a folder written by ``pengi-kit import laion-clap|ms-clap`` or by contrastive
+    pretraining (docs/pretraining.md), or a checkpoint of a contrastive run. It embeds clips and
+    texts in one space (:meth:`embed_audio`, :meth:`embed_text`: retrieval, zero-shot
+    classification, the linear probe) but generates no text: those calls raise one line."""
+
+    generates = False
+
+    def _audio_width(self, projected: bool) -> int:
+        return self.model.projection_dim if projected else self.model.audio_encoder.embed_dim
+
+    def _embed_texts(self, texts: list[str]) -> torch.Tensor:
+        return self.model.embed_text(texts)
+
+    def _refuse(self, what: str) -> Any:
+        raise PengiKitError(f"{what}: a CLAP model embeds audio and text but generates no text; evaluate it with "
+                            "--task retrieval, classification or linear-probe, or plug its encoders into a Pengi "
+                            "recipe (usage.toml)")
+
+    def generate_pairs(self, *args: Any, **kwargs: Any) -> Any:
+        return self._refuse("generate")
+
+    def log_likelihood(self, *args: Any, **kwargs: Any) -> Any:
+        return self._refuse("log-likelihood scoring")
+
+    def listening(self, *args: Any, **kwargs: Any) -> Any:
+        return self._refuse("the listening check (of a model that answers from audio and a prompt)")
 
 
 def load(path: str | Path, device: str | torch.device = "cpu", num_workers: int | None = None) -> Pengi:
@@ -452,5 +488,18 @@ def load(path: str | Path, device: str | torch.device = "cpu", num_workers: int 
 
     ``device``: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` ... or ``"auto"``. ``num_workers``:
     threads that load and resample audio while the model runs (default: up to 4).
+    A CLAP folder or a contrastive run gives a :class:`Clap`, which embeds but does not generate.
     """
-    return Pengi(load_model(path, device), num_workers=num_workers)
+    from pengi_kit.convert.clap import CLAP_FILE, load_clap
+    from pengi_kit.pretraining import ContrastiveModel
+
+    if (Path(path) / CLAP_FILE).is_file():
+        return Clap(load_clap(path, resolve_device(device)), num_workers=num_workers)
+    model = load_model(path, device)
+    if isinstance(model, ContrastiveModel):
+        return Clap(model, num_workers=num_workers)
+    if not isinstance(model, PengiModel):
+        raise PengiKitError(f"{path}: a checkpoint of an audio tagger, which neither generates nor embeds text; "
+                            "its encoder is for Pengi: the run's encoder/ folder (written after training, or by "
+                            "`pengi-kit export`) is what a recipe's [model.audio_encoder] pretrained names")
+    return Pengi(model, num_workers=num_workers)

@@ -156,17 +156,20 @@ def export_merged(model: torch.nn.Module, out: Path) -> Path:
     from pengi_kit.sources import mark_architecture_only
 
     recipe = copy.deepcopy(model.recipe)
-    lm, extra = recipe["model"]["lm"], None
+    lm, own_folder = recipe["model"]["lm"], False
     if lm.pop("lora", None) is not None:
         model.lm.merge_adapters()
         recipe["train"]["save_frozen"] = True
-        if lm.get("pretrained") and not is_architecture_only(lm["pretrained"]):
-            def extra(folder: Path) -> None:
-                model.lm.save_architecture(folder / "lm")
-                mark_architecture_only(folder / "lm", "config and tokenizer of the LM, LoRA adapters merged; the "
-                                                      "weights are in the checkpoint's model.safetensors")
+        own_folder = bool(lm.get("pretrained")) and not is_architecture_only(lm["pretrained"])
+        if own_folder:
             lm["pretrained"] = "lm"  # relative: resolved against the checkpoint folder when loaded
-    return save_checkpoint(out, model, recipe, meta={"exported": True}, extra=extra)
+
+    def write_lm(folder: Path) -> None:
+        model.lm.save_architecture(folder / "lm")
+        mark_architecture_only(folder / "lm", "config and tokenizer of the LM, LoRA adapters merged; the weights "
+                                              "are in the checkpoint's model.safetensors")
+
+    return save_checkpoint(out, model, recipe, meta={"exported": True}, extra=write_lm if own_folder else None)
 
 
 def _version() -> str:

@@ -399,11 +399,13 @@ def describe_cmd(checkpoint: str, inputs: tuple[str, ...], fmt: str, as_json: bo
 @click.option("--multi-label/--single-label", default=None,
               help="Labels are comma-separated sets, scored by mAP (default: multi-label when a clip has several).")
 @click.option("--scoring", type=click.Choice(["generate", "likelihood", "embedding", "auto"]),
-              help="classification: generate (Pengi's way, default) or likelihood; retrieval: embedding, "
-                   "likelihood or auto (default).")
+              help="classification: generate (Pengi's way, the default for Pengi), likelihood, or embedding "
+                   "(CLAP's zero-shot way, the default for a CLAP folder); retrieval: embedding, likelihood or "
+                   "auto (default).")
 @click.option("--matcher", type=click.Choice(["auto", "text-encoder", "words"]),
               help="classification by generation: how generated text is matched to class names.")
-@click.option("--prompt", help="Ask this prompt instead of the manifest rows' prompts.")
+@click.option("--prompt", help="Ask this prompt instead of the manifest rows' prompts (classification by "
+              "embedding: the class texts are \"PROMPT <class>\", default \"this is a sound of <class>\").")
 @click.option("--limit", type=int, help="Only the first N clips (or questions) of each manifest.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Write results.json, results.md and the predictions here.")
@@ -457,6 +459,37 @@ def evaluate_cmd(checkpoint: str, task: str | None, manifest: str | None, suite:
     if not any(s.status == "ok" for s in specs):
         click.echo("error: no task could be scored (see the table)", err=True)
         sys.exit(1)
+
+
+@main.command("export")
+@click.argument("checkpoint")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="The folder to write (replaced if it exists).")
+def export_cmd(checkpoint: str, out: Path) -> None:
+    """Write the folder that users take away from CHECKPOINT (a run directory or a checkpoint).
+
+    Encoder pretraining (docs/pretraining.md): a tagging run gives an encoder folder, which a
+    Pengi recipe loads with [model.audio_encoder] pretrained = "OUT"; a contrastive run gives
+    a CLAP folder, as `pengi-kit import laion-clap` writes. The trainer writes the same
+    folder (RUN/encoder, RUN/clap) after training; this command exports any other checkpoint
+    of the run, e.g. RUN/best.
+
+    A Pengi checkpoint gives a checkpoint for inference, without training state; LoRA adapters
+    ([model.lm.lora]) are merged into the LM, so that it generates as CHECKPOINT does with no
+    adapters and no lora table in its recipe.
+    """
+    from pengi_kit import checkpoint as ckpt
+    from pengi_kit.api import load_model
+
+    recipe = ckpt.read_recipe(ckpt.resolve(checkpoint))
+    if recipe.get("task", "pengi") in ("tagging", "contrastive"):
+        folder = load_model(checkpoint).write_folder(out)
+        click.echo(f"wrote {folder}; use it with:")
+        click.echo((folder / "usage.toml").read_text(encoding="utf-8"), nl=False)
+        return
+    folder = ckpt.export_merged(load_model(checkpoint), out)
+    merged = "LoRA adapters merged into the LM" if "lora" in recipe["model"]["lm"] else "no LoRA adapters to merge"
+    click.echo(f"wrote {folder} ({merged}); use it as any checkpoint, e.g. pengi-kit generate {folder} ...")
 
 
 @main.command("demo")
@@ -572,6 +605,29 @@ def data_shard_cmd(manifest: Path, out: Path, shard_size: int, prefix: str, shuf
         click.echo(f"problem: {problem}", err=True)
     click.echo(f"wrote {report.samples} samples in {len(report.shards)} shards: {report.pattern}; "
                f"{len(report.problems)} problem(s) left out")
+
+
+@data_group.command("tokenizer")
+@click.argument("manifests", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder to write the tokenizer to.")
+@click.option("--kind", type=click.Choice(["word", "bpe"]), default="word", show_default=True,
+              help="word: one token per word (labels, short answers); bpe: byte-level BPE (free-form captions).")
+@click.option("--vocab-size", type=int, default=None,
+              help="Most tokens, special ones included (default: word, every word; bpe, 1000).")
+@click.option("--min-count", type=int, default=1, show_default=True,
+              help="word: rarer words become [UNK]; bpe: rarer merges are not learned.")
+@click.option("--text", "texts", multiple=True,
+              help="A further text to cover, e.g. a recipe's data prompt (repeatable).")
+def data_tokenizer_cmd(manifests: tuple[Path, ...], out: Path, kind: str, vocab_size: int | None,
+                       min_count: int, texts: tuple[str, ...]) -> None:
+    """Build a tokenizer from the texts and prompts of MANIFEST... for an LM trained from scratch."""
+    from transformers import AutoTokenizer
+
+    from pengi_kit.data.tokenizer import build_tokenizer
+
+    folder = build_tokenizer(manifests, out, kind=kind, vocab_size=vocab_size, min_count=min_count, texts=texts)
+    click.echo(f"wrote a {kind} tokenizer of {len(AutoTokenizer.from_pretrained(folder))} tokens to {folder}; "
+               f"use it with [model.lm] tokenizer = \"{folder}\"")
 
 
 if __name__ == "__main__":

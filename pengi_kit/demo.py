@@ -4,8 +4,9 @@ clips, then score held-out clips.
 Pengi starts from a pretrained audio encoder (HTSAT trained on AudioSet tags); trained
 jointly from scratch in a few minutes, the encoder's embedding collapses before the LM
 learns to read it. The demo therefore first trains its CNN14 as a multi-label tagger of
-the synthetic sound kinds, as PANNs trains CNN14 on AudioSet, and saves it in the PANNs
-checkpoint layout that the recipe then loads through ``pretrained``.
+the synthetic sound kinds, as PANNs trains CNN14 on AudioSet, through the general encoder
+pretraining (a ``task = "tagging"`` recipe, :mod:`pengi_kit.pretraining`); the encoder
+folder it exports is what the demo recipe's ``pretrained`` names.
 """
 from __future__ import annotations
 
@@ -14,41 +15,46 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable
 
-from pengi_kit.data.synthetic import KINDS, TASKS, SyntheticCorpus
+from pengi_kit.data.synthetic import TASKS, SyntheticCorpus
 
 
-def pretrain_audio_tagger(recipe: dict[str, Any], path: str | Path, steps: int = 200, batch_size: int = 32,
-                          lr: float = 1e-3) -> Path:
-    """Train the recipe's audio encoder to tag which sound kinds a synthetic clip holds;
-    save it as ``{"model": state_dict}`` (the PANNs layout) at ``path``."""
-    import torch
-    import torch.nn.functional as F
+def tagger_recipe(recipe: dict[str, Any], out_dir: str | Path, steps: int = 200, batch_size: int = 32,
+                  lr: float = 1e-3) -> dict[str, Any]:
+    """The demo's encoder pretraining (docs/pretraining.md): ``recipe``'s audio encoder, fresh,
+    trained as a multi-label tagger of the synthetic sound kinds on the recipe's training
+    clips, with its run (and the exported encoder folder) in ``out_dir``."""
+    from pengi_kit.recipe import from_dict
 
-    from pengi_kit.data.build import synthetic_corpus
-    from pengi_kit.plugins import registry
+    table = {k: v for k, v in recipe["model"]["audio_encoder"].items() if k not in ("pretrained", "trainable")}
+    data = recipe["data"]
+    return from_dict({
+        "name": f"{recipe['name']}-tagger", "seed": recipe["seed"], "task": "tagging",
+        "model": {"audio_encoder": {**table, "trainable": True}},
+        "pretrain": {"multi_label": True},
+        "data": {"train": "synthetic", "valid": "synthetic", "synthetic_train_size": data["synthetic_train_size"],
+                 "synthetic_valid_size": data["synthetic_valid_size"]},
+        "optim": {"name": "adamw", "lr": lr, "weight_decay": 0.01, "warmup_steps": 0, "schedule": "constant"},
+        "train": {"batch_size": batch_size, "max_steps": steps, "log_every": 50, "eval_every": steps,
+                  "save_every": steps, "output_dir": str(out_dir)},  # validated and saved once, at the end
+    })
 
-    table = {k: v for k, v in recipe["model"]["audio_encoder"].items() if k not in ("name", "trainable")}
-    table.update(pretrained=None, num_classes=len(KINDS))
-    torch.manual_seed(recipe["seed"])
-    encoder = registry().get("audio_encoder", recipe["model"]["audio_encoder"]["name"]).load()(**table)
-    corpus = synthetic_corpus(recipe, "train", encoder.sample_rate, encoder.clip_seconds)
-    clips = [corpus.clip(i) for i in range(len(corpus))]
-    audio = torch.stack([torch.from_numpy(c.audio) for c in clips])
-    tags = torch.tensor([[float(k in (c.primary, c.secondary)) for k in KINDS] for c in clips])
-    optimizer = torch.optim.AdamW(encoder.parameters(), lr=lr)
-    generator = torch.Generator().manual_seed(recipe["seed"])
-    encoder.train()
-    for _ in range(steps):
-        idx = torch.randint(0, len(clips), (batch_size,), generator=generator)
-        probs = encoder.forward_dict(audio[idx])["clipwise_output"].clamp(1e-6, 1 - 1e-6)
-        loss = F.binary_cross_entropy(probs, tags[idx])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": encoder.state_dict()}, path)
-    return path
+
+def pretrain_tagger(recipe: dict[str, Any], folder: str | Path, device: str | None = None,
+                    **options: Any) -> Path:
+    """Pretrain the demo recipe's audio encoder through the general path (:func:`tagger_recipe`
+    with ``options``, :class:`~pengi_kit.engine.trainer.Trainer`) and leave its encoder folder
+    at ``folder``; the tagging run stays beside it (``<folder's parent>/checkpoints`` ...)."""
+    import os
+
+    from pengi_kit.engine.trainer import Trainer
+    from pengi_kit.pretraining import ENCODER_FOLDER
+
+    folder = Path(folder)
+    Trainer(tagger_recipe(recipe, folder.parent, **options), overwrite=True, device=device).fit()
+    exported = folder.parent / ENCODER_FOLDER  # what the trainer exported
+    if exported != folder:
+        os.replace(exported, folder)
+    return folder
 
 
 def evaluate_synthetic(pengi: Any, corpus: SyntheticCorpus, batch_size: int = 64,
@@ -127,7 +133,7 @@ def run(recipe: dict[str, Any], fit: Callable[[Any], Path], echo: Callable[[str]
         encoder["pretrained"] = str(tagger)
         if not tagger.exists():
             echo(f"pretraining the audio encoder as a tagger of the synthetic sounds -> {tagger}")
-            pretrain_audio_tagger(recipe, tagger)
+            pretrain_tagger(recipe, tagger, device)
     # its own run directory: start over (the trainer deletes only a run's files, not the tagger)
     path = fit(Trainer(recipe, overwrite=True, device=device))
     trained = time.perf_counter() - start

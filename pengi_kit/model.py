@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pengi_kit.components.projection import Projection  # here too: pengi_kit.model.Projection
 from pengi_kit.recipe import COMPONENT_SLOTS, slot_enabled
 
 #: The listening check (docs/training.md): a model whose loss on its references rises by less
@@ -26,23 +27,6 @@ def listening_warning(listening: float, what: str = "validation loss") -> str | 
             "prompt and the texts alone. Use a pretrained audio encoder (pengi-kit import, or pretrain one on "
             "your data) and/or unfreeze it, train longer, or check that the texts depend on the audio; "
             "see docs/training.md, 'The listening check'")
-
-
-class Projection(nn.Module):
-    """Pengi's projection head: linear, GELU, linear, dropout, residual, LayerNorm."""
-
-    def __init__(self, d_in: int, d_out: int, dropout: float = 0.5) -> None:
-        super().__init__()
-        self.linear1 = nn.Linear(d_in, d_out, bias=False)
-        self.linear2 = nn.Linear(d_out, d_out, bias=False)
-        self.layer_norm = nn.LayerNorm(d_out)
-        self.drop = nn.Dropout(dropout)
-        nn.init.xavier_uniform_(self.linear1.weight)
-        nn.init.xavier_uniform_(self.linear2.weight)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.linear1(x)
-        return self.layer_norm(h + self.drop(self.linear2(F.gelu(h))))
 
 
 class PengiModel(nn.Module):
@@ -67,7 +51,9 @@ class PengiModel(nn.Module):
         self.normalize, self.prompt_length, self.target_length = normalize, prompt_length, target_length
         if text_mapper is None and text_encoder is not None:
             raise ValueError("a text encoder needs a text mapper")
-        self.prefix_length = audio_mapper.prefix_length + (text_mapper.prefix_length if text_mapper else 0)
+        # the LM's input before the targets: the mapped prefix, and a chat template's tokens around it
+        self.prefix_length = (audio_mapper.prefix_length + (text_mapper.prefix_length if text_mapper else 0)
+                              + sum(len(ids) for ids in getattr(lm, "chat_ids", ())))
         self.sample_rate = int(audio_encoder.sample_rate)
         self.clip_seconds = audio_encoder.clip_seconds
         self.recipe: dict[str, Any] | None = None
@@ -136,13 +122,19 @@ class PengiModel(nn.Module):
         device = next(self.parameters()).device
         return self.text_prefix(tokens["input_ids"].to(device), tokens["attention_mask"].to(device), compat)
 
-    @staticmethod
-    def join_prefix(audio_prefix: torch.Tensor, text_prefix: torch.Tensor | None) -> torch.Tensor:
+    def join_prefix(self, audio_prefix: torch.Tensor, text_prefix: torch.Tensor | None) -> torch.Tensor:
         """The LM prefix: audio half then prompt half (B, 2k, D_lm). A single prompt half
-        (1, k, D_lm) serves every row; without a prompt branch the audio half is the prefix."""
-        if text_prefix is None:
-            return audio_prefix
-        return torch.cat([audio_prefix, text_prefix.expand(len(audio_prefix), -1, -1)], dim=1)
+        (1, k, D_lm) serves every row; without a prompt branch the audio half is the prefix.
+        With a chat template (``lm.chat_ids``), the template's tokens of a user turn and of the
+        assistant's turn go before and after it (B, head + 2k + tail, D_lm)."""
+        parts = [audio_prefix] if text_prefix is None else [audio_prefix,
+                                                            text_prefix.expand(len(audio_prefix), -1, -1)]
+        head, tail = getattr(self.lm, "chat_ids", ([], []))
+        if head or tail:
+            ids = torch.tensor(head + tail, dtype=torch.long, device=audio_prefix.device)
+            chat = self.lm.embed(ids).to(audio_prefix.dtype).expand(len(audio_prefix), -1, -1)
+            parts = [chat[:, :len(head)], *parts, chat[:, len(head):]]
+        return torch.cat(parts, dim=1) if len(parts) > 1 else audio_prefix
 
     def prefix(self, audio: torch.Tensor, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
                compat: str = "none") -> torch.Tensor:
@@ -216,11 +208,19 @@ class PengiModel(nn.Module):
                 "listening": torch.stack([shuffled - own, tokens])}
 
     def set_trainable(self, flags: dict[str, bool]) -> None:
-        """Freeze or unfreeze each component. The projections always train, as in Pengi."""
+        """Freeze or unfreeze each component. The projections always train, as in Pengi.
+
+        An LM with LoRA adapters (``[model.lm.lora]``) keeps its own weights frozen and trains
+        the adapters; it runs in train mode (adapter dropout), as LoRA fine-tuning does."""
         self.requires_grad_(True)
         self.frozen = [slot for slot, trainable in flags.items() if not trainable and getattr(self, slot, None)]
         for slot in self.frozen:
             getattr(self, slot).requires_grad_(False)
+        adapters = list(getattr(self.lm, "adapter_parameters", list)())
+        for param in adapters:
+            param.requires_grad_(True)
+        if adapters:
+            self.frozen = [slot for slot in self.frozen if slot != "lm"]
 
     def train(self, mode: bool = True) -> "PengiModel":
         """Frozen components stay in eval mode: no dropout, no batch-norm statistics drift."""

@@ -330,7 +330,14 @@ def _validate_component(slot: str, table: Any, registry: Any) -> dict[str, Any]:
             options = [p for p in params if p not in supplied] + ["name", "trainable"]
             raise RecipeError(f"{where}.{key}: unknown argument of {kind} '{spec.name}'; {_suggest(key, options)}")
         expected = _hint_types(hints.get(key, params[key].annotation))
-        out[key] = _check_type(f"{where}.{key}", value, expected) if expected else value
+        settings = next((t for t in expected or () if dataclasses.is_dataclass(t)), None)
+        if settings is not None:  # a sub-table such as [model.lm.lora]
+            out[key] = _check_settings(f"{where}.{key}", value, settings)
+        else:
+            out[key] = _check_type(f"{where}.{key}", value, expected) if expected else value
+    if out["trainable"] and out.get("lora") is not None:
+        raise RecipeError(f"{where}.trainable: true fine-tunes every weight, [{where}.lora] trains adapters on a "
+                          "frozen base; set trainable = false, or remove the lora table")
     for key, param in params.items():
         if key in supplied or key in out:
             continue
@@ -339,6 +346,33 @@ def _validate_component(slot: str, table: Any, registry: Any) -> dict[str, Any]:
         if param.default is not None:
             out[key] = param.default
     return out
+
+
+def _check_settings(where: str, value: Any, cls: type) -> dict[str, Any]:
+    """A table for a factory argument typed as a dataclass (``lora: LoRA | None``): its keys
+    (did you mean), each field's type and the ``range``/``choices`` in its metadata, then the
+    dataclass's own checks. Returns the table with every default filled in."""
+    if not isinstance(value, dict):
+        raise RecipeError(f"{where}: expected a table [{where}], got {_type_name(type(value))} {value!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        if key not in fields:
+            raise RecipeError(f"{where}.{key}: unknown key; {_suggest(key, fields)}")
+        expected = _hint_types(hints[key])
+        out[key] = _check_type(f"{where}.{key}", item, expected) if expected else item
+        of = typing.get_args(hints[key]) if typing.get_origin(hints[key]) is list else ()
+        for element in out[key] if of else ():
+            _check_type(f"{where}.{key}", element, of[0])
+        meta = fields[key].metadata
+        Field(expected or object, None, "", meta.get("choices", ()), meta.get("range", "")).check(f"{where}.{key}",
+                                                                                                 out[key])
+    try:
+        cls(**out)
+    except (TypeError, ValueError) as exc:
+        raise RecipeError(f"{where}: {exc}") from exc
+    return {name: out[name] if name in out else default_of(f) for name, f in fields.items()}
 
 
 def validate(raw: dict[str, Any], registry: Any | None = None) -> dict[str, Any]:
@@ -417,6 +451,9 @@ def _check_consistency(recipe: dict[str, Any]) -> None:
     _check_data_sources(recipe)
     model = recipe["model"]
     if recipe["task"] in TASK_SLOTS:
+        if train["strategy"] == "fsdp":
+            raise RecipeError(f"train.strategy = 'fsdp' shards an LM too large to replicate; task "
+                              f"'{recipe['task']}' has none: use 'ddp'")
         return
     if not slot_enabled(model, "text_mapper"):
         if "text_encoder" in model:

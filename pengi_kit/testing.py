@@ -103,7 +103,8 @@ def check_causal_lm(module: Any, batch: int = 2, length: int = 5) -> None:
     text = module.tokenizer.decode(module.tokenizer("hello world")["input_ids"])
     assert "hello world" in text, "tokenizer does not round-trip text"
     module.train()
-    _assert_trains_and_freezes(module, lambda: module(embeds.detach(), mask)[0].float().pow(2).mean())
+    # through embed(): the input-side parameter is the token embedding, untied from the head in most LMs
+    _assert_trains_and_freezes(module, lambda: module(module.embed(ids), mask)[0].float().pow(2).mean())
 
 
 def check_component(kind: str, name: str, registry: Any | None = None, **args: Any) -> None:

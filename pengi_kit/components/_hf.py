@@ -49,24 +49,20 @@ def hf_model(model_cls: Any, source: str, what: str, **kwargs: Any) -> Any:
     from pengi_kit.sources import is_architecture_only
 
     if is_architecture_only(source):
-        config = hf_load(model_cls.config_class.from_pretrained, source, f"{what} config")
-        return model_cls(config, **kwargs)
+        from transformers import AutoConfig
+
+        config_cls = getattr(model_cls, "config_class", None) or AutoConfig  # an Auto class has none
+        config = hf_load(config_cls.from_pretrained, source, f"{what} config")
+        return instantiate(model_cls, config, **kwargs)
     return hf_load(model_cls.from_pretrained, source, what, **kwargs)
 
 
-def word_tokenizer(words: list[str]):
-    """A closed-vocabulary tokenizer: one token per word (and per '?', ':' or ','), plus end-of-text."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {w: i for i, w in enumerate([EOS, "[UNK]", "?", ":", ",", *sorted(set(words))])}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
-                                                 pre_tokenizers.Punctuation("isolated")])
-    tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
-    tok.add_special_tokens([EOS])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=EOS, bos_token=EOS,
-                                   unk_token="[UNK]")
+def instantiate(model_cls: Any, config: Any, **kwargs: Any) -> Any:
+    """A randomly initialised ``model_cls`` of ``config``: a model class, or an Auto class
+    (``AutoModelForCausalLM``), which picks the class from the config's model type."""
+    if getattr(model_cls, "config_class", None) is None:
+        return model_cls.from_config(config, **kwargs)
+    return model_cls(config, **kwargs)
 
 
 def load_tokenizer(source: str):
@@ -128,4 +124,4 @@ def build_hf(model_cls: Any, config_cls: Any, pretrained: str | None, tokenizer:
         given.setdefault("intermediate_size", 4 * given["hidden_size"])
     config = config_cls(vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=tok.eos_token_id,
                         eos_token_id=tok.eos_token_id, **{**(config_defaults or {}), **given})
-    return model_cls(config, **model_kwargs), tok
+    return instantiate(model_cls, config, **model_kwargs), tok

@@ -35,6 +35,11 @@ BUILTIN = [  # kind, name, factory, description, example_args (a small offline i
     ("causal_lm", "gpt2", "pengi_kit.components.hf_causal_lm:gpt2",
      "GPT-2 family through transformers (gpt2, distilgpt2, gpt2-medium, a local dir, or a small config)",
      {"pretrained": "", "n_layer": 1, "n_embd": 16, "n_head": 2, "n_positions": 64}),
+    ("causal_lm", "causal-lm", "pengi_kit.components.hf_causal_lm:causal_lm",
+     "Any transformers causal LM (Llama/SmolLM2, Qwen2/3, Gemma, Phi-3, OPT, GPT-2 ...): hub id, local dir or a "
+     "fresh config; chat template, LoRA",
+     {"architecture": "llama", "hidden_size": 16, "num_layers": 1, "num_heads": 2, "num_kv_heads": 1,
+      "max_positions": 64}),
     # dataset adapters: root folder -> manifest rows (`pengi-kit data prepare NAME`)
     *[("dataset", name, f"pengi_kit.data.adapters:{attr}", description, {}) for name, attr, description in [
         ("clotho", "clotho", "Clotho v2 audio captioning: 5 caption rows per clip"),

@@ -16,9 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pengi_kit.components.frontend import LogMel, PowerSpectrogram, SpecAugment, load_reference_weights
+from pengi_kit.components.frontend import (
+    LogMel, PowerSpectrogram, SpecAugment, frontend_settings, load_reference_weights,
+)
 
-# sample rate -> (window, hop, fmax) of the published Cnn14 (32 kHz) and Cnn14_16k.
+# sample rate -> (window, hop, fmax) of the published Cnn14 (32 kHz) and Cnn14_16k, which the
+# PANNs importer recognises; frontend_settings derives the same from the rate.
 FRONTEND_SETTINGS = {32000: (1024, 320, 14000.0), 16000: (512, 160, 8000.0)}
 MEL_BINS = 64
 
@@ -111,22 +114,17 @@ def cnn14(
 ) -> Cnn14:
     """Build Cnn14 (32 kHz: window 1024, hop 320, 50-14000 Hz) or Cnn14_16k (16 kHz:
     window 512, hop 160, 50-8000 Hz); 64 mel bins. ``width=64`` is the published
-    model (embed_dim 2048, about 80.8M parameters). Other rates need ``window_size``,
-    ``hop_size`` and ``fmax`` (Microsoft CLAP 2022: 44100, 1024, 320, 14000), which
-    otherwise default to the published settings of the rate. ``pretrained`` is a local
+    model (embed_dim 2048, about 80.8M parameters). ``window_size``, ``hop_size`` and
+    ``fmax`` not given follow from ``sample_rate`` (see
+    :func:`~pengi_kit.components.frontend.frontend_settings`: 32 ms, 10 ms, at most 14 kHz;
+    the published values at 16 and 32 kHz), so setting the data's rate is enough; given
+    ones win (Microsoft CLAP 2022: 44100, 1024, 320, 14000). ``pretrained`` is a local
     PANNs checkpoint (``{"model": state_dict}``) or a folder written by ``pengi-kit
     import`` (whose recorded build arguments must match these), loaded strictly.
     """
     if width < 1:
         raise ValueError(f"cnn14: width must be a positive integer, got {width}")
-    if sample_rate in FRONTEND_SETTINGS:
-        window, hop, top = FRONTEND_SETTINGS[sample_rate]
-        window, hop, top = window_size or window, hop_size or hop, fmax or top
-    elif window_size and hop_size and fmax:
-        window, hop, top = window_size, hop_size, fmax
-    else:
-        raise ValueError(f"cnn14: sample_rate {sample_rate} has no published settings "
-                         f"({', '.join(map(str, sorted(FRONTEND_SETTINGS)))} do); give window_size, hop_size and fmax")
+    window, hop, top = frontend_settings(sample_rate, window_size, hop_size, fmax)
     model = Cnn14(sample_rate, window, hop, 50.0, top, width, num_classes, clip_seconds, spec_augment)
     if pretrained:  # None or "" means random initialisation
         build_args = dict(sample_rate=sample_rate, width=width, num_classes=num_classes, window_size=window,

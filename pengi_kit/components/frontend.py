@@ -87,6 +87,34 @@ def slaney_mel_filters(sample_rate: int, n_fft: int, n_mels: int, fmin: float, f
     return weights.astype(np.float32).T.copy()
 
 
+# The PANNs / HTSAT front-end: 1024-sample (32 ms) windows, 320-sample (10 ms) hops and
+# 50-14000 Hz mel filters at 32 kHz; :func:`frontend_settings` scales it to other rates.
+WINDOW_MS, HOP_MS = 32, 10
+PUBLISHED_FMAX = 14000.0
+
+
+def frontend_settings(sample_rate: int, window_size: int | None = None, hop_size: int | None = None,
+                      fmax: float | None = None) -> tuple[int, int, float]:
+    """``(window_size, hop_size, fmax)`` for ``sample_rate``, each given value kept and each
+    missing one derived so that one published front-end serves every rate: the window is the
+    largest power of two within 32 ms, the hop 10 ms, fmax 14 kHz or the Nyquist frequency if
+    lower. This gives the published settings where they exist (Cnn14 32 kHz: 1024, 320, 14000;
+    Cnn14_16k: 512, 160, 8000; LAION-CLAP 48 kHz: 1024, 480, 14000) and keeps the frames
+    per second, so a model's time resolution does not depend on the data's rate.
+
+    >>> frontend_settings(8000), frontend_settings(44100), frontend_settings(44100, hop_size=320)
+    ((256, 80, 4000.0), (1024, 441, 14000.0), (1024, 320, 14000.0))
+    """
+    if sample_rate < 100:
+        raise ValueError(f"sample_rate {sample_rate} Hz is too low for a log-mel front-end (10 ms hop); "
+                         "give the audio's rate in Hz, e.g. 16000")
+    # integer arithmetic: 0.032 * 32000 must be 1024, not 1023.99...
+    window = window_size or 2 ** ((sample_rate * WINDOW_MS // 1000).bit_length() - 1)
+    hop = hop_size or sample_rate * HOP_MS // 1000
+    top = fmax or min(PUBLISHED_FMAX, sample_rate / 2)
+    return window, hop, float(top)
+
+
 class PowerSpectrogram(nn.Module):
     """Waveform (B, T) -> power spectrogram (B, 1, frames, n_fft // 2 + 1).
 
@@ -317,4 +345,5 @@ __all__ = [
     "load_reference_weights",
     "slaney_mel_filters",
     "torchlibrosa_ignored_keys",
+    "frontend_settings",
 ]

@@ -1,37 +1,102 @@
-"""Causal LMs of the GPT-2 family through transformers."""
+"""Causal LMs through transformers: any architecture with a causal-LM head (GPT-2, Llama and
+SmolLM2, Qwen2/Qwen3, Gemma, Phi-3, OPT ...), optionally with a chat template around the
+prefix and LoRA adapters (peft) on a frozen base.
+
+:func:`causal_lm` is the generic component; :func:`gpt2` is its GPT-2 preset with the
+arguments and state-dict keys (``model.transformer.*``, ``model.lm_head.*``) of earlier releases.
+"""
 from __future__ import annotations
 
+import difflib
 import inspect
-from typing import Any
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
 
 import torch
 from torch import nn
 from transformers.cache_utils import Cache, DynamicLayer, StaticLayer
 
-from pengi_kit.components._hf import build_hf
+from pengi_kit.components._hf import build_hf, reject_config_args
+from pengi_kit.errors import RecipeError, WeightsError
+
+# LoRA's default targets: the attention projections (what LoRA's paper and most recipes adapt);
+# other architectures get peft's own default for their model type
+LORA_TARGETS: dict[str, list[str]] = {
+    "gpt2": ["c_attn"],
+    **dict.fromkeys(("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "smollm3"),
+                    ["q_proj", "k_proj", "v_proj", "o_proj"]),
+}
+# fresh models: size argument -> config attributes to try, first found wins (GPT-2's config maps the
+# standard names to n_embd, n_layer ... itself)
+SIZE_ATTRIBUTES = {
+    "hidden_size": ("hidden_size",),
+    "num_layers": ("num_hidden_layers",),
+    "num_heads": ("num_attention_heads",),
+    "num_kv_heads": ("num_key_value_heads",),
+    "intermediate_size": ("intermediate_size", "n_inner", "ffn_dim"),
+    "max_positions": ("max_position_embeddings",),
+}
+DROPOUT_ATTRIBUTES = ("attention_dropout", "hidden_dropout", "dropout", "activation_dropout", "resid_pdrop",
+                      "embd_pdrop", "attn_pdrop")
+# what the chat template is rendered with, then split at: a plain word survives templates that trim
+CHAT_PLACEHOLDER = "PENGIKITPREFIX"
+
+
+def _option(default: Any, help: str, range: str = "") -> Any:
+    metadata = {"help": help, "range": range}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass(frozen=True)
+class LoRA:
+    """``[model.lm.lora]``: low-rank adapters (LoRA, through peft) on a frozen LM. Only the
+    adapters train (and the other trainable slots); checkpoints store the adapters, not the
+    base, and ``pengi-kit export`` merges them into the LM."""
+
+    rank: int = _option(8, "Rank r of each adapter.", ">= 1")
+    alpha: float = _option(16.0, "Adapter scale: its output is multiplied by alpha / rank.", "> 0")
+    dropout: float = _option(0.05, "Dropout on each adapter's input while training.", "[0, 1)")
+    target_modules: list[str] = _option(
+        [], "Names (suffixes) of the linear layers to adapt; [] means the attention projections (gpt2: "
+            "c_attn; llama, qwen2/3, mistral, gemma: q/k/v/o_proj), else peft's default for the architecture.")
 
 
 class HFCausalLM(nn.Module):
     """Wraps a transformers causal LM behind the ``CausalLM`` contract.
 
-    The wrapped model lives in ``self.model`` (state-dict keys ``model.transformer.*``,
-    ``model.lm_head.*``), the tokenizer in ``self.tokenizer``.
+    The wrapped model lives in ``self.model`` (GPT-2: state-dict keys ``model.transformer.*``,
+    ``model.lm_head.*``), the tokenizer in ``self.tokenizer``. ``chat_ids`` are the token ids a
+    chat template puts before and after the prefix (``([], [])`` without one); ``lora`` adds
+    adapters (:meth:`add_adapters`).
     """
 
-    def __init__(self, model: nn.Module, tokenizer: Any) -> None:
+    def __init__(self, model: nn.Module, tokenizer: Any, chat_template: bool | str = False,
+                 lora: LoRA | dict[str, Any] | None = None) -> None:
         super().__init__()
+        if tokenizer.eos_token_id is None:
+            raise WeightsError(f"the LM's tokenizer ({type(tokenizer).__name__}) has no end-of-text token, which ends "
+                               "every target; use a tokenizer that has one (eos_token)")
+        if tokenizer.pad_token is None:  # Llama-type tokenizers have none; padding is masked out anyway
+            tokenizer.pad_token = tokenizer.eos_token
+        tokenizer.padding_side = "right"  # prompts (no text encoder) pad after the text, whatever the hub file says
         self.model = model
         self.tokenizer = tokenizer
         # transformers renamed the KV-cache argument and output field from past_key_values to cache
         # (the old name now warns on every call); use whichever this installed version takes
         self._cache_name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-        self.hidden_size = int(model.config.hidden_size)
+        self.hidden_size = int(model.config.get_text_config().hidden_size)
         self.eos_token_id = int(tokenizer.eos_token_id)
-        self.pad_token_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None
-                                else tokenizer.eos_token_id)
+        self.pad_token_id = int(tokenizer.pad_token_id)
         if len(tokenizer) > model.get_input_embeddings().num_embeddings:
             raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the LM only "
                              f"{model.get_input_embeddings().num_embeddings} embeddings")
+        self.chat_ids: tuple[list[int], list[int]] = chat_ids(tokenizer, chat_template) if chat_template else ([], [])
+        self.lora: LoRA | None = None
+        if lora is not None:
+            self.add_adapters(LoRA(**lora) if isinstance(lora, dict) else lora)
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model.get_input_embeddings()(input_ids)
@@ -40,7 +105,10 @@ class HFCausalLM(nn.Module):
                 past_key_values: Any = None, position_ids: torch.Tensor | None = None,
                 use_cache: bool = False, logits_to_keep: int = 0) -> tuple[torch.Tensor, Any]:
         """``logits_to_keep=n`` computes logits for the last n positions only (0: all), as
-        decoding needs just the last one after a long prefix."""
+        decoding needs just the last one after a long prefix. Without ``position_ids``, each
+        token's position is the number of unmasked tokens before it (:func:`positions`)."""
+        if position_ids is None:
+            position_ids = positions(attention_mask, inputs_embeds.shape[1], past_key_values)
         out = self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
                          use_cache=use_cache or past_key_values is not None, logits_to_keep=logits_to_keep,
                          **{self._cache_name: past_key_values})
@@ -54,7 +122,7 @@ class HFCausalLM(nn.Module):
         With ``rows``, a static cache: ``rows`` x ``max_length`` for the whole search, so each
         one-token step has the same shapes (what CUDA graphs and ``torch.compile`` need); its
         attention mask must then cover all ``max_length`` positions."""
-        n = self.model.config.num_hidden_layers
+        n = self.model.config.get_text_config().num_hidden_layers
         if rows is not None:
             return Cache(layers=[_StaticLayer(max_length, rows) for _ in range(n)])
         return Cache(layers=[_BufferLayer(max_length) for _ in range(n)])
@@ -69,6 +137,92 @@ class HFCausalLM(nn.Module):
         else:
             past_key_values.reorder_cache(beam_idx)
         return past_key_values
+
+    # ------------------------------------------------------------------ LoRA
+    def add_adapters(self, lora: LoRA) -> None:
+        """Inject LoRA adapters (peft) into the LM; its own weights are frozen by the model
+        (``PengiModel.set_trainable``), the adapters train (:meth:`adapter_parameters`)."""
+        from peft import LoraConfig, inject_adapter_in_model
+        from transformers.pytorch_utils import Conv1D
+
+        model_type = self.model.config.model_type
+        targets = list(lora.target_modules) or LORA_TARGETS.get(model_type) or _peft_default_targets(model_type)
+        linears = [name for name, m in self.model.named_modules() if isinstance(m, (nn.Linear, Conv1D))]
+        targeted = {name.rpartition(".")[2] for name in linears if name.endswith(tuple(targets))}
+        missing = [t for t in targets if t.rpartition(".")[2] not in targeted]
+        if missing:
+            found = sorted({name.rpartition(".")[2] for name in linears})
+            raise RecipeError(f"model.lm.lora.target_modules: {', '.join(missing)} is not a linear layer of this "
+                              f"{model_type} LM; choose among {', '.join(found)}")
+        # GPT-2's Conv1D stores its weight transposed (in x out); peft must be told so
+        conv = any(isinstance(m, Conv1D) for n, m in self.model.named_modules() if n.endswith(tuple(targets)))
+        config = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
+                            fan_in_fan_out=conv)
+        inject_adapter_in_model(config, self.model)
+        self.lora = lora
+
+    def adapter_parameters(self) -> Iterator[nn.Parameter]:
+        """The LoRA adapters' parameters (none without ``lora``)."""
+        return (p for name, p in self.model.named_parameters() if "lora_" in name)
+
+    def merge_adapters(self) -> None:
+        """Fold the adapters into the LM's weights (W + B A * alpha / rank) and remove them:
+        the LM is then a plain transformers model with the keys it has without ``lora``."""
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        for name, module in list(self.model.named_modules()):
+            if isinstance(module, BaseTunerLayer):
+                module.merge()
+                parent, _, child = name.rpartition(".")
+                setattr(self.model.get_submodule(parent), child, module.get_base_layer())
+        self.lora = None
+
+    def save_architecture(self, folder: Path) -> None:
+        """Config and tokenizer (no weights) in ``folder``: what an architecture-only source holds."""
+        self.model.config.save_pretrained(folder)
+        self.tokenizer.save_pretrained(folder)
+
+
+def positions(attention_mask: torch.Tensor, new: int, past: Any = None) -> torch.Tensor:
+    """Position ids (B, ``new``) of the last ``new`` tokens: how many unmasked tokens come before
+    each. ``attention_mask`` covers the cached and the new tokens (a static cache's also the
+    positions after them, still 0). With no padding these are transformers' own positions;
+    with padding before a row's tokens (left padding) they start at 0 where the row starts,
+    which rotary models need to give the row the logits it has unpadded."""
+    start = past.get_seq_length() if past is not None else 0
+    columns = start + torch.arange(new, device=attention_mask.device)
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, columns]
+
+
+def chat_ids(tokenizer: Any, chat_template: bool | str) -> tuple[list[int], list[int]]:
+    """The token ids a chat template puts before and after one user turn, with the assistant's
+    answer prompted (``add_generation_prompt``): the LM input is then ``head + prefix + tail +
+    target``. ``chat_template``: True for the tokenizer's own template, or a Jinja template."""
+    template = chat_template if isinstance(chat_template, str) else None
+    if template is None and not getattr(tokenizer, "chat_template", None):
+        raise RecipeError("model.lm.chat_template = true, but the LM's tokenizer has no chat template; give the "
+                          "template itself (a Jinja string), or set chat_template = false")
+    try:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": CHAT_PLACEHOLDER}], chat_template=template,
+                                             tokenize=False, add_generation_prompt=True)
+    except Exception as exc:  # noqa: BLE001 - a Jinja error of the user's template
+        raise RecipeError(f"model.lm.chat_template: cannot render it ({type(exc).__name__}: {exc}); fix the "
+                          "template") from exc
+    if text.count(CHAT_PLACEHOLDER) != 1:
+        raise RecipeError("model.lm.chat_template: the template must show the user's message exactly once "
+                          f"(it shows it {text.count(CHAT_PLACEHOLDER)} times); fix the template")
+    head, tail = text.split(CHAT_PLACEHOLDER)
+    return ([int(i) for i in tokenizer(head, add_special_tokens=False)["input_ids"]],
+            [int(i) for i in tokenizer(tail, add_special_tokens=False)["input_ids"]])
+
+
+def _peft_default_targets(model_type: str) -> list[str]:
+    from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULTS
+
+    if model_type not in DEFAULTS:
+        raise RecipeError(f"model.lm.lora.target_modules: no default for the {model_type} architecture; name the "
+                          "linear layers to adapt, e.g. target_modules = [\"q_proj\", \"v_proj\"]")
+    return list(DEFAULTS[model_type])
 
 
 class _BufferLayer(DynamicLayer):
@@ -176,6 +330,96 @@ class _StaticLayer(StaticLayer):
         self.select(beam_idx)
 
 
+def _build(model_cls: Any, config_cls: Any, pretrained: str | None, tokenizer: str | None, what: str,
+           config_args: dict[str, Any], chat_template: bool | str, lora: LoRA | dict[str, Any] | None) -> HFCausalLM:
+    model, tok = build_hf(model_cls, config_cls, pretrained, tokenizer, what, config_args)
+    model.float()  # transformers loads bf16 hub weights as bf16; the prefix and autocast expect float32
+    return HFCausalLM(model, tok, chat_template, lora)
+
+
+def causal_lm(
+    pretrained: str | None = "",
+    tokenizer: str | None = None,
+    architecture: str | None = None,
+    hidden_size: int | None = None,
+    num_layers: int | None = None,
+    num_heads: int | None = None,
+    num_kv_heads: int | None = None,
+    intermediate_size: int | None = None,
+    max_positions: int | None = None,
+    dropout: float | None = None,
+    chat_template: bool | str = False,
+    lora: LoRA | None = None,
+) -> HFCausalLM:
+    """Any transformers causal LM.
+
+    ``pretrained``: a hub id (``HuggingFaceTB/SmolLM2-135M``, ``Qwen/Qwen2.5-0.5B``, ``gpt2`` ...)
+    or a local folder saved with ``save_pretrained()`` (an architecture-only one builds the
+    config without weights, see :mod:`pengi_kit.sources`); weights and tokenizer come from
+    there. With ``pretrained = ""`` a fresh model of ``architecture`` (a transformers model
+    type with a causal LM: ``gpt2``, ``llama``, ``qwen2``, ``qwen3``, ``gemma``, ``phi3``,
+    ``opt`` ...) is built from the size arguments (unset: the architecture's defaults) with
+    ``tokenizer`` (``"byte"`` by default; or a hub id / local path / ``"module:function"``).
+
+    ``chat_template``: True wraps the prefix in the tokenizer's chat template as a user turn
+    followed by the assistant's turn; a string is the Jinja template itself. ``lora``: LoRA
+    adapters on the frozen LM, the recipe table ``[model.lm.lora]`` (:class:`LoRA`): ``rank``
+    (8), ``alpha`` (16), ``dropout`` (0.05), ``target_modules`` ([]: the attention projections,
+    q/k/v/o_proj for Llama, Qwen, Mistral and Gemma, c_attn for GPT-2; else peft's default).
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    sizes = dict(hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads, num_kv_heads=num_kv_heads,
+                 intermediate_size=intermediate_size, max_positions=max_positions, dropout=dropout)
+    reject_config_args(pretrained, "causal-lm", architecture=architecture, **sizes)
+    if pretrained:
+        return _build(AutoModelForCausalLM, AutoConfig, pretrained, tokenizer, "causal-lm", {}, chat_template, lora)
+    if not architecture:
+        raise RecipeError("model.lm: causal-lm needs pretrained (a hub id or a local folder) or, for a fresh model, "
+                          "architecture (e.g. architecture = \"llama\")")
+    default = _default_config(architecture)
+    return _build(AutoModelForCausalLM, lambda **kw: AutoConfig.for_model(architecture, **kw), "", tokenizer,
+                  "causal-lm", _config_args(default, architecture, sizes), chat_template, lora)
+
+
+def _default_config(architecture: str) -> Any:
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES as CAUSAL_LMS
+
+    if architecture not in CAUSAL_LMS:
+        close = difflib.get_close_matches(architecture, list(CAUSAL_LMS), n=1, cutoff=0.6)
+        hint = f"did you mean '{close[0]}'?" if close else "e.g. gpt2, llama, qwen2, qwen3, gemma, phi3, opt"
+        raise RecipeError(f"model.lm.architecture: '{architecture}' is not a transformers model type with a causal "
+                          f"LM; {hint}")
+    return AutoConfig.for_model(architecture)
+
+
+def _config_args(default: Any, architecture: str, sizes: dict[str, Any]) -> dict[str, Any]:
+    """The config arguments of a fresh model from the size arguments, in the names of the
+    architecture's config; a size it has no field for is a one-line error."""
+    given = {k: v for k, v in sizes.items() if v is not None and k != "dropout"}
+    out: dict[str, Any] = {}
+    for key, value in given.items():
+        attribute = next((a for a in SIZE_ATTRIBUTES[key] if hasattr(default, a)), None)
+        if attribute is None:
+            raise RecipeError(f"model.lm.{key}: the {architecture} architecture has no such setting; remove it")
+        out[attribute] = value
+    if "num_heads" in given and "num_kv_heads" not in given and hasattr(default, "num_key_value_heads"):
+        out["num_key_value_heads"] = given["num_heads"]  # no grouped-query attention unless asked for
+    ffn = next((a for a in SIZE_ATTRIBUTES["intermediate_size"] if hasattr(default, a)), None)
+    if "hidden_size" in given and "intermediate_size" not in given and ffn:  # the ratio of the hub models
+        out[ffn] = 4 * given["hidden_size"]
+    if ("hidden_size" in given or "num_heads" in given) and getattr(default, "head_dim", None):
+        # Qwen3 and Gemma fix head_dim (128, 256) whatever the width: a small model keeps width / heads
+        out["head_dim"] = given.get("hidden_size", default.hidden_size) // given.get("num_heads",
+                                                                                      default.num_attention_heads)
+    if "hidden_size" in given and hasattr(default, "word_embed_proj_dim"):  # OPT: no projection of the embeddings
+        out["word_embed_proj_dim"] = given["hidden_size"]
+    if sizes["dropout"] is not None:
+        out.update(dict.fromkeys((a for a in DROPOUT_ATTRIBUTES if hasattr(default, a)), sizes["dropout"]))
+    return out
+
+
 def gpt2(
     pretrained: str | None = "gpt2",
     tokenizer: str | None = None,
@@ -184,20 +428,21 @@ def gpt2(
     n_head: int | None = None,
     n_positions: int | None = None,
     dropout: float | None = None,
+    chat_template: bool | str = False,
+    lora: LoRA | None = None,
 ) -> HFCausalLM:
-    """GPT-2 family LM.
+    """GPT-2 family LM: :func:`causal_lm` with GPT-2's argument names and defaults.
 
     ``pretrained``: a hub id (``gpt2``, ``distilgpt2``, ``gpt2-medium`` ...) or a local
     directory (an architecture-only one builds the config without weights, see
     :mod:`pengi_kit.sources`); weights and tokenizer come from there. With ``pretrained = ""`` a fresh
     model is built from the size arguments (defaults: GPT-2 base) with ``tokenizer``
     (``"byte"`` by default: offline, one token per byte; or a hub id / local path).
+    ``chat_template`` and ``lora`` as for :func:`causal_lm`.
     """
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    model, tok = build_hf(GPT2LMHeadModel, GPT2Config, pretrained, tokenizer, "gpt2",
-                          dict(n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_positions=n_positions,
-                               **dict.fromkeys(("resid_pdrop", "embd_pdrop", "attn_pdrop"), dropout)))
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token  # GPT-2 has none; padding is masked out anyway
-    return HFCausalLM(model, tok)
+    return _build(GPT2LMHeadModel, GPT2Config, pretrained, tokenizer, "gpt2",
+                  dict(n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_positions=n_positions,
+                       **dict.fromkeys(("resid_pdrop", "embd_pdrop", "attn_pdrop"), dropout)),
+                  chat_template, lora)

@@ -33,7 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pengi_kit.components.frontend import LogMel, PowerSpectrogram, SpecAugment, load_reference_weights
+from pengi_kit.components.frontend import (
+    LogMel, PowerSpectrogram, SpecAugment, frontend_settings, load_reference_weights,
+)
 
 # The published sizes, by the factory's ``variant``: the one place they are written. All
 # share window 8, spec 256, patch 4 and stride 4; the embedding is patch_embed_dim * 8.
@@ -385,14 +387,14 @@ def htsat(
     sample_rate: int = 32000,
     clip_seconds: float | None = 10.0,
     mel_sample_rate: int | None = None,
-    window_size: int = 1024,
-    hop_size: int = 320,
+    window_size: int | None = None,
+    hop_size: int | None = None,
     num_classes: int = 527,
     pretrained: str | None = None,
     *,
     mel_bins: int = 64,
     fmin: float = 50.0,
-    fmax: float | None = 14000.0,
+    fmax: float | None = None,
     spec_size: int = 256,
     patch_embed_dim: int | None = None,
     depths: Sequence[int] | None = None,
@@ -405,8 +407,12 @@ def htsat(
 
     ``sample_rate`` is the rate the data pipeline must deliver; ``mel_sample_rate``
     (default: the same) is the rate the mel filters are computed for -- Pengi feeds
-    44.1 kHz audio to filters built for 32 kHz. LAION-CLAP's tower is
-    ``htsat(sample_rate=48000, hop_size=480)`` (1001 frames for 10 s). The keyword
+    44.1 kHz audio to filters built for 32 kHz. ``window_size``, ``hop_size`` and ``fmax``
+    not given follow from ``mel_sample_rate`` (see
+    :func:`~pengi_kit.components.frontend.frontend_settings`: 32 ms, 10 ms, at most 14 kHz;
+    1024, 320, 14000 at 32 kHz, the published front-end), so setting the data's rate is
+    enough; given ones win. LAION-CLAP's
+    tower is ``htsat(sample_rate=48000)`` (window 1024, hop 480: 1001 frames for 10 s). The keyword
     overrides after ``pretrained`` shrink the model for tests. ``pretrained`` is a
     local checkpoint holding the reference state dict (``{"model": sd}``,
     ``{"state_dict": sd}`` or bare; a ``module.`` or ``sed_model.`` prefix is
@@ -417,6 +423,7 @@ def htsat(
         raise ValueError(f"htsat: unknown variant {variant!r}; choose one of {', '.join(HTSAT_PRESETS)}")
     sizes = {"patch_embed_dim": patch_embed_dim, "depths": depths, "num_heads": num_heads}
     sizes = {**HTSAT_PRESETS[variant], **{k: v for k, v in sizes.items() if v is not None}}
+    window_size, hop_size, fmax = frontend_settings(mel_sample_rate or sample_rate, window_size, hop_size, fmax)
     # what the weights depend on; an imported folder records it, and must match (see load_reference_weights)
     build_args = dict(
         sample_rate=sample_rate, mel_sample_rate=mel_sample_rate or sample_rate, window_size=window_size,

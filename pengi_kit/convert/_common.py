@@ -224,6 +224,17 @@ def load_strict(module: nn.Module, sd: Mapping[str, torch.Tensor], what: str, hi
     _load_strict(module, sd, what, hint, error=ConversionError)
 
 
+def ignore_hf_buffers(ledger: KeyLedger, gpt_prefix: str | None = None, text_prefix: str | None = None) -> None:
+    """Knowingly ignore the buffers older transformers saved beside GPT-2 (under ``gpt_prefix``) and
+    BERT-style text models (under ``text_prefix``)."""
+    if gpt_prefix is not None:
+        ledger.ignore(re.escape(gpt_prefix) + r"transformer\.h\.\d+\.attn\.(bias|masked_bias)",
+                      "GPT-2 causal-mask constants that older transformers saved; recomputed by transformers")
+    if text_prefix is not None:
+        ledger.ignore(re.escape(text_prefix) + r"embeddings\.(position_ids|token_type_ids)",
+                      "index buffers (0..n-1, zeros) that older transformers saved; recomputed by transformers")
+
+
 def ignore_stft(ledger: KeyLedger, prefix: str) -> int:
     """Knowingly ignore torchlibrosa's STFT kernels under ``prefix`` after checking they
     are a DFT basis of one size; returns that n_fft."""
@@ -246,6 +257,10 @@ def ignore_stft(ledger: KeyLedger, prefix: str) -> int:
 
 
 # ---------------------------------------------------------------- front-end detection
+
+# (mel sample rate, fmin, fmax) that the reference HTSAT front-ends (Pengi, Microsoft CLAP 2023) may have used
+MEL_CANDIDATES = [(32000, 50.0, 14000.0), (32000, 50.0, 8000.0), (44100, 50.0, 14000.0), (44100, 50.0, 8000.0)]
+
 
 def detect_mel(mel_w: torch.Tensor, candidates: Iterable[tuple[int, float, float]]) -> tuple[int, float, float] | None:
     """The (sample rate, fmin, fmax) among ``candidates`` whose slaney mel matrix equals the

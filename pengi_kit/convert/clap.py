@@ -8,6 +8,9 @@
       heads.safetensors    the projection heads and temperature(s), see below
       usage.toml           the [model.audio_encoder] / [model.text_encoder] tables for a recipe
 
+Contrastive pretraining (``task = "contrastive"``, :mod:`pengi_kit.pretraining`) writes the same
+folder (flavour ``pengi-kit``, heads in Microsoft CLAP's layout) through :func:`write_clap_folder`.
+
 The two towers are ordinary pengi-kit components: a recipe uses them through
 ``pretrained = "<out>/audio_encoder"`` / ``"<out>/text_encoder"`` (usage.toml has the
 exact tables). The heads map the towers' outputs into the joint audio-text space in
@@ -49,18 +52,17 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pengi_kit.convert._common import (
-    FORMAT_VERSION, ConversionError, KeyLedger, detect_mel, htsat_args, ignore_stft, load_strict, read_state_dict,
-    save_encoder_folder, source_info, staged, toml_table, write_json,
+    FORMAT_VERSION, MEL_CANDIDATES, ConversionError, KeyLedger, detect_mel, htsat_args, ignore_hf_buffers, ignore_stft,
+    load_strict, read_state_dict, save_encoder_folder, source_info, staged, toml_table, write_json,
 )
 from pengi_kit.convert.panns import take_cnn14, write_cnn14
-from pengi_kit.convert.pengi import MEL_CANDIDATES, ignore_hf_buffers
 
 CLAP_FILE = "clap.json"
 HEADS_FILE = "heads.safetensors"
@@ -104,11 +106,12 @@ class ClapModel(nn.Module):
         self.audio_encoder, self.text_encoder, self.text_length = audio_encoder, text_encoder, text_length
         self.sample_rate, self.clip_seconds = audio_encoder.sample_rate, audio_encoder.clip_seconds
         kind, dim = heads["kind"], heads["dim"]
+        self.projection_dim = dim  # the joint space's width
         if kind == "mlp":
             self.audio_projection = _laion_projection(audio_encoder.embed_dim, dim)
             self.text_projection = _laion_projection(text_encoder.embed_dim, dim)
         else:
-            from pengi_kit.model import Projection
+            from pengi_kit.components.projection import Projection
 
             self.audio_projection = Projection(audio_encoder.embed_dim, dim)
             self.text_projection = Projection(text_encoder.embed_dim, dim)
@@ -180,20 +183,33 @@ def write_text_tower(folder: Path, name: str, sd: dict[str, torch.Tensor], sourc
     load_tokenizer(source_id).save_pretrained(folder)
 
 
+def imported_text_tower(name: str, sd: dict[str, torch.Tensor], source_id: str,
+                        src: str) -> tuple[dict[str, Any], Callable[[Path], None]]:
+    """An importer's text tower for :func:`write_clap_folder`: its table and its writer."""
+    return {"name": name, **TEXT_TOWERS[name][2]}, lambda folder: write_text_tower(folder, name, sd, source_id, src)
+
+
 def write_clap_folder(tmp: Path, out: Path, *, audio_table: dict[str, Any], audio_sd: dict[str, torch.Tensor],
-                      text_name: str, text_sd: dict[str, torch.Tensor], text_source: str, heads: dict[str, Any],
-                      heads_sd: dict[str, torch.Tensor], text_length: int, source: dict[str, Any], src: str) -> str:
+                      text_table: dict[str, Any], write_text: Callable[[Path], None], heads: dict[str, Any],
+                      heads_sd: dict[str, torch.Tensor], text_length: int, source: dict[str, Any]) -> str:
+    """Write a CLAP folder into ``tmp`` (staged to become ``out``) and check that it loads;
+    returns its usage tables. ``audio_table``/``text_table``: the towers' components and
+    build arguments (``name`` included, ``pretrained`` left out: the folders replace it);
+    ``write_text(folder)`` saves the text tower there (importers and
+    :mod:`pengi_kit.pretraining` both write CLAP folders through here)."""
     from safetensors.torch import save_file
 
     out = out.resolve()  # the usage tables name the folders absolutely
+    audio_table = dict(audio_table)
     audio_name = audio_table.pop("name")
     if audio_name == "cnn14":
         write_cnn14(tmp / "audio_encoder", audio_table, audio_sd, source)
     else:
         save_encoder_folder(tmp / "audio_encoder", audio_name, audio_table, audio_sd, source)
-    write_text_tower(tmp / "text_encoder", text_name, text_sd, text_source, src)
+    write_text(tmp / "text_encoder")
     save_file({k: v.detach().contiguous().clone() for k, v in heads_sd.items()}, str(tmp / HEADS_FILE))
-    text_table = {"name": text_name, "pretrained": "text_encoder", **TEXT_TOWERS[text_name][2]}
+    text_table = {"name": text_table["name"], "pretrained": "text_encoder",
+                  **{k: v for k, v in text_table.items() if k != "name"}}
     write_json(tmp / CLAP_FILE, {
         "format": FORMAT_VERSION, "flavour": source["format"], "variant": source.get("variant"),
         "audio_encoder": {"name": audio_name, **audio_table, "pretrained": "audio_encoder"},
@@ -251,10 +267,10 @@ def import_laion_clap(source: str | Path, out: str | Path, *, text_encoder: str 
     heads = {"kind": "mlp", "dim": dim, "transforms": "audio_transform.sequential.0.weight" in heads_sd}
     variant = f"HTSAT-{audio_table['variant']}" if "patch_embed_dim" not in audio_table else "HTSAT"
     info = source_info(source, "laion-clap", variant=variant)
+    text_table, write_text = imported_text_tower("roberta", text_sd, text_encoder or TEXT_TOWERS["roberta"][1], src)
     with staged(out, force) as tmp:
-        usage = write_clap_folder(tmp, out, audio_table=audio_table, audio_sd=audio_sd, text_name="roberta",
-                                  text_sd=text_sd, text_source=text_encoder or TEXT_TOWERS["roberta"][1],
-                                  heads=heads, heads_sd=heads_sd, text_length=77, source=info, src=src)
+        usage = write_clap_folder(tmp, out, audio_table=audio_table, audio_sd=audio_sd, text_table=text_table,
+                                  write_text=write_text, heads=heads, heads_sd=heads_sd, text_length=77, source=info)
     return {"format": "laion-clap", "variant": variant, "out": str(out), "mel_matrix": mel_note,
             "mapped": len(ledger.taken), "ignored": ledger.ignored_by_reason(), "usage": usage}
 
@@ -310,12 +326,12 @@ def import_ms_clap(source: str | Path, out: str | Path, *, text_encoder: str | N
                 "logit_scale": ledger.take_key("logit_scale")}
     ledger.finish()
     heads = {"kind": "projection", "dim": int(heads_sd["audio_projection.linear1.weight"].shape[0])}
-    text_source = text_encoder or TEXT_TOWERS[text_name][1]
+    text_table, write_text = imported_text_tower(text_name, text_sd, text_encoder or TEXT_TOWERS[text_name][1], src)
     info = source_info(source, "ms-clap", variant=year)
     with staged(out, force) as tmp:
-        usage = write_clap_folder(tmp, out, audio_table=audio_table, audio_sd=audio_sd, text_name=text_name,
-                                  text_sd=text_sd, text_source=text_source, heads=heads, heads_sd=heads_sd,
-                                  text_length=100 if year == "2022" else 77, source=info, src=src)
+        usage = write_clap_folder(tmp, out, audio_table=audio_table, audio_sd=audio_sd, text_table=text_table,
+                                  write_text=write_text, heads=heads, heads_sd=heads_sd,
+                                  text_length=100 if year == "2022" else 77, source=info)
     return {"format": "ms-clap", "variant": year, "out": str(out), "mel_matrix": mel_note,
             "mapped": len(ledger.taken), "ignored": ledger.ignored_by_reason(), "usage": usage}
 

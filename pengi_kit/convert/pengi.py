@@ -60,15 +60,13 @@ from typing import Any
 
 import torch
 
-from pengi_kit.convert._common import (
-    ConversionError, KeyLedger, detect_mel, htsat_args, ignore_stft, load_strict, mapper_table, read_state_dict,
-    save_arch_folder, source_info, staged, tied_lm_head,
+from pengi_kit.convert._common import (  # MEL_CANDIDATES, ignore_hf_buffers: the CLAP importers' too
+    MEL_CANDIDATES, ConversionError, KeyLedger, detect_mel, htsat_args, ignore_hf_buffers, ignore_stft, load_strict,
+    mapper_table, read_state_dict, save_arch_folder, source_info, staged, tied_lm_head,
 )
 
 DEFAULT_LM = "gpt2"
 DEFAULT_TEXT_ENCODER = "openai/clip-vit-base-patch16"
-# (mel sample rate, fmin, fmax) that the reference HTSAT front-ends may have used
-MEL_CANDIDATES = [(32000, 50.0, 14000.0), (32000, 50.0, 8000.0), (44100, 50.0, 14000.0), (44100, 50.0, 8000.0)]
 # PengiWrapper.generate/describe as the Pengi README and example.py call them (max_len=30,
 # beam_size=3, temperature=1.0, stop_token=' <|endoftext|>'), in the reference's compat mode
 REFERENCE_GENERATE = {"method": "beam", "beam_size": 3, "temperature": 1.0, "max_new_tokens": 30, "compat": "pengi"}
@@ -98,17 +96,6 @@ def renamed(ledger: Any, renames: Any, src: str) -> dict[str, torch.Tensor]:
 def under(sd: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     """The entries of ``sd`` below ``prefix``, with the prefix removed."""
     return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
-
-
-def ignore_hf_buffers(ledger: KeyLedger, gpt_prefix: str | None = None, text_prefix: str | None = None) -> None:
-    import re
-
-    if gpt_prefix is not None:
-        ledger.ignore(re.escape(gpt_prefix) + r"transformer\.h\.\d+\.attn\.(bias|masked_bias)",
-                      "GPT-2 causal-mask constants that older transformers saved; recomputed by transformers")
-    if text_prefix is not None:
-        ledger.ignore(re.escape(text_prefix) + r"embeddings\.(position_ids|token_type_ids)",
-                      "index buffers (0..n-1, zeros) that older transformers saved; recomputed by transformers")
 
 
 def audio_front_end(audio_sd: dict[str, torch.Tensor], source: str) -> dict[str, Any]:

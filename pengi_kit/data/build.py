@@ -45,12 +45,18 @@ def build_dataset(recipe: dict[str, Any], split: str, sample_rate: int,
     if not entries:
         return None
     crop = data["train_crop"] if split == "train" else data["eval_crop"]
+    task = recipe.get("task", "pengi")  # what the model trains: Pengi, or an encoder's pretraining
     built: list[PengiDataset] = []
     for stream, entry in enumerate(entries):
         name = entry["manifest"]
         if name == "synthetic":
-            built.append(SyntheticDataset(synthetic_corpus(recipe, split, sample_rate, clip_seconds)))
+            built.append(SyntheticDataset(synthetic_corpus(recipe, split, sample_rate, clip_seconds), task))
         elif is_shard_source(name):
+            baked = [key for key in ("prompt", "task", "templates") if key in entry]
+            if baked:  # `data shard` wrote each row's prompt into the shards
+                raise RecipeError(f"data.{split}: shards '{name}' hold their prompts already, so {baked[0]} "
+                                  "cannot apply; remove it, or put the prompts in the manifest's rows before "
+                                  "`pengi-kit data shard`")
             if len(entries) > 1 or entry.get("weight", 1.0) != 1.0:
                 raise RecipeError(f"data.{split}: shards '{name}' stream and cannot be mixed with weights "
                                     "(shard each corpus into one set, or mix manifests)")
@@ -59,6 +65,8 @@ def build_dataset(recipe: dict[str, Any], split: str, sample_rate: int,
         else:
             built.append(ManifestDataset(name, sample_rate, clip_seconds, crop, recipe["seed"], data["on_error"],
                                          task=entry.get("task"), templates=entry.get("templates"),
+                                         # encoder pretraining reads no prompt: rows need none
+                                         prompt=entry.get("prompt", None if task == "pengi" else ""),
                                          max_seconds=data["max_seconds"], stream=stream))
     if len(built) == 1 and entries[0].get("weight", 1.0) == 1.0:
         return built[0]

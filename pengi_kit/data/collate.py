@@ -1,6 +1,7 @@
 """Items into batches: the one collate function of map-style loaders and shard streams.
 
-An item is ``{"audio": float32 (T,), "prompt", "text", "task"}``, or ``{"error": "<one line>"}``
+An item is ``{"audio": float32 (T,), "prompt", "text", "task"}`` (and ``"labels"``, a list of
+tags, where the dataset knows them apart from the text), or ``{"error": "<one line>"}``
 for an example that could not be loaded. Errors leave the batch but not silently: their
 messages travel in ``batch["errors"]`` to the trainer, which reports them
 (``data.on_error = "skip"``) or stops (``"fail"``).
@@ -24,6 +25,8 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
         "texts": [it["text"] for it in good],
         "tasks": [it["task"] for it in good],
     }
+    if any("labels" in it for it in good):  # tags of a dataset that knows them (None: read them from text)
+        batch["labels"] = [it.get("labels") for it in good]
     if good:
         length = max(len(it["audio"]) for it in good)
         audio = np.zeros((len(good), length), dtype=np.float32)

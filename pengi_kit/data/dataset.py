@@ -23,17 +23,36 @@ __all__ = ["ManifestDataset", "MixtureDataset", "SyntheticDataset"]
 
 
 class SyntheticDataset(PengiDataset, Dataset):
-    """Every clip of a synthetic corpus with each of its prompts."""
+    """The examples of a synthetic corpus for the recipe's ``task``.
 
-    def __init__(self, corpus: SyntheticCorpus) -> None:
-        self.corpus = corpus
+    ``"pengi"``: every clip with each of its prompts. Encoder pretraining sees each clip
+    once per epoch and none of the questions: ``"tagging"``, the primary kind as ``text``
+    and every kind it holds as ``labels`` (multi-label tags); ``"contrastive"``, one of
+    the clip's descriptions (:meth:`~pengi_kit.data.synthetic.Clip.descriptions`), the
+    other one the next epoch, as CLAP training draws one of a clip's captions.
+    """
+
+    def __init__(self, corpus: SyntheticCorpus, task: str = "pengi") -> None:
+        if task not in ("pengi", "tagging", "contrastive"):
+            raise ValueError(f"unknown task {task!r}")
+        self.corpus, self.task, self.epoch = corpus, task, 0
+        self.per_clip = PROMPTS_PER_CLIP if task == "pengi" else 1
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def __len__(self) -> int:
-        return PROMPTS_PER_CLIP * len(self.corpus)
+        return self.per_clip * len(self.corpus)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         index %= len(self)  # a repeated draw (weight > 1) is the same example
-        clip = self.corpus.clip(index // PROMPTS_PER_CLIP)
+        clip = self.corpus.clip(index // self.per_clip)
+        if self.task == "tagging":
+            return {"audio": clip.audio, "prompt": "", "text": clip.primary, "task": "tagging", "labels": clip.labels}
+        if self.task == "contrastive":
+            texts = clip.descriptions()
+            return {"audio": clip.audio, "prompt": "", "text": texts[(index + self.epoch) % len(texts)],
+                    "task": "contrastive"}
         task, prompt, text = clip.examples()[index % PROMPTS_PER_CLIP]
         return {"audio": clip.audio, "prompt": prompt, "text": text, "task": task}
 
@@ -45,16 +64,17 @@ class ManifestDataset(PengiDataset, Dataset):
     depends only on ``(seed, stream, epoch, copy, i)``: any worker computes the same
     crop. Bad manifest lines are in ``load_errors`` (``on_error="skip"``) or raise
     (``"fail"``); a clip that cannot be loaded becomes ``{"error": "<one line>"}``.
-    ``task`` and ``templates`` choose the dataset's prompts (see :func:`read_manifest`).
+    ``task``, ``templates`` and ``prompt`` choose the dataset's prompts (see :func:`read_manifest`).
     """
 
     def __init__(self, path: str | Path, sample_rate: int, clip_seconds: float | None,
                  crop: str, seed: int = 0, on_error: str = "skip", *, task: str | None = None,
-                 templates: dict[str, str] | None = None, max_seconds: float = 3600.0, stream: int = 0) -> None:
+                 templates: dict[str, str] | None = None, prompt: str | None = None, max_seconds: float = 3600.0,
+                 stream: int = 0) -> None:
         from pengi_kit.data.manifest import read_manifest
 
         self.examples, self.load_errors = read_manifest(Path(path), on_error=on_error, task=task,
-                                                        templates=templates)
+                                                        templates=templates, prompt=prompt)
         self.sample_rate, self.clip_seconds, self.crop, self.seed = sample_rate, clip_seconds, crop, seed
         self.max_seconds, self.stream = max_seconds, stream
         self.epoch = 0

@@ -67,6 +67,7 @@ def read_manifest(
     *,
     task: str | None = None,
     templates: Mapping[str, str] | None = None,
+    prompt: str | None = None,
     require_text: bool = True,
 ) -> tuple[list[Example], list[str]]:
     """Read a ``.jsonl``/``.ndjson`` or ``.csv``/``.tsv`` manifest.
@@ -78,6 +79,10 @@ def read_manifest(
     A dataset chooses its prompts with ``task`` (the task of rows that name neither a
     prompt nor a task) and ``templates`` (``{task: template}``, replacing the built-in
     template of a task or adding a new task, e.g. ``{"caption": "describe the sound"}``).
+    ``prompt`` is the prompt of every row that has none of its own, whatever its task (which
+    then only labels the row): one question for a whole dataset, no template needed. An empty
+    ``prompt`` only lets rows without a prompt or task through (a tagger reads labels, not
+    prompts); rows with a task still get its template.
 
     ``require_text=False`` reads inference manifests, whose rows need no target: a row
     without ``text`` gets ``""``.
@@ -99,14 +104,15 @@ def read_manifest(
         raise ManifestError(f"{path}: cannot read manifest: {exc.strerror} (check the path)") from None
 
     from_csv = suffix in _CSV
-    rows = _csv_rows(path, raw, _CSV[suffix], require_text) if from_csv else _jsonl_rows(raw)
+    defaulted = task is not None or prompt is not None  # rows need neither a prompt nor a task column
+    rows = _csv_rows(path, raw, _CSV[suffix], require_text, defaulted) if from_csv else _jsonl_rows(raw)
     examples: list[Example] = []
     errors: list[str] = []
     for line, row in rows:
         try:
             if isinstance(row, _Bad):
                 raise row
-            examples.append(_example(row, line, path, from_csv, task, templates or {}, require_text))
+            examples.append(_example(row, line, path, from_csv, task, templates or {}, require_text, prompt))
         except _Bad as bad:
             message = f"{path}:{line}: {bad}"
             if on_error == "fail":
@@ -148,8 +154,8 @@ def _jsonl_rows(raw: bytes) -> Iterator[tuple[int, dict[str, Any] | _Bad]]:
             yield number, bad
 
 
-def _csv_rows(path: Path, raw: bytes, delimiter: str,
-              require_text: bool = True) -> Iterator[tuple[int, dict[str, Any] | _Bad]]:
+def _csv_rows(path: Path, raw: bytes, delimiter: str, require_text: bool = True,
+              defaulted: bool = False) -> Iterator[tuple[int, dict[str, Any] | _Bad]]:
     # surrogateescape keeps undecodable bytes as lone surrogates, found per row below.
     text = raw.removeprefix(b"\xef\xbb\xbf").decode("utf-8", errors="surrogateescape")
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
@@ -162,7 +168,7 @@ def _csv_rows(path: Path, raw: bytes, delimiter: str,
                 continue
             if header is None:
                 header = [c.strip() for c in cells]
-                _check_header(path, first, header, require_text)
+                _check_header(path, first, header, require_text, defaulted)
                 continue
             try:
                 for name, cell in zip(header, cells):
@@ -183,9 +189,10 @@ def _csv_rows(path: Path, raw: bytes, delimiter: str,
         raise ManifestError(f"{path}: empty CSV manifest (add a header row: audio,prompt,text)")
 
 
-def _check_header(path: Path, line: int, header: list[str], require_text: bool = True) -> None:
+def _check_header(path: Path, line: int, header: list[str], require_text: bool = True,
+                  defaulted: bool = False) -> None:
     missing = [c for c in ("audio", "text") if c not in header]
-    if "prompt" not in header and "task" not in header:
+    if "prompt" not in header and "task" not in header and not defaulted:
         missing.append("prompt or task")
     if not require_text:  # inference: rows may lack a target, and take the reader's default task
         missing = [c for c in missing if c == "audio"]
@@ -243,7 +250,7 @@ def _seconds(row: dict[str, Any], key: str, from_csv: bool) -> float | None:
 
 def _example(row: dict[str, Any], line: int, source: Path, from_csv: bool,
              default_task: str | None = None, templates: Mapping[str, str] = {},
-             require_text: bool = True) -> Example:
+             require_text: bool = True, default_prompt: str | None = None) -> Example:
     audio = _string(row, "audio", "give the clip's path as a string")
     if audio is None:
         raise _Bad(
@@ -259,6 +266,8 @@ def _example(row: dict[str, Any], line: int, source: Path, from_csv: bool,
     task = _string(row, "task", "give the task name as a string")
     if prompt is None and task is None:
         task = default_task
+    if prompt is None and (default_prompt or task is None):
+        prompt = default_prompt  # the dataset's question replaces templates; "": rows need none (labels)
     if prompt is None and task is None:
         raise _Bad(
             "missing 'prompt' or 'task'",

@@ -33,6 +33,17 @@ class Clip:
         head = f"a {self.primary}" if self.count == 1 else f"{NUMBERS[self.count]} {PLURAL[self.primary]}"
         return head + (f" followed by a {self.secondary}" if self.secondary else "")
 
+    @property
+    def labels(self) -> list[str]:
+        """The sound kinds the clip holds, primary first: its tags for multi-label tagging."""
+        return [self.primary] + ([self.secondary] if self.secondary else [])
+
+    def descriptions(self) -> list[str]:
+        """Texts that describe the clip for contrastive (CLAP) pretraining: its caption, and its
+        class in the words of zero-shot classification (``pengi-kit evaluate --task classification``
+        asks "this is a sound of <class>"), as LAION-CLAP turns AudioSet tags into texts."""
+        return [self.caption, f"this is a sound of {self.primary}"]
+
     def examples(self) -> list[tuple[str, str, str]]:
         """(task, prompt, target) for each of the clip's prompts."""
         present = self.secondary if self.secondary and self.count % 2 else self.primary
@@ -105,6 +116,6 @@ def words() -> list[str]:
 def tokenizer():
     """The demo's word-level tokenizer (recipes: ``tokenizer = "pengi_kit.data.synthetic:tokenizer"``):
     short targets keep one-word answers from being drowned by long captions in the loss."""
-    from pengi_kit.components._hf import word_tokenizer
+    from pengi_kit.data.tokenizer import word_tokenizer
 
     return word_tokenizer(words())

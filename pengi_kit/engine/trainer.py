@@ -23,6 +23,7 @@ from pengi_kit.data.loader import TrainLoader, eval_loader
 from pengi_kit.engine.distributed import Dist, all_reduce_sum, barrier, setup, shard
 from pengi_kit.engine.flops import measure, peak_flops
 from pengi_kit.engine.optim import build_optimizer, build_scheduler
+from pengi_kit.devices import TrainingThreads
 from pengi_kit.errors import PengiKitError
 from pengi_kit.model import PengiModel, build_model, listening_warning
 from pengi_kit.progress import bar as progress_bar, say
@@ -91,6 +92,8 @@ class Trainer:
                                 "choose one (--resume or --overwrite)")
         self.recipe, self.progress, self.validate_hook = recipe, progress, validate_hook
         self.dist: Dist = setup(device)
+        # on the CPU: torch threads for the cores other work leaves free, re-chosen at each log line
+        self.threads = TrainingThreads() if self.dist.device.type == "cpu" else None
         self.out = Path(recipe["train"]["output_dir"])
         self.resume = self._claim_output_dir(resume, overwrite)
         self._setup_model()
@@ -612,6 +615,8 @@ class Trainer:
                     self._log({"step": self.step, "epoch": self.epoch, "loss": losses[self.step],
                                "lr": self.scheduler.get_last_lr()[0], **record})
                 if log_now:
+                    if self.threads is not None:
+                        self.threads.update()
                     window_start, window_samples = time.perf_counter(), 0
                     self._window_tokens.zero_()
                     self._window_flops = 0.0

@@ -197,7 +197,11 @@ def text_matcher(pengi: Pengi, matcher: str) -> tuple[str, Callable[[list[str], 
     raise PengiKitError(f"unknown matcher {matcher!r} (use auto, text-encoder or words)")
 
 
-def classification(pengi: Pengi, manifest: str | Path, *, method: str = "generate", matcher: str = "auto",
+#: zero-shot classification by embedding compares each clip with the text "<CLASS_PROMPT> <class>"
+CLASS_PROMPT = "this is a sound of"
+
+
+def classification(pengi: Pengi, manifest: str | Path, *, method: str = "auto", matcher: str = "auto",
                    classes: Sequence[str] | None = None, multi_label: bool | None = None,
                    on_error: str = "skip", limit: int | None = None, batch_size: int = 32,
                    prompt: str | None = None, **decoding: Any) -> Result:
@@ -206,11 +210,31 @@ def classification(pengi: Pengi, manifest: str | Path, *, method: str = "generat
     ``method="generate"``: Pengi's way, generate with the rows' prompt (``this is a sound of``
     for ``task = "classification"``) and score each class by the similarity of the text to
     the class name (``matcher``). ``method="likelihood"``: score each class name by its mean
-    token log-probability as the answer.
+    token log-probability as the answer. ``method="embedding"``: CLAP's way, score each class
+    by the cosine similarity of the clip's embedding to that of the text
+    ``"<prompt> <class>"`` (``prompt`` defaults to :data:`CLASS_PROMPT`, as LAION-CLAP and
+    Microsoft CLAP ask); needs a text encoder. ``"auto"``: embedding for a model that does
+    not generate (a CLAP model), else generate.
     """
     result = Result("classification")
     groups = _read(manifest, result, on_error, limit)
-    if method == "generate":
+    if method == "auto":
+        method = "generate" if pengi.generates else "embedding"
+    if method == "embedding":
+        if pengi.model.text_encoder is None:
+            raise PengiKitError("this model has no text encoder to embed class texts (use --scoring generate or "
+                                "likelihood)")
+        audio = pengi.embed_audio([g.clip for g in groups], batch_size=batch_size,
+                                  on_error=_on_error(on_error, result))
+        groups, audio = _scored(groups, audio, result)
+        class_names, labels, multi = _labels(groups, classes, multi_label)
+        asked = prompt or CLASS_PROMPT
+        text = torch.nn.functional.normalize(pengi.embed_text([f"{asked} {c}" for c in class_names]).float().cpu(),
+                                             dim=-1)
+        matrix = torch.nn.functional.normalize(audio, dim=-1) @ text.T
+        result.info["prompt"] = asked
+        outputs = [class_names[i] for i in matrix.argmax(1)]
+    elif method == "generate":
         name, match = text_matcher(pengi, matcher)
         pairs = _generate(pengi, groups, result, on_error, decoding, batch_size, prompt)
         groups = [g for g, _ in pairs]
@@ -227,7 +251,7 @@ def classification(pengi: Pengi, manifest: str | Path, *, method: str = "generat
         class_names, labels, multi = _labels(groups, class_names, multi_label)
         outputs = [class_names[i] for i in matrix.argmax(1)]
     else:
-        raise PengiKitError(f"unknown classification method {method!r} (use generate or likelihood)")
+        raise PengiKitError(f"unknown classification method {method!r} (use generate, likelihood or embedding)")
     result.info.update(method=method, classes=len(class_names), multi_label=multi)
     result.metrics = _class_scores(labels, matrix, multi)
     top = matrix.argmax(1)

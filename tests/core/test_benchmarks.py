@@ -1,10 +1,12 @@
-"""benchmarks/gpu.sh cannot rot: its --smoke size runs here, on the CPU, and prints the whole table."""
+"""The benchmarks cannot rot: benchmarks/gpu.sh's --smoke size and the LM modes of generation.py and
+train_step.py (issue 14) run here, on the CPU, at tiny sizes, and their figures are checked."""
 from __future__ import annotations
 
 import math
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -32,6 +34,9 @@ def test_gpu_script_smoke_prints_every_row_with_finite_ratios():
             "transformers generate (same prefix)", "pengi-kit, compat='none'")]
     for key in expected:
         assert key in table, (key, out)
+    for b in (1, 2):  # issue 14: a SmolLM2-135M-shaped Llama against transformers' generate
+        expected += [(f"smollm2 b{b}", "transformers generate (same prefix)"), (f"smollm2 b{b}", "pengi-kit, compat='none'")]
+    expected += [("lm train", name) for name in ("LM fully fine-tuned", "LoRA on the LM", "LM frozen (Pengi)")]
     assert any(part == "data" and name.startswith("loader, FLAC 44.1 kHz") for part, name in table), out
     assert len(table) == len(expected) + 1, out
     # every rate that was measured is a positive finite number; MFU is n/a on the CPU
@@ -42,10 +47,61 @@ def test_gpu_script_smoke_prints_every_row_with_finite_ratios():
         if part == "train":
             assert row[4] == "n/a", row
     ratios = {key: re.match(r"([0-9.]+)x vs ", row[5]) for key, row in table.items() if row[5] != "-"}
-    assert len(ratios) == 1 + 2 * 2 + 1, out  # train best, pengi/reference and pengi/transformers per batch, data
+    # train best, pengi/reference and pengi/transformers per batch, data, smollm2 per batch, LoRA and frozen vs full
+    assert len(ratios) == 1 + 2 * 2 + 1 + 2 + 2, out
     for key, m in ratios.items():
         assert m and math.isfinite(float(m.group(1))) and float(m.group(1)) > 0, (key, out)
     # the compat='pengi' path must reproduce the reference's tokens, as benchmarks/generation.py asserts
     assert "same tokens as the reference 1/1" in table[("decode b1", "pengi-kit, compat='pengi'")][6]
+    for b in (1, 2):
+        assert f"same tokens as transformers {b}/{b}" in table[(f"smollm2 b{b}", "pengi-kit, compat='none'")][6]
+    # one Llama layer, rank 8 on q/k/v/o_proj (576->576, 576->192, 576->192, 576->576): 8 x 3840 adapter weights
+    lm_train = {name: row for (part, name), row in table.items() if part == "lm train"}
+    assert lm_train["LoRA on the LM"][6].startswith("30,720 trainable LM parameters"), out
+    assert lm_train["LM frozen (Pengi)"][6].startswith("0 trainable LM parameters"), out
+    full_params = int(lm_train["LM fully fine-tuned"][6].split()[0].replace(",", ""))
+    assert full_params > 10 * 30720, out  # every LM weight: embeddings, attention, MLP, norms
+    assert all(float(row[3]) > 0 for row in lm_train.values()), out  # peak MiB measured in each fresh process
     verdict = next(row[6] for (part, name), row in table.items() if part == "data" and name.startswith("loader"))
     assert "the GPU would wait for data" in verdict or "the loader keeps up" in verdict
+
+
+def _run_script(*args: str) -> str:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, *args, "--threads", "1"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def test_generation_smollm2_mode_returns_transformers_tokens():
+    # issue 14: a Llama-type LM (SmolLM2-135M shape, 1 layer here) decodes the same tokens as
+    # transformers' generate(inputs_embeds=..., num_beams=5), at each batch size, and reports both times
+    out = _run_script("benchmarks/generation.py", "--lm", "smollm2-135m", "--layers", "1", "--vocab", "300",
+                      "--max-new-tokens", "4", "--batches", "1,3")
+    rows = re.findall(r"batch +(\d+): pengi-kit +([0-9.]+) s, transformers generate +([0-9.]+) s: ([0-9.]+)x; "
+                      r"same tokens (\d+)/(\d+); tokens per row (\d+)-(\d+)", out)
+    assert [r[0] for r in rows] == ["1", "3"], out
+    for batch, ours, theirs, ratio, same, total, shortest, longest in rows:
+        assert same == total == batch, out
+        assert float(ours) > 0 and float(theirs) > 0 and math.isfinite(float(ratio)) and float(ratio) > 0, out
+        assert shortest == longest == "4", out  # random weights: no row stops early
+    assert out.count("per further token: pengi-kit") == 2, out
+
+
+@pytest.mark.slow
+def test_train_step_lora_mode_counts_adapters_and_saves_memory():
+    # three fresh processes: the LM frozen, with LoRA, fully fine-tuned (one Llama layer of SmolLM2 shape)
+    out = _run_script("benchmarks/train_step.py", "--lora", "--lm-layers", "1", "--vocab", "300", "--batch-size", "1",
+                      "--steps", "1", "--warmup", "0")
+    rows = {m[0]: [int(m[1].replace(",", "")), int(m[2].replace(",", "")), float(m[3]), float(m[4])]
+            for m in re.findall(r"^ *(.+?) \| +([0-9,]+) \| +([0-9,]+) \| +([0-9.]+) \| ([0-9.]+)$", out, re.M)}
+    assert set(rows) == {"LM frozen (Pengi)", "LoRA on the LM", "LM fully fine-tuned"}, out
+    frozen, lora, full = rows["LM frozen (Pengi)"], rows["LoRA on the LM"], rows["LM fully fine-tuned"]
+    # rank 8 on q/k/v/o_proj (576->576, 576->192, 576->192, 576->576): 8 x 3840 adapter weights
+    assert (frozen[1], lora[1]) == (0, 30720), out
+    assert lora[0] - frozen[0] == 30720 and full[0] - frozen[0] == full[1] > 3_000_000, out  # the rest is shared
+    # full fine-tuning adds a gradient and two Adam moments per LM weight (12 bytes); LoRA does not
+    assert full[3] - lora[3] > 0.5 * 12 * full[1] / 2**20, out
+    assert all(r[2] > 0 and r[3] > 0 for r in rows.values()), out
+    assert "LoRA / full fine-tuning: 0.0083x trainable LM parameters" in out, out

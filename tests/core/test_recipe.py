@@ -69,9 +69,14 @@ def test_shipped_recipes_validate():
     from pathlib import Path
 
     shipped = sorted(p for p in Path("recipes").rglob("*.toml") if "eval" not in p.parts)  # eval/: suites
-    assert len(shipped) >= 11  # demo, base, no text encoder, eight ablations
+    assert len(shipped) >= 13  # demo, base, no text encoder, eight ablations, two pretraining recipes
     recipes = {path.stem: load_recipe(path) for path in shipped}
-    assert all(r["model"]["lm"]["name"] == "gpt2" for r in recipes.values())
+    assert recipes.pop("tagging")["task"] == "tagging" and recipes.pop("contrastive")["task"] == "contrastive"
+    lms = {stem: r["model"]["lm"] for stem, r in recipes.items()}
+    assert lms.pop("smollm2_135m")["pretrained"] == "HuggingFaceTB/SmolLM2-135M"
+    qwen = lms.pop("qwen_lora")
+    assert qwen["name"] == "causal-lm" and qwen["lora"]["rank"] > 0 and not qwen["trainable"]
+    assert all(lm["name"] == "gpt2" for lm in lms.values())
     ablation = {stem: r for stem, r in recipes.items() if r["name"].startswith("ablation_")}
     assert all(r["model"]["projection_dim"] == 1024 for r in ablation.values())  # the rest is pengi_base
     assert ablation["mlp_mappers"]["model"]["audio_mapper"]["name"] == "mlp"

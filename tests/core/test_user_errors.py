@@ -65,7 +65,7 @@ def test_validate_refuses_missing_weights_and_manifests_with_the_fix(recipe_file
                    "model.audio_encoder.pretrained", "weights/tagger.pth", "does not exist")
     # the demo recipe before `pengi-kit demo`: its tagger is not there yet, and the fix is named
     monkeypatch.chdir(tmp_path)
-    one_error_line(run("validate", REPO / "recipes" / "demo.toml"), "audio_tagger.pth", "pengi-kit demo")
+    one_error_line(run("validate", REPO / "recipes" / "demo.toml"), "runs/demo/tagger/encoder", "pengi-kit demo")
     # and train refuses the same, before any model is built
     one_error_line(run("train", recipe_file, "-s", "data.train=nowhere/train.jsonl"), "data.train")
 

@@ -380,15 +380,15 @@ def test_the_trainer_says_how_many_examples_each_epoch_leaves_out(tmp_path, caps
 
 
 def test_the_demo_starts_over_in_its_run_directory_and_keeps_its_tagger(tmp_path):
-    from pengi_kit.demo import pretrain_audio_tagger
+    from pengi_kit.demo import pretrain_tagger
     from pengi_kit.recipe import load_recipe
 
     out = tmp_path / "demo"
-    tagger = out / "audio_tagger.pth"
+    tagger = out / "tagger" / "encoder"
     small = ["-s", f"train.output_dir='{out}'", "-s", f"model.audio_encoder.pretrained='{tagger}'",
              "-s", "data.synthetic_train_size=16", "-s", "data.synthetic_valid_size=2", "-s", "train.batch_size=8"]
-    pretrain_audio_tagger(load_recipe("recipes/demo.toml", small[1::2]), tagger, steps=1, batch_size=2)
-    kept = tagger.read_bytes()
+    pretrain_tagger(load_recipe("recipes/demo.toml", small[1::2]), tagger, steps=1, batch_size=2)
+    kept = (tagger / "model.safetensors").read_bytes()
     runner = CliRunner()
     first = runner.invoke(main, ["demo", *small, "-s", "train.max_steps=3"])
     assert first.exit_code == 0, first.output[-2000:]
@@ -398,5 +398,5 @@ def test_the_demo_starts_over_in_its_run_directory_and_keeps_its_tagger(tmp_path
     assert f"checkpoint: {out / 'checkpoints' / 'step-00000002'}" in second.stdout
     assert [p.name for p in ckpt.checkpoints(out)] == ["step-00000002"]  # the first demo run is gone ...
     assert max(r["step"] for r in _rows(out) if "step" in r) == 2 and ckpt.verify(out / "best")["step"] <= 2
-    assert tagger.read_bytes() == kept  # ... its tagger is not
+    assert (tagger / "model.safetensors").read_bytes() == kept  # ... its tagger is not
     assert "meant to be re-run" in runner.invoke(main, ["demo", "--help"]).output
