@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pengi_kit.components.projection import Projection  # here too: pengi_kit.model.Projection
+from pengi_kit.composite import Composite, Projection  # Projection here too: pengi_kit.model.Projection
 from pengi_kit.recipe import COMPONENT_SLOTS, slot_enabled
 
 #: The listening check (docs/training.md): a model whose loss on its references rises by less
@@ -29,7 +29,7 @@ def listening_warning(listening: float, what: str = "validation loss") -> str | 
             "see docs/training.md, 'The listening check'")
 
 
-class PengiModel(nn.Module):
+class PengiModel(Composite):
     """Audio + prompt -> prefix (B, 2k, D_lm) -> causal LM.
 
     Without a text encoder, the prompt is embedded by the LM's own token embeddings and
@@ -181,10 +181,9 @@ class PengiModel(nn.Module):
         """Forward inputs of ``n`` made-up examples on the model's device: silent clips (10 s where the
         encoder takes any length), a one-word prompt, ``target_length`` target tokens."""
         dev = next(self.parameters()).device
-        samples = int(self.sample_rate * (self.clip_seconds or 10.0))
         prompts = self.tokenize_prompts(["a"] * n)
         ids = torch.zeros(n, target_length, dtype=torch.long, device=dev)
-        return {"audio": torch.zeros(n, samples, device=dev), "prompt_ids": prompts["input_ids"].to(dev),
+        return {"audio": self.silent_clips(n), "prompt_ids": prompts["input_ids"].to(dev),
                 "prompt_mask": prompts["attention_mask"].to(dev), "target_ids": ids, "target_mask": torch.ones_like(ids)}
 
     @torch.no_grad()
@@ -212,22 +211,12 @@ class PengiModel(nn.Module):
 
         An LM with LoRA adapters (``[model.lm.lora]``) keeps its own weights frozen and trains
         the adapters; it runs in train mode (adapter dropout), as LoRA fine-tuning does."""
-        self.requires_grad_(True)
-        self.frozen = [slot for slot, trainable in flags.items() if not trainable and getattr(self, slot, None)]
-        for slot in self.frozen:
-            getattr(self, slot).requires_grad_(False)
+        super().set_trainable(flags)
         adapters = list(getattr(self.lm, "adapter_parameters", list)())
         for param in adapters:
             param.requires_grad_(True)
         if adapters:
             self.frozen = [slot for slot in self.frozen if slot != "lm"]
-
-    def train(self, mode: bool = True) -> "PengiModel":
-        """Frozen components stay in eval mode: no dropout, no batch-norm statistics drift."""
-        super().train(mode)
-        for slot in self.frozen:
-            getattr(self, slot).eval()
-        return self
 
 
 def build_model(recipe: dict[str, Any], registry: Any | None = None) -> nn.Module:

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pengi_kit.errors import PengiKitError, RecipeError
-from pengi_kit.components.projection import Projection
+from pengi_kit.composite import Composite, Projection
 
 __all__ = ["ContrastiveModel", "TaggingModel", "build_pretraining_model", "ENCODER_FOLDER", "CLAP_FOLDER"]
 
@@ -43,7 +43,7 @@ HEAD_FILE = "head.safetensors"
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP's clamp: a temperature of at least 0.01
 
 
-class _Pretraining(nn.Module):
+class _Pretraining(Composite):
     """What both pretraining models share: the audio contract, the recipe, frozen slots."""
 
     def __init__(self, audio_encoder: nn.Module) -> None:
@@ -53,25 +53,6 @@ class _Pretraining(nn.Module):
         self.clip_seconds = audio_encoder.clip_seconds
         self.recipe: dict[str, Any] | None = None
         self.frozen: list[str] = []
-
-    def set_trainable(self, flags: dict[str, bool]) -> None:
-        """Freeze or unfreeze each encoder; the heads (classifier, projections, temperature) always train."""
-        self.requires_grad_(True)
-        self.frozen = [slot for slot, trainable in flags.items() if not trainable and getattr(self, slot, None)]
-        for slot in self.frozen:
-            getattr(self, slot).requires_grad_(False)
-
-    def train(self, mode: bool = True) -> "_Pretraining":
-        """Frozen encoders stay in eval mode: no dropout, no batch-norm statistics drift."""
-        super().train(mode)
-        for slot in self.frozen:
-            getattr(self, slot).eval()
-        return self
-
-    def _silence(self, n: int) -> torch.Tensor:
-        """``n`` silent clips on the model's device (10 s where the encoder takes any length)."""
-        device = next(self.parameters()).device
-        return torch.zeros(n, int(self.sample_rate * (self.clip_seconds or 10.0)), device=device)
 
     def _recipe(self) -> dict[str, Any]:
         if self.recipe is None:
@@ -142,7 +123,7 @@ class TaggingModel(_Pretraining):
         device = next(self.parameters()).device
         labels = (torch.zeros(n, len(self.classes), device=device) if self.multi_label
                   else torch.zeros(n, dtype=torch.long, device=device))
-        return {"audio": self._silence(n), "labels": labels}
+        return {"audio": self.silent_clips(n), "labels": labels}
 
     def logits(self, audio: torch.Tensor) -> torch.Tensor:
         """Class logits (B, classes), float32."""
@@ -212,7 +193,7 @@ def text_keys(texts: list[str]) -> torch.Tensor:
 
 class ContrastiveModel(_Pretraining):
     """CLAP: audio and text encoders, each followed by a Pengi/Microsoft-CLAP
-    :class:`~pengi_kit.components.projection.Projection` into a ``projection_dim`` joint space, L2-normalised;
+    :class:`~pengi_kit.composite.Projection` into a ``projection_dim`` joint space, L2-normalised;
     similarities are scaled by a learned ``exp(logit_scale)``, initialised to 1/``temperature``
     and clamped at 100 as CLIP does.
 
@@ -272,7 +253,7 @@ class ContrastiveModel(_Pretraining):
     def example_inputs(self, n: int = 1) -> dict[str, torch.Tensor]:
         tokens = self.text_encoder.tokenize(["a"] * n, self.text_length)
         device = next(self.parameters()).device
-        return {"audio": self._silence(n), "text_ids": tokens["input_ids"].to(device),
+        return {"audio": self.silent_clips(n), "text_ids": tokens["input_ids"].to(device),
                 "text_mask": tokens["attention_mask"].to(device),
                 "text_key": torch.arange(n, device=device)}
 

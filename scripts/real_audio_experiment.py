@@ -129,6 +129,18 @@ def make_corpus(audio_dir: Path, out: Path, sizes: dict[str, int], split_by: str
 
 # ---------------------------------------------------------------- the recipes
 
+TRAINING = """[optim]
+lr = {lr}
+weight_decay = 0.01
+warmup_steps = 50
+
+[train]
+batch_size = 32
+epochs = {epochs}
+log_every = 25
+output_dir = "{run}"
+"""
+
 ENCODER = """[model.audio_encoder]
 name = "cnn14"
 sample_rate = 8000        # window 256, hop 80, fmax 4000 follow from it
@@ -175,17 +187,7 @@ trainable = true
 train = [{{manifest = "{train}", prompt = "{prompt}"}}]
 valid = [{{manifest = "{valid}"}}]
 
-[optim]
-lr = {lr}
-weight_decay = 0.01
-warmup_steps = 50
-
-[train]
-batch_size = 32
-epochs = {epochs}
-log_every = 25
-output_dir = "{run}"
-
+{training}
 [generate]
 method = "greedy"
 max_new_tokens = 4
@@ -200,17 +202,7 @@ seed = 0
 train = "{train}"
 valid = "{valid}"
 
-[optim]
-lr = 1e-3
-weight_decay = 0.01
-warmup_steps = 50
-
-[train]
-batch_size = 32
-epochs = {epochs}
-log_every = 25
-output_dir = "{run}"
-"""
+{training}"""
 
 
 def run(cmd: list[str], log: Path) -> float:
@@ -254,14 +246,18 @@ def main() -> None:
                                 "--text", PROMPT], out / "tokenizer.log")
 
     encoder = ENCODER.format(extra="trainable = true")
-    fill = dict(tokenizer=out / "tok", train=m["train"], valid=m["valid"], prompt=PROMPT, epochs=args.pengi_epochs,
-                lr=1e-3)
+    fill = dict(tokenizer=out / "tok", train=m["train"], valid=m["valid"], prompt=PROMPT)
+
+    def training(name: str, epochs: int) -> str:
+        return TRAINING.format(lr=1e-3, epochs=epochs, run=out / "runs" / name)
+
     recipes = {
-        "scratch": PENGI.format(name="digits_scratch", encoder=encoder, run=out / "runs/scratch", **fill),
-        "tagger": TAGGER.format(encoder=encoder, train=m["train"], valid=m["valid"], epochs=args.tagger_epochs,
-                                run=out / "runs/tagger"),
+        "scratch": PENGI.format(name="digits_scratch", encoder=encoder, training=training("scratch", args.pengi_epochs),
+                                **fill),
+        "tagger": TAGGER.format(encoder=encoder, train=m["train"], valid=m["valid"],
+                                training=training("tagger", args.tagger_epochs)),
         "two_stage": PENGI.format(
-            name="digits_two_stage", run=out / "runs/two_stage", **fill,
+            name="digits_two_stage", training=training("two_stage", args.pengi_epochs), **fill,
             encoder=ENCODER.format(extra=f'pretrained = "{out / "runs/tagger/encoder"}"\ntrainable = false')),
     }
     for name, text in recipes.items():

@@ -111,7 +111,7 @@ class ClapModel(nn.Module):
             self.audio_projection = _laion_projection(audio_encoder.embed_dim, dim)
             self.text_projection = _laion_projection(text_encoder.embed_dim, dim)
         else:
-            from pengi_kit.components.projection import Projection
+            from pengi_kit.composite import Projection
 
             self.audio_projection = Projection(audio_encoder.embed_dim, dim)
             self.text_projection = Projection(text_encoder.embed_dim, dim)
