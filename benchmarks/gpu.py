@@ -61,17 +61,17 @@ BEAM = 5
 def train_part(device: str, size: dict, compile_: bool, peak_tflops: float) -> tuple[list[dict], float]:
     """Samples/s, peak memory and MFU of each configuration; and the best samples/s.
 
-    FLOPs are the trainer's (pengi_kit.engine.flops: measured forward per component, backward
-    2x for trainable ones, 1x for the frozen LM, 0 for the frozen text tower); MFU is against
+    FLOPs are the trainer's (the model's ``flops``, pengi_kit.models.flops: forward and backward
+    counted as autograd runs them, frozen- and LoRA-aware); MFU is against
     the peak of the configuration's precision (fp32 or bf16), as the trainer logs it."""
-    from pengi_kit.engine.flops import measure, peak_flops
+    from pengi_kit.engine.flops import peak_flops
 
     cuda = device.startswith("cuda")
     model = train_bench.build_model(device, size["lm_layers"], size["text_layers"])
     initial = copy.deepcopy(model.state_dict())
     inputs = train_bench.batch(size["train_batch"], model, device)
     b, t = inputs["target_ids"].shape
-    per_sample = measure(model).step(b, t) / b if cuda else None  # MFU is n/a on the CPU: skip the count
+    per_sample = model.flops(inputs) / b if cuda else None  # MFU is n/a on the CPU: skip the count
     # bf16 autocast only on a GPU: CPUs without bf16 units run it tens of times slower than fp32
     best_name = "bf16 autocast + fused AdamW" if cuda else "fp32 (bf16/fused are GPU settings)"
     configs = [("eager fp32", False, False, "fp32"), (best_name, True, False, "bf16" if cuda else "fp32")]
@@ -302,8 +302,8 @@ def main() -> None:
               f"date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
               f"command: {args.command or shlex.join([sys.executable, *sys.argv])}",
               f"train: batch {size['train_batch']}, {size['steps']} timed steps after {size['warmup']} warm-up; "
-              "MFU = samples/s x FLOPs/sample (pengi_kit.engine.flops: frozen LM = forward + activation "
-              "backward) / the precision's dense peak; n/a on CPU",
+              "MFU = samples/s x FLOPs/sample (the model's flops(): forward + backward as autograd runs it, "
+              "frozen- and LoRA-aware) / the precision's dense peak; n/a on CPU",
               f"decode: beam {BEAM}, {size['new_tokens']} new tokens; tokens agree where the algorithms agree: "
               "reference = compat='pengi' (length-normalised ranking, stops when all beams stop); "
               "transformers = compat='none' (k finished hypotheses, sum/len**1)",

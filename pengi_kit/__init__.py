@@ -14,12 +14,12 @@ __version__ = "0.1.0"
 
 _API = {
     "load": "pengi_kit.api",
-    "load_model": "pengi_kit.api",
+    "load_model": "pengi_kit.models",
     "Pengi": "pengi_kit.api",
     "Clap": "pengi_kit.api",
     "Clip": "pengi_kit.data.inputs",
-    "build_model": "pengi_kit.model",
-    "PengiModel": "pengi_kit.model",
+    "build_model": "pengi_kit.models",
+    "PengiModel": "pengi_kit.models.pengi",
     "load_recipe": "pengi_kit.recipe",
     "Trainer": "pengi_kit.engine.trainer",
     "Decoding": "pengi_kit.decoding",

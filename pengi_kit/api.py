@@ -19,10 +19,12 @@ import torch
 
 from pengi_kit.data.audio import load_audio, prepare_waveform
 from pengi_kit.data.inputs import Clip
-from pengi_kit.devices import resolve_device
 from pengi_kit.errors import PengiKitError
 from pengi_kit.generation import Decoding, cut_at_stop, generate as decode, reference_text
-from pengi_kit.model import PengiModel, build_model
+from pengi_kit.models import load_model
+from pengi_kit.models.clap import ClapModel
+from pengi_kit.models.listening import partners, swapped_sums
+from pengi_kit.models.pengi import PengiModel
 
 AudioLike = Union[str, Path, Clip, np.ndarray, torch.Tensor, tuple]
 OnError = Union[str, Callable[[Any, Exception], None]]
@@ -33,20 +35,6 @@ DESCRIBE_PROMPTS = {  # the reference wrapper's describe(), in its order
     "sound_events": "this is a sound of",
 }
 _TEXT_PREFIX_CACHE = 4096  # prompt prefixes kept across batches (a run's prompts are usually few)
-
-
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> PengiModel:
-    """A ``PengiModel`` from a checkpoint directory or a run directory (its newest intact checkpoint)."""
-    from pengi_kit import checkpoint as ckpt
-    from pengi_kit.recipe import from_dict
-    from pengi_kit.sources import resolve_relative
-
-    path = ckpt.resolve(path)
-    meta = ckpt.verify(path)
-    # sources inside the checkpoint (an importer's lm/, text_encoder/) are relative to it
-    model = build_model(from_dict(resolve_relative(ckpt.read_recipe(path), path)))
-    ckpt.load_weights(model, path, meta.get("referenced", []))
-    return model.to(resolve_device(device)).eval()
 
 
 class Pengi:
@@ -415,20 +403,20 @@ class Pengi:
                         prefixes[i + g] = prefix
             if len(prefixes) < 2:
                 raise ValueError("the listening check needs two readable clips or more")
-            order = sorted(prefixes)
-            other = dict(zip(order, order[1:] + order[:1]))
-            kept = [r for r in rows if r[0] in prefixes]
+            kept = sorted((r for r in rows if r[0] in prefixes), key=lambda r: r[0])
+            partner = [kept[p][0] for p in partners([c for c, _, _ in kept])]
             sums = torch.zeros(3, dtype=torch.float64)
             for r0 in range(0, len(kept), batch_size):
                 chunk = kept[r0:r0 + batch_size]
                 target = self.model.tokenize_targets([text for _, _, text in chunk])
                 ids, mask = target["input_ids"].to(self.device), target["attention_mask"].to(self.device)
                 text_prefix = self.model.prompt_prefix([prompt for _, prompt, _ in chunk])
-                for k, index in enumerate((lambda c: c, other.__getitem__)):
-                    audio_prefix = torch.stack([prefixes[index(c)] for c, _, _ in chunk])
-                    logp = self.model.target_logprobs(self.model.join_prefix(audio_prefix, text_prefix), ids, mask)
-                    sums[k] -= logp.double().sum().cpu()
-                sums[2] += mask.sum().cpu()
+
+                def score(audio_prefix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                    return self.model.reference_nll(audio_prefix, text_prefix, ids, mask)
+
+                sums += swapped_sums(score, torch.stack([prefixes[c] for c, _, _ in chunk]),
+                                     torch.stack([prefixes[c] for c in partner[r0:r0 + batch_size]])).cpu()
         tokens = max(float(sums[2]), 1.0)
         loss, shuffled = float(sums[0]) / tokens, float(sums[1]) / tokens
         return {"loss": loss, "loss_shuffled": shuffled, "listening": shuffled - loss,
@@ -490,13 +478,8 @@ def load(path: str | Path, device: str | torch.device = "cpu", num_workers: int 
     threads that load and resample audio while the model runs (default: up to 4).
     A CLAP folder or a contrastive run gives a :class:`Clap`, which embeds but does not generate.
     """
-    from pengi_kit.convert.clap import CLAP_FILE, load_clap
-    from pengi_kit.pretraining import ContrastiveModel
-
-    if (Path(path) / CLAP_FILE).is_file():
-        return Clap(load_clap(path, resolve_device(device)), num_workers=num_workers)
     model = load_model(path, device)
-    if isinstance(model, ContrastiveModel):
+    if isinstance(model, ClapModel):
         return Clap(model, num_workers=num_workers)
     if not isinstance(model, PengiModel):
         raise PengiKitError(f"{path}: a checkpoint of an audio tagger, which neither generates nor embeds text; "

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from pengi_kit.errors import CheckpointError
+from pengi_kit.folders import staged
 from pengi_kit.recipe import COMPONENT_SLOTS, dumps
 from pengi_kit.sources import is_architecture_only
 
@@ -76,14 +77,6 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def rng_state() -> dict[str, Any]:
     np_state = np.random.get_state()
     return {"torch": torch.get_rng_state(), "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
@@ -116,33 +109,21 @@ def save_checkpoint(path: Path, model: torch.nn.Module, recipe: dict[str, Any],
     """
     from safetensors.torch import save_file
 
-    path = Path(path)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    (tmp / RECIPE).write_text(dumps(recipe), encoding="utf-8")
-    save_file(weights_to_save(model, recipe, weights), str(tmp / WEIGHTS))
-    if training_state is not None:
-        torch.save(training_state, tmp / STATE)
-    for rank, state in (rng or {}).items():
-        torch.save(state, tmp / f"rng-rank{rank}.pt")
-    if extra is not None:
-        extra(tmp)
-    files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
-    info = {"format": 1, "pengi_kit": _version(), "torch": torch.__version__, "python": platform.python_version(),
-            "referenced": referenced_slots(recipe), **(meta or {}),
-            "sha256": {name: _sha256(tmp / name) for name in files}}
-    (tmp / META).write_text(json.dumps(info, indent=2), encoding="utf-8")
-    for name in [*files, META]:
-        _fsync(tmp / name)
-    old = path.parent / f".{path.name}.old-{os.getpid()}"
-    if path.exists():  # move the previous version aside, so the path is never half-written
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(path, old)
-    os.replace(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
-    _fsync(path.parent)
-    return path
+    with staged(path) as tmp:
+        (tmp / RECIPE).write_text(dumps(recipe), encoding="utf-8")
+        save_file(weights_to_save(model, recipe, weights), str(tmp / WEIGHTS))
+        if training_state is not None:
+            torch.save(training_state, tmp / STATE)
+        for rank, state in (rng or {}).items():
+            torch.save(state, tmp / f"rng-rank{rank}.pt")
+        if extra is not None:
+            extra(tmp)
+        files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
+        info = {"format": 1, "pengi_kit": _version(), "torch": torch.__version__, "python": platform.python_version(),
+                "referenced": referenced_slots(recipe), **(meta or {}),
+                "sha256": {name: _sha256(tmp / name) for name in files}}
+        (tmp / META).write_text(json.dumps(info, indent=2), encoding="utf-8")
+    return Path(path)
 
 
 def export_merged(model: torch.nn.Module, out: Path) -> Path:

@@ -91,7 +91,7 @@ PROTOCOLS = {
 @runtime_checkable
 class Trainable(Protocol):
     """What the one trainer (:mod:`pengi_kit.engine.trainer`) needs of a model: the Pengi model
-    and the encoders of pretraining (:mod:`pengi_kit.pretraining`) alike. It follows
+    and the pretraining models (:mod:`pengi_kit.models.tagging`, :mod:`pengi_kit.models.clap`) alike. It follows
     ``sample_rate``/``clip_seconds`` when loading audio; ``export(out_dir) -> Path``, where a model
     has it, writes the folder users take away (an encoder folder, a CLAP folder) after training."""
 

@@ -5,7 +5,7 @@ Pengi starts from a pretrained audio encoder (HTSAT trained on AudioSet tags); t
 jointly from scratch in a few minutes, the encoder's embedding collapses before the LM
 learns to read it. The demo therefore first trains its CNN14 as a multi-label tagger of
 the synthetic sound kinds, as PANNs trains CNN14 on AudioSet, through the general encoder
-pretraining (a ``task = "tagging"`` recipe, :mod:`pengi_kit.pretraining`); the encoder
+pretraining (a ``task = "tagging"`` recipe, :mod:`pengi_kit.models.tagging`); the encoder
 folder it exports is what the demo recipe's ``pretrained`` names.
 """
 from __future__ import annotations
@@ -47,7 +47,7 @@ def pretrain_tagger(recipe: dict[str, Any], folder: str | Path, device: str | No
     import os
 
     from pengi_kit.engine.trainer import Trainer
-    from pengi_kit.pretraining import ENCODER_FOLDER
+    from pengi_kit.models.tagging import ENCODER_FOLDER
 
     folder = Path(folder)
     Trainer(tagger_recipe(recipe, folder.parent, **options), overwrite=True, device=device).fit()

@@ -21,5 +21,10 @@ class WeightsError(PengiKitError):
     """Pretrained weights are missing or do not fit the architecture."""
 
 
+class ConversionError(WeightsError):
+    """A published checkpoint cannot be imported: unreadable, of another layout, or with
+    keys that are neither mapped nor knowingly ignored."""
+
+
 class CheckpointError(PengiKitError):
     """A checkpoint directory is missing, truncated or corrupted."""

@@ -31,21 +31,14 @@ matching ``librosa.filters.mel(htk=False, norm='slaney')``.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from pengi_kit.errors import WeightsError
-
-COMPONENT_FILE = "component.json"
-COMPONENT_WEIGHTS = "model.safetensors"
-
-STFT_KEYS = (
-    "spectrogram_extractor.stft.conv_real.weight",
-    "spectrogram_extractor.stft.conv_imag.weight",
+# reading weights (reference files, encoder folders) lives in pengi_kit.folders; the names stay importable here
+from pengi_kit.folders import (  # noqa: F401
+    COMPONENT_FILE, COMPONENT_WEIGHTS, STFT_KEYS, load_reference_weights, load_strict, short,
 )
 
 
@@ -220,118 +213,6 @@ class SpecAugment(nn.Module):
         keep_f = self._keep(b, f, self.freq_width, self.freq_stripes, x.device)
         mask = keep_t[:, None, :, None] & keep_f[:, None, None, :]
         return x * mask.to(x.dtype)
-
-
-def _state_dict_from(obj: object, path: Path) -> dict[str, torch.Tensor]:
-    if isinstance(obj, Mapping):
-        for key in ("model", "state_dict"):
-            if isinstance(obj.get(key), Mapping):
-                obj = obj[key]
-                break
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise WeightsError(f"{path}: not a state dict, nor a dict holding one under 'model' or 'state_dict'")
-    return dict(obj)
-
-
-def short(keys: Iterable[str], n: int = 6) -> str:
-    """Sorted keys, the first ``n`` of them, for one-line error messages."""
-    keys = sorted(keys)
-    return ", ".join(keys[:n]) + (f" (+{len(keys) - n} more)" if len(keys) > n else "")
-
-
-def _same(a: object, b: object) -> bool:
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
-        return float(a) == float(b)
-    return a == b
-
-
-def _read_component_dir(path: Path, component: str | None, build_args: Mapping[str, object] | None,
-                        ) -> dict[str, torch.Tensor]:
-    """The state dict of an imported encoder folder, after checking it was imported for
-    this component and these build arguments (a silent front-end mismatch otherwise)."""
-    import json
-
-    from safetensors.torch import load_file
-
-    info_file, weights = path / COMPONENT_FILE, path / COMPONENT_WEIGHTS
-    if not info_file.is_file() or not weights.is_file():
-        raise WeightsError(f"{path}: not an imported encoder folder (needs {COMPONENT_FILE} and {COMPONENT_WEIGHTS}); "
-                           "write one with `pengi-kit import`, or pass a checkpoint file")
-    try:
-        info = json.loads(info_file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise WeightsError(f"{info_file}: corrupted ({exc})") from exc
-    if component and info.get("component") != component:
-        raise WeightsError(f"{path} holds a '{info.get('component')}' encoder, not '{component}'; "
-                           f"set name = \"{info.get('component')}\" in the recipe")
-    for key, value in (info.get("args") or {}).items():
-        if build_args is not None and key in build_args and not _same(build_args[key], value):
-            raise WeightsError(f"{path} was imported for {key} = {value!r}, but this {component or 'encoder'} is "
-                               f"built with {key} = {build_args[key]!r}; set {key} = {value!r} in the recipe")
-    return load_file(str(weights))
-
-
-def load_reference_weights(
-    model: nn.Module, path: str | Path, n_fft: int, strip_prefixes: tuple[str, ...] = ("module.",),
-    component: str | None = None, build_args: Mapping[str, object] | None = None,
-) -> None:
-    """Load a reference checkpoint (``{"model": sd}``, ``{"state_dict": sd}`` or a bare
-    state dict) or an imported encoder folder strictly into ``model``.
-
-    Leading ``strip_prefixes`` are removed from keys; torchlibrosa STFT kernels are
-    shape-checked against ``n_fft`` and dropped. A folder must have been imported for
-    ``component`` and for the same values of the ``build_args`` it records. Anything
-    else missing, unexpected or of the wrong shape raises :class:`WeightsError` in one
-    line naming the file.
-    """
-    path = Path(path)
-    if path.is_dir():
-        load_strict(model, _read_component_dir(path, component, build_args), f"{path} ({type(model).__name__})")
-        return
-    if not path.is_file():
-        raise WeightsError(f"{path}: weights file not found; pass the local path of a checkpoint "
-                           "or of a folder written by `pengi-kit import`")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 -- any unreadable file is the same user error
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WeightsError(f"{path}: cannot be read as a torch checkpoint ({first})") from None
-    sd = _state_dict_from(obj, path)
-    for prefix in strip_prefixes:
-        if sd and all(k.startswith(prefix) for k in sd):
-            sd = {k[len(prefix):]: v for k, v in sd.items()}
-    want_kernel = (n_fft // 2 + 1, 1, n_fft)
-    for key in STFT_KEYS:
-        kernel = sd.pop(key, None)
-        if kernel is not None and tuple(kernel.shape) != want_kernel:
-            raise WeightsError(
-                f"{path}: {key} has shape {tuple(kernel.shape)}, but this model's window is {n_fft} "
-                f"(expects {want_kernel}); build the encoder with the checkpoint's window size"
-            )
-    load_strict(model, sd, f"{path} ({type(model).__name__})")
-
-
-def load_strict(module: nn.Module, sd: Mapping[str, torch.Tensor], what: str, hint: str = "",
-                error: type[Exception] = WeightsError) -> None:
-    """``module.load_state_dict(sd)`` after checking names and shapes; ``error`` lists what
-    is missing, unexpected or mis-shaped in one line."""
-    own = module.state_dict()
-    missing, unexpected = own.keys() - sd.keys(), sd.keys() - own.keys()
-    wrong = sorted(k for k in own.keys() & sd.keys() if tuple(own[k].shape) != tuple(sd[k].shape))
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"missing {short(missing)}")
-        if unexpected:
-            parts.append(f"unexpected {short(unexpected)}")
-        if wrong:
-            parts.append("shape mismatch " + short(f"{k} {tuple(sd[k].shape)} (expected {tuple(own[k].shape)})"
-                                                   for k in wrong))
-        raise error(f"{what}: " + "; ".join(parts) + (f". {hint}" if hint else ""))
-    with torch.no_grad():
-        module.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()}, strict=True)
 
 
 __all__ = [

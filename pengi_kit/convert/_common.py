@@ -2,11 +2,8 @@
 architectures and front-end settings from weights, and writing the outputs."""
 from __future__ import annotations
 
-import json
 import math
-import os
 import re
-import shutil
 from collections.abc import Iterable, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -17,16 +14,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from pengi_kit.components.frontend import COMPONENT_FILE, COMPONENT_WEIGHTS, STFT_KEYS, short, slaney_mel_filters
-from pengi_kit.components.frontend import load_strict as _load_strict
-from pengi_kit.errors import WeightsError
-
-FORMAT_VERSION = 1
-
-
-class ConversionError(WeightsError):
-    """A reference checkpoint cannot be imported: unreadable, of another layout, or with
-    keys that are neither mapped nor knowingly ignored."""
+from pengi_kit import folders
+from pengi_kit.components.frontend import slaney_mel_filters
+from pengi_kit.errors import ConversionError
+from pengi_kit.folders import (  # noqa: F401 - the importers' shared names
+    FORMAT_VERSION, STFT_KEYS, save_encoder_folder, short, toml_table, write_json,
+)
 
 
 # ---------------------------------------------------------------- reading
@@ -221,7 +214,7 @@ class KeyLedger:
 
 def load_strict(module: nn.Module, sd: Mapping[str, torch.Tensor], what: str, hint: str = "") -> None:
     """Strict, shape-checked loading whose failure is a :class:`ConversionError`."""
-    _load_strict(module, sd, what, hint, error=ConversionError)
+    folders.load_strict(module, sd, what, hint, error=ConversionError)
 
 
 def ignore_hf_buffers(ledger: KeyLedger, gpt_prefix: str | None = None, text_prefix: str | None = None) -> None:
@@ -373,43 +366,9 @@ def tied_lm_head(sd: dict[str, torch.Tensor], prefix: str, source: str) -> None:
 
 @contextmanager
 def staged(out: str | Path, force: bool) -> Iterator[Path]:
-    """A temporary sibling folder that becomes ``out`` when the block succeeds."""
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        raise ConversionError(f"{out} already exists; choose another --out or pass --force to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.import-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    """:func:`pengi_kit.folders.staged`, refusing an existing ``out`` without ``force`` as an import error."""
+    with folders.staged(out, force, error=ConversionError) as tmp:
         yield tmp
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-
-
-def save_encoder_folder(folder: Path, component: str, args: dict[str, Any], sd: Mapping[str, torch.Tensor],
-                        source: dict[str, Any]) -> None:
-    """An imported audio encoder: ``component.json`` (the component, the build arguments
-    it was imported for, where it came from) and ``model.safetensors``."""
-    from safetensors.torch import save_file
-
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().contiguous().clone() for k, v in sd.items()}, str(folder / COMPONENT_WEIGHTS))
-    write_json(folder / COMPONENT_FILE, {"format": FORMAT_VERSION, "kind": "audio_encoder", "component": component,
-                                         "args": args, "source": source})
-
-
-def toml_table(header: str, table: Mapping[str, Any]) -> str:
-    import tomli_w
-
-    return f"[{header}]\n" + tomli_w.dumps(dict(table))
 
 
 def save_arch_folder(source: str, folder: Path, config_cls: Any, what: str) -> None:

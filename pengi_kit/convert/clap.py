@@ -8,15 +8,15 @@
       heads.safetensors    the projection heads and temperature(s), see below
       usage.toml           the [model.audio_encoder] / [model.text_encoder] tables for a recipe
 
-Contrastive pretraining (``task = "contrastive"``, :mod:`pengi_kit.pretraining`) writes the same
-folder (flavour ``pengi-kit``, heads in Microsoft CLAP's layout) through :func:`write_clap_folder`.
+Contrastive pretraining (``task = "contrastive"``) writes the same folder (flavour ``pengi-kit``,
+heads in Microsoft CLAP's layout); both go through :func:`pengi_kit.models.clap.write_clap_folder`.
 
 The two towers are ordinary pengi-kit components: a recipe uses them through
 ``pretrained = "<out>/audio_encoder"`` / ``"<out>/text_encoder"`` (usage.toml has the
 exact tables). The heads map the towers' outputs into the joint audio-text space in
 which CLAP compares clips and texts; :func:`load_clap` rebuilds the whole model for
-zero-shot classification and retrieval (:class:`ClapModel`: ``embed_audio``,
-``embed_text``, ``logits``). ``heads.safetensors`` holds:
+zero-shot classification and retrieval (:class:`pengi_kit.models.clap.ClapModel`:
+``embed_audio``, ``embed_text``, ``logits``). ``heads.safetensors`` holds:
 
 - LAION-CLAP: ``audio_projection.{0,2}.*`` and ``text_projection.{0,2}.*`` (Linear, ReLU,
   Linear into the 512-d joint space), ``logit_scale_a`` / ``logit_scale_t`` (log
@@ -25,7 +25,7 @@ zero-shot classification and retrieval (:class:`ClapModel`: ``embed_audio``,
   for completeness and fine-tuning, unused for embeddings.
 - Microsoft CLAP: ``audio_projection.*`` / ``text_projection.*`` in Pengi's projection
   layout (``linear1``, ``linear2``, ``layer_norm``; 1024-d) and ``logit_scale``. These
-  names are :class:`~pengi_kit.model.PengiModel`'s, so the heads also initialise a
+  names are :class:`~pengi_kit.models.pengi.PengiModel`'s, so the heads also initialise a
   Pengi model's projections (``model.load_state_dict(heads, strict=False)``), as
   Pengi's ``use_pretrained_clap_weights`` intends.
 
@@ -49,118 +49,26 @@ pad token ``'!'`` minus one, the end-of-text token unless the text holds ``'!'``
 """
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from pengi_kit.convert._common import (
-    FORMAT_VERSION, MEL_CANDIDATES, ConversionError, KeyLedger, detect_mel, htsat_args, ignore_hf_buffers, ignore_stft,
-    load_strict, read_state_dict, save_encoder_folder, source_info, staged, toml_table, write_json,
+    MEL_CANDIDATES, ConversionError, KeyLedger, detect_mel, htsat_args, ignore_hf_buffers, ignore_stft, load_strict,
+    read_state_dict, source_info, staged,
 )
-from pengi_kit.convert.panns import take_cnn14, write_cnn14
+from pengi_kit.convert.panns import take_cnn14
+from pengi_kit.folders import CLAP_FILE, HEADS_FILE  # noqa: F401 - importable here as before
+from pengi_kit.models.clap import ClapModel, load_clap, write_clap_folder  # noqa: F401 - importable here as before
 
-CLAP_FILE = "clap.json"
-HEADS_FILE = "heads.safetensors"
 # text tower: component name -> (transformers class, default config/tokenizer source, factory extras)
 TEXT_TOWERS = {
     "roberta": ("RobertaModel", "roberta-base", {"pooling": "pooler"}),
     "bert": ("BertModel", "bert-base-uncased", {"pooling": "first"}),
     "gpt2-text": ("GPT2Model", "gpt2", {"pooling": "msclap"}),  # msclap's pooled position, '!' included
 }
-
-
-# ---------------------------------------------------------------- the model
-
-class MLPHead(nn.Module):
-    """LAION's ``MLPLayers(units=[d, d, d])``: Linear, ReLU, Dropout, Linear (keys 0 and 3)."""
-
-    def __init__(self, dim: int, dropout: float = 0.1) -> None:
-        super().__init__()
-        self.sequential = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(dim, dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.sequential(x)
-
-
-def _laion_projection(d_in: int, d_out: int) -> nn.Module:
-    return nn.Sequential(nn.Linear(d_in, d_out), nn.ReLU(), nn.Linear(d_out, d_out))
-
-
-class ClapModel(nn.Module):
-    """An imported CLAP: two towers, their projection heads and the temperature.
-
-    >>> clap = load_clap("laion-630k")                         # doctest: +SKIP
-    >>> a = clap.embed_audio(waveforms)                         # doctest: +SKIP
-    >>> t = clap.embed_text(["a dog barks", "rain"])           # doctest: +SKIP
-    >>> clap.logits(a, t).softmax(-1)                          # doctest: +SKIP
-    """
-
-    def __init__(self, audio_encoder: nn.Module, text_encoder: nn.Module, heads: dict[str, Any],
-                 text_length: int) -> None:
-        super().__init__()
-        self.audio_encoder, self.text_encoder, self.text_length = audio_encoder, text_encoder, text_length
-        self.sample_rate, self.clip_seconds = audio_encoder.sample_rate, audio_encoder.clip_seconds
-        kind, dim = heads["kind"], heads["dim"]
-        self.projection_dim = dim  # the joint space's width
-        if kind == "mlp":
-            self.audio_projection = _laion_projection(audio_encoder.embed_dim, dim)
-            self.text_projection = _laion_projection(text_encoder.embed_dim, dim)
-        else:
-            from pengi_kit.composite import Projection
-
-            self.audio_projection = Projection(audio_encoder.embed_dim, dim)
-            self.text_projection = Projection(text_encoder.embed_dim, dim)
-        if heads.get("transforms"):
-            self.audio_transform, self.text_transform = MLPHead(dim), MLPHead(dim)
-        names = ["logit_scale_a", "logit_scale_t"] if kind == "mlp" else ["logit_scale"]
-        for name in names:
-            self.register_parameter(name, nn.Parameter(torch.zeros(())))
-
-    def embed_audio(self, waveform: torch.Tensor) -> torch.Tensor:
-        """Waveform (B, T) at ``sample_rate`` -> L2-normalised joint-space embedding (B, dim)."""
-        return F.normalize(self.audio_projection(self.audio_encoder(waveform)), dim=-1)
-
-    def embed_text(self, texts: list[str]) -> torch.Tensor:
-        """Texts -> L2-normalised joint-space embedding (B, dim)."""
-        tokens = self.text_encoder.tokenize(list(texts), self.text_length)
-        device = next(self.parameters()).device
-        out = self.text_encoder(tokens["input_ids"].to(device), tokens["attention_mask"].to(device))
-        return F.normalize(self.text_projection(out), dim=-1)
-
-    def logits(self, audio: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """(clips, texts) similarity logits: exp(logit scale) * cosine similarity."""
-        scale = getattr(self, "logit_scale_a", None)
-        scale = self.logit_scale if scale is None else scale
-        return scale.exp() * audio @ text.T
-
-
-def load_clap(folder: str | Path, device: str | torch.device = "cpu") -> ClapModel:
-    """Rebuild the CLAP model of a folder written by ``pengi-kit import laion-clap|ms-clap``."""
-    from safetensors.torch import load_file
-
-    from pengi_kit.plugins import registry
-
-    folder = Path(folder)
-    try:
-        info = json.loads((folder / CLAP_FILE).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConversionError(f"{folder}: not a CLAP folder (no {CLAP_FILE}); write one with "
-                              "`pengi-kit import laion-clap|ms-clap`") from None
-    towers = {}
-    for slot in ("audio_encoder", "text_encoder"):
-        table = dict(info[slot])
-        name = table.pop("name")
-        table["pretrained"] = str(folder / table["pretrained"])
-        towers[slot] = registry().get(slot, name).load()(**table)
-    model = ClapModel(towers["audio_encoder"], towers["text_encoder"], info["heads"], info["text_length"])
-    load_strict(model, {**{k: v for k, v in model.state_dict().items() if k.split(".")[0] in towers},
-                        **load_file(str(folder / HEADS_FILE))}, f"{folder / HEADS_FILE}")
-    return model.to(device).eval()
 
 
 # ---------------------------------------------------------------- writing a CLAP folder
@@ -187,40 +95,6 @@ def imported_text_tower(name: str, sd: dict[str, torch.Tensor], source_id: str,
                         src: str) -> tuple[dict[str, Any], Callable[[Path], None]]:
     """An importer's text tower for :func:`write_clap_folder`: its table and its writer."""
     return {"name": name, **TEXT_TOWERS[name][2]}, lambda folder: write_text_tower(folder, name, sd, source_id, src)
-
-
-def write_clap_folder(tmp: Path, out: Path, *, audio_table: dict[str, Any], audio_sd: dict[str, torch.Tensor],
-                      text_table: dict[str, Any], write_text: Callable[[Path], None], heads: dict[str, Any],
-                      heads_sd: dict[str, torch.Tensor], text_length: int, source: dict[str, Any]) -> str:
-    """Write a CLAP folder into ``tmp`` (staged to become ``out``) and check that it loads;
-    returns its usage tables. ``audio_table``/``text_table``: the towers' components and
-    build arguments (``name`` included, ``pretrained`` left out: the folders replace it);
-    ``write_text(folder)`` saves the text tower there (importers and
-    :mod:`pengi_kit.pretraining` both write CLAP folders through here)."""
-    from safetensors.torch import save_file
-
-    out = out.resolve()  # the usage tables name the folders absolutely
-    audio_table = dict(audio_table)
-    audio_name = audio_table.pop("name")
-    if audio_name == "cnn14":
-        write_cnn14(tmp / "audio_encoder", audio_table, audio_sd, source)
-    else:
-        save_encoder_folder(tmp / "audio_encoder", audio_name, audio_table, audio_sd, source)
-    write_text(tmp / "text_encoder")
-    save_file({k: v.detach().contiguous().clone() for k, v in heads_sd.items()}, str(tmp / HEADS_FILE))
-    text_table = {"name": text_table["name"], "pretrained": "text_encoder",
-                  **{k: v for k, v in text_table.items() if k != "name"}}
-    write_json(tmp / CLAP_FILE, {
-        "format": FORMAT_VERSION, "flavour": source["format"], "variant": source.get("variant"),
-        "audio_encoder": {"name": audio_name, **audio_table, "pretrained": "audio_encoder"},
-        "text_encoder": text_table, "text_length": text_length, "heads": heads, "source": source,
-    })
-    load_clap(tmp)  # every part builds and loads strictly
-    usage = (toml_table("model.audio_encoder", {"name": audio_name, **audio_table,
-                                                "pretrained": str(out / "audio_encoder")})
-             + "\n" + toml_table("model.text_encoder", {**text_table, "pretrained": str(out / "text_encoder")}))
-    (tmp / "usage.toml").write_text(usage, encoding="utf-8")
-    return usage
 
 
 def _htsat_front(sd: dict[str, torch.Tensor], src: str, rate: int, hop: int, seconds: float,
@@ -336,4 +210,4 @@ def import_ms_clap(source: str | Path, out: str | Path, *, text_encoder: str | N
             "mapped": len(ledger.taken), "ignored": ledger.ignored_by_reason(), "usage": usage}
 
 
-__all__ = ["ClapModel", "import_laion_clap", "import_ms_clap", "load_clap"]
+__all__ = ["import_laion_clap", "import_ms_clap"]

@@ -4,7 +4,7 @@ encoder, a transformer mapper and a GPT-2 captioner.
 ``ClapCaptionModel`` keeps ``clap`` (CLAP 2023's audio encoder: ``clap.base.htsat.*``
 and its projection ``clap.projection.*``), ``clap_project`` (one 8-layer transformer
 mapper: 1024-d projected audio -> 40 GPT-2 prefix tokens) and ``gpt`` (GPT-2). It is
-Pengi without the prompt: pengi-kit represents it as a :class:`~pengi_kit.model.PengiModel`
+Pengi without the prompt: pengi-kit represents it as a :class:`~pengi_kit.models.pengi.PengiModel`
 whose text mapper is switched off (``[model.text_mapper] name = "none"``), so the
 prefix is the audio prefix alone and prompts are ignored. Keys:
 

@@ -22,9 +22,10 @@ from typing import Any
 
 from pengi_kit.components.cnn14 import FRONTEND_SETTINGS
 from pengi_kit.convert._common import (
-    ConversionError, KeyLedger, cnn14_args, detect_mel, ignore_stft, read_state_dict, save_encoder_folder,
-    source_info, staged, toml_table,
+    ConversionError, KeyLedger, cnn14_args, detect_mel, ignore_stft, read_state_dict, source_info, staged,
 )
+from pengi_kit.folders import toml_table
+from pengi_kit.models.base import write_encoder_folder
 
 
 def take_cnn14(ledger: KeyLedger, prefix: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -36,14 +37,6 @@ def take_cnn14(ledger: KeyLedger, prefix: str) -> tuple[dict[str, Any], dict[str
     if arch["window_size"] != n_fft:
         raise ConversionError(f"{ledger.source}: the STFT kernels ({n_fft} taps) and melW disagree on n_fft")
     return sd, arch
-
-
-def write_cnn14(folder: Path, args: dict[str, Any], sd: dict[str, Any], source: dict[str, Any]) -> None:
-    """Write the encoder folder and check that its recipe table builds and loads it."""
-    from pengi_kit.components.cnn14 import cnn14
-
-    save_encoder_folder(folder, "cnn14", args, sd, source)
-    cnn14(**args, pretrained=str(folder))
 
 
 def import_panns(source: str | Path, out: str | Path, *, force: bool = False) -> dict[str, Any]:
@@ -65,7 +58,7 @@ def import_panns(source: str | Path, out: str | Path, *, force: bool = False) ->
     args = {"sample_rate": rate, **arch}
     usage = toml_table("model.audio_encoder", {"name": "cnn14", **args, "pretrained": str(Path(out).resolve())})
     with staged(out, force) as tmp:
-        write_cnn14(tmp, args, sd, source_info(source, "panns"))
+        write_encoder_folder(tmp, "cnn14", args, sd, source_info(source, "panns"))
         (tmp / "usage.toml").write_text(usage, encoding="utf-8")
     return {"format": "panns", "variant": f"Cnn14 {rate // 1000} kHz", "out": str(out), "args": args,
             "mel_matrix": "matches slaney" if mel else "unrecognised (loaded as stored)",

@@ -1,7 +1,7 @@
 """Official Pengi checkpoints (microsoft/Pengi): ``base.pth`` and ``base_no_text_enc.pth``.
 
 ``torch.load(path)["model"]`` holds the reference ``PENGI`` module's state dict (keys
-may carry DDP's ``module.``). Every key is mapped onto :class:`~pengi_kit.model.PengiModel`
+may carry DDP's ``module.``). Every key is mapped onto :class:`~pengi_kit.models.pengi.PengiModel`
 or knowingly ignored:
 
 ============================================  ======================================
@@ -133,7 +133,7 @@ def build_imported(recipe: dict[str, Any], folder: Path, sd: dict[str, torch.Ten
                    hint: str) -> torch.nn.Module:
     """Build the recipe's model from the architecture-only folders in ``folder`` and load
     ``sd`` (pengi-kit names) into it strictly."""
-    from pengi_kit.model import build_model
+    from pengi_kit.models import build_model
     from pengi_kit.sources import resolve_relative
 
     model = build_model(resolve_relative(recipe, folder))

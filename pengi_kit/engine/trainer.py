@@ -21,11 +21,11 @@ from pengi_kit import checkpoint as ckpt
 from pengi_kit.data.build import build_dataset
 from pengi_kit.data.loader import TrainLoader, eval_loader
 from pengi_kit.engine.distributed import Dist, all_reduce_sum, barrier, setup, shard
-from pengi_kit.engine.flops import measure, peak_flops
+from pengi_kit.engine.flops import peak_flops
 from pengi_kit.engine.optim import build_optimizer, build_scheduler
 from pengi_kit.devices import TrainingThreads
 from pengi_kit.errors import PengiKitError
-from pengi_kit.model import PengiModel, build_model, listening_warning
+from pengi_kit.models import build_model
 from pengi_kit.progress import bar as progress_bar, say
 
 
@@ -86,7 +86,7 @@ class Trainer:
 
     def __init__(self, recipe: dict[str, Any], *, resume: bool = False, overwrite: bool = False,
                  device: str | None = None, progress: bool = True,
-                 validate_hook: Callable[[PengiModel, int], dict] | None = None) -> None:
+                 validate_hook: Callable[[torch.nn.Module, int], dict] | None = None) -> None:
         if resume and overwrite:
             raise TrainingError("resume continues the run in train.output_dir and overwrite deletes it: "
                                 "choose one (--resume or --overwrite)")
@@ -111,7 +111,7 @@ class Trainer:
         # non-finite steps in a row so far, and this log window's tokens (device) and FLOPs
         self._pending: list[tuple[int, torch.Tensor]] = []
         self._bad_in_row = 0
-        self._window_tokens = torch.zeros((), dtype=torch.float64, device=self.dist.device)
+        self._window_tokens: torch.Tensor | None = None  # None: the model has no LM (Trainable.lm_tokens)
         self._window_flops = 0.0
         for dataset in (self.train_data, self.valid_data):  # bad manifest lines, reported like bad clips
             self._report_bad(list(dataset.load_errors) if dataset is not None else [])
@@ -128,6 +128,11 @@ class Trainer:
         self._freeze_unused()  # on one process too: checkpoints resume on any number of processes
         if not any(p.requires_grad for p in self.model.parameters()):
             raise TrainingError("every component is frozen: set trainable = true on at least one [model.*] table")
+        precision = train["precision"]
+        # MFU needs a GPU's peak (None on the CPU) and the model's FLOPs, counted before wrapping
+        self.peak_flops = peak_flops(self.dist.device, precision, train["peak_flops"])
+        if self.peak_flops:
+            self.model.flops(self.model.example_inputs(1))
         if train["activation_checkpointing"]:
             self._enable_activation_checkpointing()
         self.module: torch.nn.Module = self.model
@@ -142,14 +147,10 @@ class Trainer:
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         if train["compile"]:
             self.module = torch.compile(self.module)
-        precision = train["precision"]
         if precision == "fp16" and self.dist.device.type != "cuda":
             raise TrainingError("train.precision = 'fp16' needs a GPU; use 'bf16' or 'fp32' on the CPU")
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
         self.scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
-        # MFU needs a GPU's peak (None on the CPU) and the model's FLOPs, counted once here
-        self.peak_flops = peak_flops(self.dist.device, precision, train["peak_flops"])
-        self.step_flops = measure(self.model) if self.peak_flops and isinstance(self.model, PengiModel) else None
 
     def _freeze_unused(self) -> None:
         """Freeze the trainable parameters that the loss does not reach (the encoders'
@@ -267,11 +268,11 @@ class Trainer:
                 self.best_value = meta.get("best_value")
 
     def _enable_activation_checkpointing(self) -> None:
-        """Ask each trainable component (or the Hugging Face model it wraps) to recompute activations."""
-        done, model_cfg = [], self.recipe["model"]
-        for slot in ("audio_encoder", "text_encoder", "audio_mapper", "text_mapper", "lm"):
-            component = getattr(self.model, slot, None)
-            if component is None or not model_cfg.get(slot, {}).get("trainable"):
+        """Ask each component with trainable weights (or the Hugging Face model it wraps) to recompute
+        activations."""
+        done = []
+        for slot, component in self.model.named_children():
+            if not any(p.requires_grad for p in component.parameters()):
                 continue
             for target in (component, getattr(component, "model", None)):
                 enable = getattr(target, "gradient_checkpointing_enable", None)
@@ -368,11 +369,8 @@ class Trainer:
         metrics = self.validate()
         self._log({"step": self.step, **metrics})
         if "valid_loss" in metrics:
-            parts = [f"{name} {value:.4f}" for name, value in metrics.items()
-                     if name not in ("listening", "valid_loss_shuffled") and isinstance(value, float)]
-            if "listening" in metrics:
-                parts.append(f"listening {metrics['listening']:.4f} nats/token (shuffled audio "
-                             f"{metrics['valid_loss_shuffled']:.4f})")
+            names = ["valid_loss", *(n for n in metrics if n != "valid_loss" and isinstance(metrics[n], float))]
+            parts = [f"{name} {metrics[name]:.4f}" for name in names]
             self._log_line(f"step {self.step}: {', '.join(parts)}")
         self._keep_best(metrics)
 
@@ -439,8 +437,11 @@ class Trainer:
         was not finite and the step left the weights and optimiser state as they were. Nothing
         here waits for the device: the loop reads losses only every few steps (_check_steps)."""
         inputs = self._inputs(batch)
-        if self.step_flops is not None:  # shapes are known on the host: no wait
-            self._window_flops += self.step_flops.step(inputs["audio"].shape[0], inputs["target_ids"].shape[1])
+        if self.peak_flops:  # a function of the shapes, which the host knows: no wait
+            self._window_flops += self.model.flops(inputs)
+        lm_tokens = self.model.lm_tokens(inputs)
+        if lm_tokens is not None:
+            self._window_tokens = lm_tokens.double() + (0 if self._window_tokens is None else self._window_tokens)
         accum = self.recipe["train"]["grad_accum"]
         tokens = all_reduce_sum(self.model.loss_units(inputs).double(), self.dist)
         scale = self.dist.world_size / tokens.clamp(min=1)  # DDP averages gradients over ranks
@@ -474,7 +475,6 @@ class Trainer:
             self.optimizer.step()
         self.scheduler.step()  # a skipped step still counts in the schedule: the host does not know yet
         self.optimizer.zero_grad(set_to_none=True)
-        self._window_tokens += tokens
         return torch.where(finite, loss_mean, torch.full_like(loss_mean, math.nan))
 
     def validate(self) -> dict[str, float]:
@@ -525,11 +525,10 @@ class Trainer:
         self._report_bad(new)
         metrics = {n: float(total[i, 0] / total[i, 1]) for i, n in enumerate(names) if total[i, 1] > 0}
         metrics.setdefault("valid_loss", math.nan)  # nothing could be scored
-        if "listening" in metrics:  # some batch had two clips or more, on some rank
-            warning = listening_warning(metrics["listening"])
-            if warning and self.dist.is_main and not getattr(self, "_listening_warned", False):
-                self._listening_warned = True  # once a run; metrics.jsonl has every validation's value
-                say(warning)
+        warning = getattr(self.model, "validation_warning", lambda _: None)(metrics)
+        if warning and self.dist.is_main and not getattr(self, "_warned", False):
+            self._warned = True  # once a run; metrics.jsonl has every validation's values
+            say(warning)
         if self.validate_hook is not None:
             metrics.update(self.validate_hook(self.model, self.step))
         return metrics
@@ -618,7 +617,7 @@ class Trainer:
                     if self.threads is not None:
                         self.threads.update()
                     window_start, window_samples = time.perf_counter(), 0
-                    self._window_tokens.zero_()
+                    self._window_tokens = None
                     self._window_flops = 0.0
                 if train["eval_every"] and self.step % train["eval_every"] == 0:
                     self._validate_and_log()
@@ -683,13 +682,14 @@ class Trainer:
         return "n/a on CPU" if self.dist.device.type == "cpu" else "n/a (set train.peak_flops)"
 
     def _speed(self, samples: int, seconds: float) -> dict[str, Any]:
-        """A log window's throughput: samples/s and LM tokens/s (prefix + non-padding target
-        tokens, all processes), and MFU (this process's model FLOPs / time / the GPU's peak;
-        None without a peak, e.g. on the CPU). Reads the window's token count: one wait."""
-        mfu = self._window_flops / seconds / self.peak_flops if self.step_flops is not None else None
+        """A log window's throughput: samples/s, LM tokens/s (the model's ``lm_tokens``: positions
+        the LM computes, padding aside, all processes) and MFU (this process's model FLOPs / time /
+        the GPU's peak; None without a peak, e.g. on the CPU). Reads the window's token count: one
+        wait (every process calls this at the same step)."""
+        mfu = self._window_flops / seconds / self.peak_flops if self.peak_flops else None
         record = {"samples_per_s": samples / seconds, "mfu": None if mfu is None else round(mfu, 4)}
-        if isinstance(self.model, PengiModel):
-            record["tokens_per_s"] = (float(self._window_tokens) + samples * self.model.prefix_length) / seconds
+        if self._window_tokens is not None:
+            record["tokens_per_s"] = float(all_reduce_sum(self._window_tokens, self.dist)) / seconds
         return record
 
     def _check_steps(self) -> dict[int, float]:

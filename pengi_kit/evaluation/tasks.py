@@ -361,7 +361,7 @@ def listening(pengi: Pengi, manifest: str | Path, *, on_error: str = "skip", lim
     audio swapped for the next clip's (``loss_shuffled``), and ``listening``, their difference
     in nats per token: about 0 when the model ignores its audio. Any task's rows serve; needs
     two clips or more."""
-    from pengi_kit.model import LISTENING_THRESHOLD, listening_warning
+    from pengi_kit.models.listening import LISTENING_THRESHOLD, listening_warning
 
     result = Result("listening")
     groups = _read(manifest, result, on_error, limit)

@@ -1,0 +1,66 @@
+"""The model layer: one module per kind of model, built from a resolved recipe or loaded from
+a folder. Each model the trainer builds offers the engine's protocol
+(:class:`pengi_kit.contracts.Trainable`).
+
+============  =====================================  ===========================================
+``task``      model                                  module
+============  =====================================  ===========================================
+pengi         :class:`~.pengi.PengiModel`            :mod:`pengi_kit.models.pengi`
+tagging       :class:`~.tagging.TaggingModel`        :mod:`pengi_kit.models.tagging`
+contrastive   :class:`~.clap.ClapModel`              :mod:`pengi_kit.models.clap` (imported CLAPs too)
+============  =====================================  ===========================================
+
+:mod:`~pengi_kit.models.base` holds what they share, :mod:`~pengi_kit.models.listening` the
+listening check and :mod:`~pengi_kit.models.flops` the FLOPs of a training step. Loading a
+model (:func:`load_model`) imports no importer and no training code.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["build_model", "load_model"]
+
+
+def build_model(recipe: dict[str, Any], registry: Any | None = None) -> nn.Module:
+    """The model a resolved recipe (:func:`pengi_kit.recipe.load_recipe`) describes, by its ``task``:
+    the Pengi model, or an encoder to pretrain (``tagging``, ``contrastive``)."""
+    from pengi_kit.errors import RecipeError
+
+    task = recipe.get("task", "pengi")
+    if task == "pengi":
+        from pengi_kit.models.pengi import build_pengi as build
+    elif task == "tagging":
+        from pengi_kit.models.tagging import build_tagger as build
+    elif task == "contrastive":
+        from pengi_kit.models.clap import build_clap as build
+    else:
+        raise RecipeError(f"task {task!r} is not a task (use 'pengi', 'tagging' or 'contrastive')")
+    model = build(recipe, registry)
+    model.recipe = recipe
+    return model
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+    """The model of a checkpoint directory, a run directory (its newest intact checkpoint) or a
+    CLAP folder, on ``device``, in eval mode."""
+    from pengi_kit import checkpoint as ckpt
+    from pengi_kit.devices import resolve_device
+    from pengi_kit.folders import is_clap_folder
+    from pengi_kit.recipe import from_dict
+    from pengi_kit.sources import resolve_relative
+
+    device = resolve_device(device)
+    if is_clap_folder(path):
+        from pengi_kit.models.clap import load_clap
+
+        return load_clap(path, device)
+    path = ckpt.resolve(path)
+    meta = ckpt.verify(path)
+    # sources inside the checkpoint (an importer's lm/, text_encoder/) are relative to it
+    model = build_model(from_dict(resolve_relative(ckpt.read_recipe(path), path)))
+    ckpt.load_weights(model, path, meta.get("referenced", []))
+    return model.to(device).eval()

@@ -1,0 +1,255 @@
+"""The Pengi model: audio and a prompt become a prefix for a causal LM (DESIGN.md section 1),
+built from a resolved recipe."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pengi_kit.models.base import Composite, Projection, build_component
+from pengi_kit.models.listening import listening_warning, partners, swapped_sums
+from pengi_kit.recipe import COMPONENT_SLOTS, slot_enabled
+
+__all__ = ["PengiModel", "build_pengi"]
+
+
+class PengiModel(Composite):
+    """Audio + prompt -> prefix (B, 2k, D_lm) -> causal LM.
+
+    Without a text encoder, the prompt is embedded by the LM's own token embeddings and
+    reaches the LM through a sequence mapper (Pengi's ``base_no_text_enc``). Without a
+    text mapper too, there is no prompt branch: the prefix is the audio prefix alone
+    (a plain captioner such as Microsoft's CLAPCap) and prompts are ignored.
+    """
+
+    def __init__(self, audio_encoder: nn.Module, audio_mapper: nn.Module, text_mapper: nn.Module | None,
+                 lm: nn.Module, text_encoder: nn.Module | None = None, projection_dim: int = 1024,
+                 normalize: bool = True, prompt_length: int = 40, target_length: int = 77,
+                 projection_dropout: float = 0.5) -> None:
+        super().__init__(audio_encoder)
+        self.text_encoder, self.lm = text_encoder, lm
+        self.audio_projection = Projection(audio_encoder.embed_dim, projection_dim, projection_dropout)
+        self.text_projection = (Projection(text_encoder.embed_dim, projection_dim, projection_dropout)
+                                if text_encoder else None)
+        self.audio_mapper, self.text_mapper = audio_mapper, text_mapper
+        self.normalize, self.prompt_length, self.target_length = normalize, prompt_length, target_length
+        if text_mapper is None and text_encoder is not None:
+            raise ValueError("a text encoder needs a text mapper")
+        # the LM's input before the targets: the mapped prefix, and a chat template's tokens around it
+        self.prefix_length = (audio_mapper.prefix_length + (text_mapper.prefix_length if text_mapper else 0)
+                              + sum(len(ids) for ids in getattr(lm, "chat_ids", ())))
+
+    # -------------------------------------------------------------- inputs
+    def tokenize_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        if self.text_encoder is not None:
+            return self.text_encoder.tokenize(prompts, self.prompt_length)
+        tok = self.lm.tokenizer
+        return dict(tok(list(prompts), padding="max_length", truncation=True,
+                        max_length=self.prompt_length, return_tensors="pt"))
+
+    def tokenize_targets(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """Target ids end with end-of-text; padding is masked out of the loss."""
+        tok, eos = self.lm.tokenizer, self.lm.eos_token_id
+        rows = [tok(t, add_special_tokens=False)["input_ids"][: self.target_length - 1] + [eos] for t in texts]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.lm.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = torch.tensor(row)
+            mask[i, : len(row)] = 1
+        return {"input_ids": ids, "attention_mask": mask}
+
+    # -------------------------------------------------------------- embeddings
+    def _maybe_normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x, dim=-1) if self.normalize else x
+
+    def embed_audio(self, audio: torch.Tensor) -> torch.Tensor:
+        """Projected audio embedding (B, d_proj), normalised if the recipe says so."""
+        return self._maybe_normalize(self.audio_projection(self.audio_encoder(audio)))
+
+    def embed_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                   normalize: bool | None = None) -> torch.Tensor:
+        """Projected text embedding (B, d_proj), normalised if the recipe says so (or ``normalize``)."""
+        if self.text_encoder is None:
+            raise ValueError("this model has no text encoder (its prompts go through the LM's embeddings)")
+        embedding = self.text_projection(self.text_encoder(input_ids, attention_mask))
+        normalize = self.normalize if normalize is None else normalize
+        return F.normalize(embedding, dim=-1) if normalize else embedding
+
+    def audio_prefix(self, audio: torch.Tensor) -> torch.Tensor:
+        """(B, T) audio -> the audio half of the prefix (B, k, D_lm)."""
+        return self.audio_mapper(self.embed_audio(audio))
+
+    def text_prefix(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                    compat: str = "none") -> torch.Tensor | None:
+        """Tokenised prompts -> the prompt half of the prefix (B, k, D_lm); None without a prompt branch.
+
+        ``compat="pengi"``: the reference wrapper's inference, which does not L2-normalise
+        the prompt embedding (training does, as the default here)."""
+        if self.text_mapper is None:
+            return None
+        if self.text_encoder is None:
+            return self.text_mapper(self.lm.embed(prompt_ids), prompt_mask)
+        normalize = False if compat == "pengi" else None
+        return self.text_mapper(self.embed_text(prompt_ids, prompt_mask, normalize=normalize))
+
+    def prompt_prefix(self, prompts: list[str], compat: str = "none") -> torch.Tensor | None:
+        """Prompt texts -> the prompt half of the prefix (B, k, D_lm) on the model's device
+        (:meth:`text_prefix`); None without a prompt branch. Inference caches its rows per prompt."""
+        if self.text_mapper is None:
+            return None
+        tokens = self.tokenize_prompts(prompts)
+        device = next(self.parameters()).device
+        return self.text_prefix(tokens["input_ids"].to(device), tokens["attention_mask"].to(device), compat)
+
+    def join_prefix(self, audio_prefix: torch.Tensor, text_prefix: torch.Tensor | None) -> torch.Tensor:
+        """The LM prefix: audio half then prompt half (B, 2k, D_lm). A single prompt half
+        (1, k, D_lm) serves every row; without a prompt branch the audio half is the prefix.
+        With a chat template (``lm.chat_ids``), the template's tokens of a user turn and of the
+        assistant's turn go before and after it (B, head + 2k + tail, D_lm)."""
+        parts = [audio_prefix] if text_prefix is None else [audio_prefix,
+                                                            text_prefix.expand(len(audio_prefix), -1, -1)]
+        head, tail = getattr(self.lm, "chat_ids", ([], []))
+        if head or tail:
+            ids = torch.tensor(head + tail, dtype=torch.long, device=audio_prefix.device)
+            chat = self.lm.embed(ids).to(audio_prefix.dtype).expand(len(audio_prefix), -1, -1)
+            parts = [chat[:, :len(head)], *parts, chat[:, len(head):]]
+        return torch.cat(parts, dim=1) if len(parts) > 1 else audio_prefix
+
+    def prefix(self, audio: torch.Tensor, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+               compat: str = "none") -> torch.Tensor:
+        """(B, T) audio and tokenised prompts -> the LM prefix (B, 2k, D_lm).
+
+        ``compat="pengi"`` computes it as the reference wrapper does at inference (see
+        :meth:`text_prefix`); training always uses the default."""
+        return self.join_prefix(self.audio_prefix(audio), self.text_prefix(prompt_ids, prompt_mask, compat))
+
+    # -------------------------------------------------------------- scoring and training
+    def target_logprobs(self, prefix: torch.Tensor, target_ids: torch.Tensor,
+                        target_mask: torch.Tensor) -> torch.Tensor:
+        """Log-probability (float32) of each target token given the prefix and the targets
+        before it (B, L); 0 where ``target_mask`` is 0. Training's loss and
+        :meth:`pengi_kit.api.Pengi.log_likelihood` are both sums of it."""
+        embeds = torch.cat([prefix, self.lm.embed(target_ids).to(prefix.dtype)], dim=1)
+        mask = torch.cat([target_mask.new_ones(prefix.shape[:2]), target_mask], dim=1)
+        logits, _ = self.lm(embeds, mask)
+        k = prefix.shape[1]
+        logits = logits[:, k - 1: -1].float()  # position t predicts target token t
+        labels = target_ids.masked_fill(target_mask == 0, -100)  # cross_entropy's ignore_index: 0 there
+        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="none")
+        return -nll.view_as(labels)
+
+    def forward(self, audio: torch.Tensor, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                target_ids: torch.Tensor, target_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Summed cross-entropy over target tokens and their count (the trainer normalises)."""
+        logp = self.target_logprobs(self.prefix(audio, prompt_ids, prompt_mask), target_ids, target_mask)
+        return {"loss_sum": -logp.sum(), "tokens": target_mask.sum()}
+
+    # -------------------------------------------------------------- the engine's protocol
+    def batch_inputs(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """A collated batch (:mod:`pengi_kit.data.collate`) -> forward's inputs (CPU tensors, batch-first)."""
+        prompts, targets = self.tokenize_prompts(batch["prompts"]), self.tokenize_targets(batch["texts"])
+        return {"audio": batch["audio"], "prompt_ids": prompts["input_ids"], "prompt_mask": prompts["attention_mask"],
+                "target_ids": targets["input_ids"], "target_mask": targets["attention_mask"]}
+
+    @staticmethod
+    def loss_units(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The terms ``loss_sum`` sums over: target tokens."""
+        return inputs["target_mask"].sum()
+
+    def lm_tokens(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Positions the LM computes, padding aside: each row's prefix and target tokens."""
+        return inputs["target_mask"].sum() + self.prefix_length * len(inputs["target_mask"])
+
+    def flops(self, inputs: dict[str, torch.Tensor]) -> float:
+        """FLOPs of a training step over ``inputs``: the batch size times one example's count at the
+        batch's padded target length L, a parabola in L fitted exactly through three measured
+        lengths (:mod:`pengi_kit.models.flops`), measured once."""
+        from pengi_kit.models.flops import fit_quadratic, step_flops
+
+        if "target_length" not in self._flops:
+            self._flops["target_length"] = fit_quadratic({n: step_flops(self, self.example_inputs(1, n))
+                                                          for n in (4, 8, 16)})
+        c0, c1, c2 = self._flops["target_length"]
+        length = inputs["target_ids"].shape[1]
+        return len(inputs["target_ids"]) * (c0 + c1 * length + c2 * length * length)
+
+    def example_inputs(self, n: int = 1, target_length: int = 4) -> dict[str, torch.Tensor]:
+        """Forward inputs of ``n`` made-up examples on the model's device: silent clips (10 s where the
+        encoder takes any length), a one-word prompt, ``target_length`` target tokens."""
+        dev = next(self.parameters()).device
+        prompts = self.tokenize_prompts(["a"] * n)
+        ids = torch.zeros(n, target_length, dtype=torch.long, device=dev)
+        return {"audio": self.silent_clips(n), "prompt_ids": prompts["input_ids"].to(dev),
+                "prompt_mask": prompts["attention_mask"].to(dev), "target_ids": ids, "target_mask": torch.ones_like(ids)}
+
+    def reference_nll(self, audio_prefix: torch.Tensor, text_prefix: torch.Tensor | None, target_ids: torch.Tensor,
+                      target_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each row's negative log-likelihood of its target, summed over its tokens (B,), and its
+        token count (B,), given its audio prefix and prompt prefix."""
+        logp = self.target_logprobs(self.join_prefix(audio_prefix, text_prefix), target_ids, target_mask)
+        return -logp.sum(1), target_mask.sum(1)
+
+    @torch.no_grad()
+    def validation_sums(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``{metric: float64 [sum, count]}`` over one batch: the validation loss and the listening
+        check (:mod:`pengi_kit.models.listening`: each row's answer scored with another row's audio
+        prefix as well as its own; the audio prefixes are computed once). A batch of one clip
+        counts 0 for the listening check."""
+        audio = self.audio_prefix(inputs["audio"])
+        text = self.text_prefix(inputs["prompt_ids"], inputs["prompt_mask"])
+
+        def score(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return self.reference_nll(rows, text, inputs["target_ids"], inputs["target_mask"])
+
+        nll, tokens = score(audio)
+        sums = {"valid_loss": torch.stack([nll.double().sum(), tokens.double().sum()])}
+        if len(audio) < 2:
+            return sums
+        partner = torch.tensor(partners(range(len(audio))), device=audio.device)
+        own, shuffled, counted = swapped_sums(score, audio, audio[partner], own=(nll, tokens))
+        return {**sums, "valid_loss_shuffled": torch.stack([shuffled, counted]),
+                "listening": torch.stack([shuffled - own, counted])}
+
+    @staticmethod
+    def validation_warning(metrics: dict[str, float]) -> str | None:
+        """The line to print when a validation says something is wrong: the model is not listening."""
+        return listening_warning(metrics["listening"]) if "listening" in metrics else None
+
+    def set_trainable(self, flags: dict[str, bool]) -> None:
+        """Freeze or unfreeze each component. The projections always train, as in Pengi.
+
+        An LM with LoRA adapters (``[model.lm.lora]``) keeps its own weights frozen and trains
+        the adapters; it runs in train mode (adapter dropout), as LoRA fine-tuning does."""
+        super().set_trainable(flags)
+        adapters = list(getattr(self.lm, "adapter_parameters", list)())
+        for param in adapters:
+            param.requires_grad_(True)
+        if adapters:
+            self.frozen = [slot for slot in self.frozen if slot != "lm"]
+
+
+def build_pengi(recipe: dict[str, Any], registry: Any | None = None) -> PengiModel:
+    """The Pengi model of a resolved recipe (``task = "pengi"``)."""
+    cfg = recipe["model"]
+
+    def build(slot: str, **supplied: Any) -> nn.Module:
+        return build_component(recipe, slot, registry, **supplied)
+
+    audio_encoder = build("audio_encoder")
+    lm = build("lm")
+    text_encoder = build("text_encoder") if "text_encoder" in cfg else None
+    d_proj, d_lm = cfg["projection_dim"], lm.hidden_size
+    audio_mapper = build("audio_mapper", in_dim=d_proj, out_dim=d_lm)
+    if not slot_enabled(cfg, "text_mapper"):
+        text_mapper = None
+    elif text_encoder is not None:
+        text_mapper = build("text_mapper", in_dim=d_proj, out_dim=d_lm)
+    else:
+        text_mapper = build("text_mapper", in_dim=d_lm, out_dim=d_lm, sequence=True)
+    model = PengiModel(audio_encoder, audio_mapper, text_mapper, lm, text_encoder, d_proj,
+                       cfg["normalize"], cfg["prompt_length"], cfg["target_length"], cfg["projection_dropout"])
+    model.set_trainable({slot: cfg[slot]["trainable"] for slot in COMPONENT_SLOTS if slot in cfg})
+    return model
