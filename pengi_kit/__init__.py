@@ -1,7 +1,7 @@
 """pengi-kit: audio language models of the Pengi kind.
 
 The public API is imported lazily, so ``import pengi_kit`` (and listing components)
-does not import torch.
+does not import torch. The command line (:mod:`pengi_kit.cli`) calls nothing else.
 """
 from __future__ import annotations
 
@@ -13,16 +13,41 @@ from pengi_kit.hookspecs import hookimpl
 __version__ = "0.1.0"
 
 _API = {
+    # inference
     "load": "pengi_kit.api",
-    "load_model": "pengi_kit.models",
     "Pengi": "pengi_kit.api",
     "Clap": "pengi_kit.api",
     "Clip": "pengi_kit.data.inputs",
+    "DESCRIBE_PROMPTS": "pengi_kit.api",
+    "Decoding": "pengi_kit.decoding",
+    "collect_inputs": "pengi_kit.data.inputs",
+    "checkpoint_folder": "pengi_kit.checkpoint:folder",
+    # models and recipes
+    "load_model": "pengi_kit.models",
     "build_model": "pengi_kit.models",
     "PengiModel": "pengi_kit.models.pengi",
     "load_recipe": "pengi_kit.recipe",
+    "export": "pengi_kit.models",
+    # training
+    "check_training": "pengi_kit.engine.run",
+    "train": "pengi_kit.engine.run",
+    "launch_training": "pengi_kit.engine.run",
     "Trainer": "pengi_kit.engine.trainer",
-    "Decoding": "pengi_kit.decoding",
+    "TrainingInterrupted": "pengi_kit.engine.trainer",
+    "TrainingAborted": "pengi_kit.engine.trainer",
+    "run_demo": "pengi_kit.demo:run",
+    # data
+    "prepare_dataset": "pengi_kit.data.adapters:prepare",
+    "check_manifest": "pengi_kit.data.check",
+    "write_shards": "pengi_kit.data.shards",
+    "build_tokenizer": "pengi_kit.data.tokenizer",
+    # evaluation and importing
+    "TaskSpec": "pengi_kit.evaluation.suite",
+    "load_suite": "pengi_kit.evaluation.suite",
+    "run_suite": "pengi_kit.evaluation.suite",
+    "results_table": "pengi_kit.evaluation.suite:table",
+    "write_report": "pengi_kit.evaluation.suite",
+    "import_checkpoint": "pengi_kit.convert",
     "PengiKitError": "pengi_kit.errors",
 }
 
@@ -36,8 +61,9 @@ def list_components(kind: str | None = None) -> list[dict[str, str]]:
 
 
 def __getattr__(name: str) -> Any:
-    if name in _API:
-        return getattr(import_module(_API[name]), name)
+    if name in _API:  # "module" (the same name there) or "module:attr"
+        module, _, attr = _API[name].partition(":")
+        return getattr(import_module(module), attr or name)
     raise AttributeError(f"module 'pengi_kit' has no attribute {name!r}")
 
 

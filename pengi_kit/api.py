@@ -22,7 +22,6 @@ from pengi_kit.data.inputs import Clip
 from pengi_kit.errors import PengiKitError
 from pengi_kit.generation import Decoding, cut_at_stop, generate as decode, reference_text
 from pengi_kit.models import load_model
-from pengi_kit.models.clap import ClapModel
 from pengi_kit.models.listening import partners, swapped_sums
 from pengi_kit.models.pengi import PengiModel
 
@@ -479,10 +478,10 @@ def load(path: str | Path, device: str | torch.device = "cpu", num_workers: int 
     A CLAP folder or a contrastive run gives a :class:`Clap`, which embeds but does not generate.
     """
     model = load_model(path, device)
-    if isinstance(model, ClapModel):
+    if isinstance(model, PengiModel):
+        return Pengi(model, num_workers=num_workers)
+    if hasattr(model, "embed_text"):  # a CLAP model (pengi_kit.models.clap, imported only for one)
         return Clap(model, num_workers=num_workers)
-    if not isinstance(model, PengiModel):
-        raise PengiKitError(f"{path}: a checkpoint of an audio tagger, which neither generates nor embeds text; "
-                            "its encoder is for Pengi: the run's encoder/ folder (written after training, or by "
-                            "`pengi-kit export`) is what a recipe's [model.audio_encoder] pretrained names")
-    return Pengi(model, num_workers=num_workers)
+    raise PengiKitError(f"{path}: a checkpoint of an audio tagger, which neither generates nor embeds text; "
+                        "its encoder is for Pengi: the run's encoder/ folder (written after training, or by "
+                        "`pengi-kit export`) is what a recipe's [model.audio_encoder] pretrained names")

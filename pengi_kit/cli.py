@@ -1,10 +1,11 @@
 """The ``pengi-kit`` command. It only parses arguments and calls the public API."""
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import click
 
@@ -137,38 +138,19 @@ def train_cmd(recipe: str, overrides: tuple[str, ...], resume: bool, overwrite: 
     """
     import os
 
-    from pengi_kit.progress import say
-    from pengi_kit.recipe import check_files, load_recipe
-    from pengi_kit.sources import offline_if_hub_unreachable
+    import pengi_kit
 
-    resolved = load_recipe(recipe, overrides)  # fail fast, before any process starts or weight loads
-    check_files(resolved)
-    note = offline_if_hub_unreachable(resolved)
-    if note and "LOCAL_RANK" not in os.environ:
-        say(f"pengi-kit: {note}")
-    from pengi_kit.devices import resolve_device
-    from pengi_kit.engine.trainer import Trainer, run_dir_taken
-
-    many = nproc_per_node > 1 or nnodes != "1"
+    resolved = pengi_kit.check_training(recipe, overrides, resume=resume, overwrite=overwrite, device=device,
+                                        nproc_per_node=nproc_per_node)  # fail fast, before any process starts
     args = _train_args(recipe, overrides)  # this command line, less --resume and --overwrite
-    if "LOCAL_RANK" not in os.environ:  # the launching process: one line, before any process or model starts
-        if resume and overwrite:
-            raise PengiKitError("--resume continues the run in train.output_dir and --overwrite deletes it: "
-                                "give one of them")
-        resolve_device(device, nproc_per_node - 1, nproc_per_node)
-        problem = None if resume or overwrite else run_dir_taken(resolved["train"]["output_dir"])
-        if problem:
-            raise PengiKitError(problem)
-    if many and "LOCAL_RANK" not in os.environ:
-        from pengi_kit.engine.launch import torchrun
-
+    if (nproc_per_node > 1 or nnodes != "1") and "LOCAL_RANK" not in os.environ:
         worker = args + (["--resume"] if resume else []) + (["--overwrite"] if overwrite else [])
-        sys.exit(torchrun(worker, nproc_per_node=nproc_per_node, nnodes=nnodes, node_rank=node_rank,
-                          rdzv_endpoint=rdzv_endpoint, rdzv_backend=rdzv_backend, rdzv_id=rdzv_id,
-                          max_restarts=max_restarts))
-    trainer = Trainer(resolved, resume=resume, overwrite=overwrite, device=device)
-    path = _fit(trainer, args)
-    if trainer.dist.is_main:
+        sys.exit(pengi_kit.launch_training(worker, nproc_per_node=nproc_per_node, nnodes=nnodes,
+                                           node_rank=node_rank, rdzv_endpoint=rdzv_endpoint,
+                                           rdzv_backend=rdzv_backend, rdzv_id=rdzv_id, max_restarts=max_restarts))
+    with _reporting_interruptions(args):
+        path = pengi_kit.train(resolved, resume=resume, overwrite=overwrite, device=device)
+    if path is not None:
         click.echo(f"checkpoint: {path}")
 
 
@@ -185,28 +167,26 @@ def _train_args(recipe: str, overrides: tuple[str, ...]) -> list[str]:
     return args
 
 
-def _fit(trainer: Any, args: list[str]) -> Path:
-    """``trainer.fit()``; on SIGINT/SIGTERM one line with the checkpoint and the command that
-    continues the run, then exit status 130/143 (every process; rank 0 prints)."""
+@contextlib.contextmanager
+def _reporting_interruptions(args: list[str]) -> Iterator[None]:
+    """On SIGINT/SIGTERM during training: one line with the checkpoint and the command that
+    continues the run, then exit status 130/143 (every process; the one that writes checkpoints
+    prints)."""
     import shlex
 
-    from pengi_kit.engine.distributed import teardown
-    from pengi_kit.engine.trainer import TrainingAborted, TrainingInterrupted
+    import pengi_kit
 
     try:
-        path = trainer.fit()
-    except TrainingInterrupted as exc:
-        teardown(trainer.dist)
-        if trainer.dist.is_main:
+        yield
+    except pengi_kit.TrainingInterrupted as exc:
+        if exc.main:
             click.echo(f"{exc}; continue with: {shlex.join(['pengi-kit', 'train', *args, '--resume'])}", err=True)
         sys.exit(exc.exit_status)
-    except TrainingAborted as exc:
-        if trainer.dist.is_main:
+    except pengi_kit.TrainingAborted as exc:
+        if exc.main:
             click.echo(f"{exc} (no checkpoint of the current step; --resume continues from the newest "
-                       f"checkpoint in {trainer.out})", err=True)
+                       f"checkpoint in {exc.out})", err=True)
         sys.exit(128 + exc.signum)
-    teardown(trainer.dist)
-    return path
 
 
 def _decoding_options(f: Any) -> Any:
@@ -291,15 +271,12 @@ def _run_inference(checkpoint: str, inputs: tuple[str, ...], prompts: list[str],
                    decoding: dict[str, Any], describe: bool) -> None:
     """Shared by generate and describe: expand inputs, report bad ones, stream results."""
     import pengi_kit
-    from pengi_kit.api import DESCRIBE_PROMPTS
-    from pengi_kit.checkpoint import folder as checkpoint_folder
-    from pengi_kit.data.inputs import collect_inputs
     from pengi_kit.devices import resolve_device
     from pengi_kit.progress import say
 
     fmt = "jsonl" if as_json else fmt
-    checkpoint_folder(checkpoint), resolve_device(device), _writable(out)  # before the model loads
-    jobs, problems = collect_inputs(inputs, prompts)
+    pengi_kit.checkpoint_folder(checkpoint), resolve_device(device), _writable(out)  # before the model loads
+    jobs, problems = pengi_kit.collect_inputs(inputs, prompts)
     for problem in problems:
         say(f"skipped: {problem}")
     if describe:  # one row per clip
@@ -326,7 +303,7 @@ def _run_inference(checkpoint: str, inputs: tuple[str, ...], prompts: list[str],
     clips = [j.audio for j in jobs]
     options = dict(batch_size=batch_size, progress=progress, on_error=report, **decoding)  # None: on a terminal
     if describe:
-        columns = ["audio", *extra, *DESCRIBE_PROMPTS, "summary"]
+        columns = ["audio", *extra, *pengi_kit.DESCRIBE_PROMPTS, "summary"]
         writer = _Writer(fmt, out, columns if fmt != "text" else ["audio", *extra, "summary"])
         results = ((jobs[i], row) for i, row in pengi.iter_describe(clips, **options))
     else:
@@ -428,25 +405,23 @@ def evaluate_cmd(checkpoint: str, task: str | None, manifest: str | None, suite:
 
         registry().get("task", task, where="--task")  # before the model loads
     import pengi_kit  # torch loads only once the command line is known to be good
-    from pengi_kit.checkpoint import folder as checkpoint_folder
     from pengi_kit.devices import resolve_device
-    from pengi_kit.evaluation.suite import TaskSpec, load_suite, run_suite, table, write_report
 
-    checkpoint_folder(checkpoint), resolve_device(device)
+    pengi_kit.checkpoint_folder(checkpoint), resolve_device(device)
     task_options = {k: options.pop(k) for k in ("train_manifest", "classes", "multi_label", "matcher", "prompt",
                                                  "limit")}
     task_options["method"] = options.pop("scoring")
     if suite:
-        name, specs = load_suite(suite, data_root)
+        name, specs = pengi_kit.load_suite(suite, data_root)
         for spec in specs:  # the command line wins over the suite file
             spec.options.update(_given(**{k: v for k, v in task_options.items() if k != "classes"}))
     else:
         name = f"{task} on {manifest}"
-        specs = [TaskSpec(task, task, manifest, options=_given(**task_options))]
+        specs = [pengi_kit.TaskSpec(task, task, manifest, options=_given(**task_options))]
     pengi = pengi_kit.load(checkpoint, device=device)
     common = {"on_error": options.pop("on_error"), "batch_size": options.pop("batch_size"), **_given(**options)}
-    run_suite(pengi, specs, **common)
-    click.echo(table(specs))
+    pengi_kit.run_suite(pengi, specs, **common)
+    click.echo(pengi_kit.results_table(specs))
     for spec in specs:
         problems = spec.result.problems if spec.result else []
         for p in problems[:10]:
@@ -454,7 +429,7 @@ def evaluate_cmd(checkpoint: str, task: str | None, manifest: str | None, suite:
         if len(problems) > 10:
             click.echo(f"warning: [{spec.name}] ... {len(problems) - 10} more (see results.json)", err=True)
     if out:
-        write_report(out, name, specs, checkpoint)
+        pengi_kit.write_report(out, name, specs, checkpoint)
         click.echo(f"wrote {out / 'results.json'} and {out / 'results.md'}")
     if not any(s.status == "ok" for s in specs):
         click.echo("error: no task could be scored (see the table)", err=True)
@@ -478,18 +453,24 @@ def export_cmd(checkpoint: str, out: Path) -> None:
     ([model.lm.lora]) are merged into the LM, so that it generates as CHECKPOINT does with no
     adapters and no lora table in its recipe.
     """
-    from pengi_kit import checkpoint as ckpt
-    from pengi_kit.api import load_model
+    import pengi_kit
 
-    recipe = ckpt.read_recipe(ckpt.resolve(checkpoint))
-    if recipe.get("task", "pengi") in ("tagging", "contrastive"):
-        folder = load_model(checkpoint).write_folder(out)
+    folder = pengi_kit.export(checkpoint, out)
+    usage = folder / "usage.toml"  # an encoder or CLAP folder says how a recipe uses it
+    if usage.is_file():
         click.echo(f"wrote {folder}; use it with:")
-        click.echo((folder / "usage.toml").read_text(encoding="utf-8"), nl=False)
+        click.echo(usage.read_text(encoding="utf-8"), nl=False)
         return
-    folder = ckpt.export_merged(load_model(checkpoint), out)
-    merged = "LoRA adapters merged into the LM" if "lora" in recipe["model"]["lm"] else "no LoRA adapters to merge"
+    merged = "LoRA adapters merged into the LM" if "lora" in _recipe_of(checkpoint)["model"]["lm"] \
+        else "no LoRA adapters to merge"
     click.echo(f"wrote {folder} ({merged}); use it as any checkpoint, e.g. pengi-kit generate {folder} ...")
+
+
+def _recipe_of(checkpoint: str) -> dict[str, Any]:
+    import pengi_kit
+    from pengi_kit.recipe import load_recipe
+
+    return load_recipe(pengi_kit.checkpoint_folder(checkpoint) / "recipe.toml")
 
 
 @main.command("demo")
@@ -504,14 +485,15 @@ def demo_cmd(recipe: str, overrides: tuple[str, ...], device: str | None) -> Non
     pretrained tagger kept in that folder stays and is reused. To train the demo recipe
     further without losing a run, use `pengi-kit train` with another train.output_dir.
     """
-    from pengi_kit import demo
+    import pengi_kit
     from pengi_kit.devices import resolve_device
     from pengi_kit.recipe import load_recipe
 
     resolved = load_recipe(recipe, overrides)
     resolve_device(device)  # one line, before the tagger trains
     args = [recipe, *[a for o in overrides for a in ("-s", o)], *(["--device", device] if device else [])]
-    demo.run(resolved, fit=lambda trainer: _fit(trainer, args), echo=click.echo, device=device)
+    with _reporting_interruptions(args):
+        pengi_kit.run_demo(resolved, echo=click.echo, device=device)
 
 
 @main.command("import", cls=_Listing, kind="importer", title="Formats")
@@ -533,9 +515,9 @@ def import_cmd(fmt: str, source: str, out: str, lm: str | None, text_encoder: st
 
     Every key of SOURCE is mapped or knowingly ignored (see docs/checkpoints.md).
     """
-    from pengi_kit.convert import import_checkpoint
+    import pengi_kit
 
-    report = import_checkpoint(fmt, source, out, force=force, lm=lm, text_encoder=text_encoder)
+    report = pengi_kit.import_checkpoint(fmt, source, out, force=force, lm=lm, text_encoder=text_encoder)
     if as_json:
         click.echo(json.dumps(report, indent=2, default=str))
         return
@@ -558,9 +540,9 @@ def data_group() -> None:
 @click.option("--split", "splits", multiple=True, help="Keep only this split (repeatable; default: all).")
 def data_prepare_cmd(name: str, root: Path, out: Path, splits: tuple[str, ...]) -> None:
     """Write a manifest for corpus NAME, one of the datasets listed below."""
-    from pengi_kit.data.adapters import prepare
+    import pengi_kit
 
-    report = prepare(name, root, out, splits=splits)
+    report = pengi_kit.prepare_dataset(name, root, out, splits=splits)
     for problem in report.problems:
         click.echo(f"problem: {problem}", err=True)
     parts = ", ".join(f"{split or '-'}: {n}" for split, n in sorted(report.splits.items()))
@@ -578,9 +560,9 @@ def data_prepare_cmd(name: str, root: Path, out: Path, splits: tuple[str, ...]) 
               help="Progress bar on standard error (default: when it is a terminal).")
 def data_check_cmd(manifest: Path, jobs: int, max_seconds: float, progress: bool) -> None:
     """Decode every clip of MANIFEST; one line per problem, then statistics. Exit 1 on problems."""
-    from pengi_kit.data.check import check_manifest
+    import pengi_kit
 
-    report = check_manifest(manifest, jobs=jobs, max_seconds=max_seconds, progress=progress)
+    report = pengi_kit.check_manifest(manifest, jobs=jobs, max_seconds=max_seconds, progress=progress)
     for problem in report.problems:
         click.echo(f"problem: {problem}")
     for line in report.summary():
@@ -598,9 +580,9 @@ def data_check_cmd(manifest: Path, jobs: int, max_seconds: float, progress: bool
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the shuffle.")
 def data_shard_cmd(manifest: Path, out: Path, shard_size: int, prefix: str, shuffle: bool, seed: int) -> None:
     """Write MANIFEST's rows and audio into webdataset-style tar shards."""
-    from pengi_kit.data.shards import write_shards
+    import pengi_kit
 
-    report = write_shards(manifest, out, shard_size, prefix=prefix, shuffle=shuffle, seed=seed)
+    report = pengi_kit.write_shards(manifest, out, shard_size, prefix=prefix, shuffle=shuffle, seed=seed)
     for problem in report.problems:
         click.echo(f"problem: {problem}", err=True)
     click.echo(f"wrote {report.samples} samples in {len(report.shards)} shards: {report.pattern}; "
@@ -621,12 +603,13 @@ def data_shard_cmd(manifest: Path, out: Path, shard_size: int, prefix: str, shuf
 def data_tokenizer_cmd(manifests: tuple[Path, ...], out: Path, kind: str, vocab_size: int | None,
                        min_count: int, texts: tuple[str, ...]) -> None:
     """Build a tokenizer from the texts and prompts of MANIFEST... for an LM trained from scratch."""
-    from transformers import AutoTokenizer
+    import pengi_kit
 
-    from pengi_kit.data.tokenizer import build_tokenizer
-
-    folder = build_tokenizer(manifests, out, kind=kind, vocab_size=vocab_size, min_count=min_count, texts=texts)
-    click.echo(f"wrote a {kind} tokenizer of {len(AutoTokenizer.from_pretrained(folder))} tokens to {folder}; "
+    folder = pengi_kit.build_tokenizer(manifests, out, kind=kind, vocab_size=vocab_size, min_count=min_count,
+                                       texts=texts)
+    doc = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+    size = len(set(doc["model"]["vocab"].values()) | {t["id"] for t in doc.get("added_tokens", [])})
+    click.echo(f"wrote a {kind} tokenizer of {size} tokens to {folder}; "
                f"use it with [model.lm] tokenizer = \"{folder}\"")
 
 

@@ -91,9 +91,14 @@ PROTOCOLS = {
 @runtime_checkable
 class Trainable(Protocol):
     """What the one trainer (:mod:`pengi_kit.engine.trainer`) needs of a model: the Pengi model
-    and the pretraining models (:mod:`pengi_kit.models.tagging`, :mod:`pengi_kit.models.clap`) alike. It follows
-    ``sample_rate``/``clip_seconds`` when loading audio; ``export(out_dir) -> Path``, where a model
-    has it, writes the folder users take away (an encoder folder, a CLAP folder) after training."""
+    and the pretraining models (:mod:`pengi_kit.models.tagging`, :mod:`pengi_kit.models.clap`) alike;
+    :class:`pengi_kit.models.base.Composite` gives the shared parts. The trainer reads nothing
+    else of a model: no slot names, no input names, no concrete class.
+
+    It follows ``sample_rate``/``clip_seconds`` when loading audio. Optional:
+    ``export(out_dir) -> Path`` writes the folder users take away (an encoder folder, a CLAP
+    folder) after training; ``validation_warning(metrics) -> str | None`` names a problem a
+    validation shows (printed once a run)."""
 
     sample_rate: int
     clip_seconds: float | None
@@ -114,5 +119,13 @@ class Trainable(Protocol):
     def example_inputs(self, n: int = 1) -> dict[str, torch.Tensor]:
         """Inputs of ``n`` made-up examples on the model's device (one backward on them finds
         the parameters the loss never reaches)."""
+
+    def flops(self, inputs: dict[str, torch.Tensor]) -> float:
+        """FLOPs of one training step (forward and backward) over ``inputs``, a function of their
+        shapes (the trainer calls it once on made-up inputs before wrapping the model, then per
+        step, for MFU)."""
+
+    def lm_tokens(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """Positions an LM computes for ``inputs``, padding aside (tokens/s); None without an LM."""
 
     def set_trainable(self, flags: dict[str, bool]) -> None: ...

@@ -115,15 +115,16 @@ def report(accuracy: dict[str, float], samples: dict[str, list[tuple[str, str, s
     return "\n".join(lines)
 
 
-def run(recipe: dict[str, Any], fit: Callable[[Any], Path], echo: Callable[[str], None] = print,
-        device: str | None = None) -> Path:
-    """The whole demo on a resolved recipe: pretrain the tagger (unless it exists), train
-    with ``fit(trainer)`` (which reports interruptions), score held-out clips, and write an
-    example clip and the evaluation set next to the run. Returns the final checkpoint."""
+def run(recipe: dict[str, Any], echo: Callable[[str], None] = print, device: str | None = None) -> Path:
+    """The whole demo on a resolved recipe: pretrain the tagger (unless it exists), train (an
+    interruption raises :class:`~pengi_kit.engine.trainer.TrainingInterrupted` with its checkpoint,
+    as :func:`pengi_kit.engine.run.fit` says), score held-out clips, and write an example clip and
+    the evaluation set next to the run. Returns the final checkpoint."""
     import soundfile as sf
 
     import pengi_kit
     from pengi_kit.data.build import synthetic_corpus
+    from pengi_kit.engine.run import fit
     from pengi_kit.engine.trainer import Trainer
 
     start = time.perf_counter()

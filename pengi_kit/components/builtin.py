@@ -1,9 +1,8 @@
-"""The built-in zoo, evaluation tasks and checkpoint importers, registered through the same
-entry point group as third-party plugins.
+"""The built-in zoo: one row per component, registered by the built-in plugin
+(:mod:`pengi_kit.builtin`) through the same entry point group as third-party plugins.
 
 Factories are ``"module:attr"`` strings so that listing components imports no torch.
 """
-from pengi_kit.hookspecs import hookimpl
 
 _TINY_HF = {"pretrained": "", "hidden_size": 16, "num_layers": 1, "num_heads": 2}
 _TINY_MAPPER = {"in_dim": 12, "out_dim": 16, "prefix_length": 3}
@@ -40,73 +39,10 @@ BUILTIN = [  # kind, name, factory, description, example_args (a small offline i
      "fresh config; chat template, LoRA",
      {"architecture": "llama", "hidden_size": 16, "num_layers": 1, "num_heads": 2, "num_kv_heads": 1,
       "max_positions": 64}),
-    # dataset adapters: root folder -> manifest rows (`pengi-kit data prepare NAME`)
-    *[("dataset", name, f"pengi_kit.data.adapters:{attr}", description, {}) for name, attr, description in [
-        ("clotho", "clotho", "Clotho v2 audio captioning: 5 caption rows per clip"),
-        ("audiocaps", "audiocaps", "AudioCaps captions, audio found by YouTube id"),
-        ("clotho-aqa", "clotho_aqa", "Clotho-AQA question answering, yes/no and open answers"),
-        ("esc50", "esc50", "ESC-50 environmental sound classes, 5 folds"),
-        ("urbansound8k", "urbansound8k", "UrbanSound8K urban sound classes, 10 folds"),
-        ("fsd50k", "fsd50k", "FSD50K multi-label sound events"),
-        ("gtzan", "gtzan", "GTZAN music genres"),
-        ("nsynth", "nsynth", "NSynth notes: instrument, pitch, velocity, qualities"),
-        ("free-spoken-digit", "free_spoken_digit", "Free Spoken Digit Dataset as 'which digit is spoken?'"),
-    ]],
 ]
 
 
-# Short and spelled-out names users type for the corpora (`pengi-kit data prepare fsdd`).
-# Hyphenated "esc-50" is left to the "did you mean 'esc50'?" hint.
-DATASET_ALIASES = {
-    "clotho": ("clotho-v2", "clotho2"),
-    "audiocaps": ("audio-caps",),
-    "clotho-aqa": ("clotho_aqa", "clothoaqa"),
-    "urbansound8k": ("us8k", "urbansound", "urban-sound-8k", "urbansound-8k"),
-    "fsd50k": ("fsd-50k",),
-    "gtzan": ("gtzan-genre",),
-    "free-spoken-digit": ("fsdd", "free-spoken-digit-dataset", "free_spoken_digit", "spoken-digit"),
-}
-
-
-@hookimpl
-def register_components(register):
+def register(register):
+    """Register the built-in components (:func:`pengi_kit.builtin.register_components` calls it)."""
     for kind, name, factory, description, example_args in BUILTIN:
-        aliases = DATASET_ALIASES.get(name, ()) if kind == "dataset" else ()
-        register(kind, name, factory, description=description, example_args=example_args, aliases=aliases)
-
-
-TASKS = [  # name, function, description (`pengi-kit evaluate --task NAME`)
-    ("captioning", "pengi_kit.evaluation.tasks:captioning",
-     "One caption per clip: BLEU, METEOR, ROUGE-L, CIDEr-D, SPICE, SPIDEr"),
-    ("aqa", "pengi_kit.evaluation.tasks:aqa", "Audio question answering: accuracy, also by answer type"),
-    ("classification", "pengi_kit.evaluation.tasks:classification",
-     "Zero-shot classification by generation or likelihood: accuracy or mAP"),
-    ("retrieval", "pengi_kit.evaluation.tasks:retrieval",
-     "Text-to-audio and audio-to-text retrieval: R@1/5/10, mAP@10"),
-    ("linear-probe", "pengi_kit.evaluation.tasks:linear_probe",
-     "Logistic regression on frozen audio embeddings: accuracy or mAP"),
-    ("listening", "pengi_kit.evaluation.tasks:listening",
-     "Listening check: loss rise (nats/token) when clips' audio is swapped; ~0 = ignores audio"),
-]
-
-IMPORTERS = [  # name, function, description (`pengi-kit import NAME SOURCE --out DIR`)
-    ("pengi", "pengi_kit.convert.pengi:import_pengi", "Pengi base.pth / base_no_text_enc.pth -> checkpoint directory"),
-    ("panns", "pengi_kit.convert.panns:import_panns", "PANNs Cnn14 (32 kHz or 16 kHz) -> cnn14 encoder folder"),
-    ("laion-clap", "pengi_kit.convert.clap:import_laion_clap", "LAION-CLAP (HTSAT + RoBERTa) -> CLAP folder"),
-    ("ms-clap", "pengi_kit.convert.clap:import_ms_clap",
-     "Microsoft CLAP 2022 (CNN14 + BERT) / 2023 (HTSAT + GPT-2) -> CLAP folder"),
-    ("ms-clapcap", "pengi_kit.convert.clapcap:import_ms_clapcap",
-     "Microsoft CLAPCap 2023 (HTSAT + mapper + GPT-2 captioner) -> checkpoint directory"),
-]
-
-
-@hookimpl
-def register_tasks(register):
-    for name, function, description in TASKS:
-        register(name, function, description=description)
-
-
-@hookimpl
-def register_importers(register):
-    for name, function, description in IMPORTERS:
-        register(name, function, description=description)
+        register(kind, name, factory, description=description, example_args=example_args)

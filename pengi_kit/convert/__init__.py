@@ -26,7 +26,7 @@ import inspect
 from pathlib import Path
 from typing import Any
 
-from pengi_kit.convert._common import ConversionError
+from pengi_kit.errors import ConversionError
 from pengi_kit.plugins import registry
 
 

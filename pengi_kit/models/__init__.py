@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["build_model", "load_model"]
+__all__ = ["build_model", "export", "load_model"]
 
 
 def build_model(recipe: dict[str, Any], registry: Any | None = None) -> nn.Module:
@@ -64,3 +64,17 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Modul
     model = build_model(from_dict(resolve_relative(ckpt.read_recipe(path), path)))
     ckpt.load_weights(model, path, meta.get("referenced", []))
     return model.to(device).eval()
+
+
+def export(path: str | Path, out: str | Path) -> Path:
+    """Write the folder users take away from a checkpoint (or run) at ``path`` to ``out`` (replaced):
+    a tagging run's encoder folder, a contrastive run's CLAP folder (each with ``usage.toml``), or
+    for a Pengi model a checkpoint for inference without training state, its LoRA adapters merged
+    into the LM (:func:`pengi_kit.checkpoint.export_merged`). Returns the folder."""
+    model = load_model(path)
+    write_folder = getattr(model, "write_folder", None)
+    if write_folder is not None:
+        return write_folder(out)
+    from pengi_kit.checkpoint import export_merged
+
+    return export_merged(model, Path(out))

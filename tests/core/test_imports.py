@@ -1,4 +1,6 @@
-"""The package's import graph: no cycle, and inference never loads the training engine.
+"""The package's import graph: no cycle, each room imports only what lies below it, the command
+line calls only the public API, and inference never loads the engine, an importer or a model it
+does not load.
 
 Function-level imports count as much as module-level ones: hiding an import inside a
 function defers a cycle, it does not remove it. Imports under ``if TYPE_CHECKING:``
@@ -144,15 +146,67 @@ def test_graph_sees_function_level_and_relative_imports():
 
 def test_no_import_cycle_in_the_package():
     graph = import_graph()
-    assert "pengi_kit.checkpoint" in graph["pengi_kit.api"]  # the graph is real: a function-level import
+    assert "pengi_kit.checkpoint" in graph["pengi_kit.models"]  # the graph is real: a function-level import
     cycles = find_cycles(graph)
     assert not cycles, "import cycles:\n" + "\n".join(_describe(graph, c) for c in cycles)
 
 
-def test_inference_does_not_import_the_engine(tmp_path):
-    """Loading a checkpoint and generating needs no training code (checkpoints live outside engine/)."""
+def _reaches(graph: dict[str, dict[str, int]], module: str, prefixes: tuple[str, ...]) -> list[str]:
+    """The modules under ``prefixes`` that ``module`` imports directly."""
+    return sorted(t for t in graph[module] if t.startswith(prefixes) or t in {p.rstrip(".") for p in prefixes})
+
+
+def test_each_room_imports_only_what_lies_below_it():
+    graph = import_graph()
+    inside = lambda prefix: [m for m in graph if m == prefix or m.startswith(prefix + ".")]  # noqa: E731
+    above_models = ("pengi_kit.convert", "pengi_kit.engine", "pengi_kit.evaluation", "pengi_kit.api",
+                    "pengi_kit.cli", "pengi_kit.demo")
+    problems = []
+    for module in inside("pengi_kit.models"):  # models know components, data, folders; nothing above
+        problems += [f"{module} -> {t}" for t in _reaches(graph, module, above_models)]
+    for module in inside("pengi_kit.components") + ["pengi_kit.folders"]:
+        problems += [f"{module} -> {t}" for t in _reaches(graph, module, above_models + ("pengi_kit.models",))]
+    problems += [f"pengi_kit.folders -> {t}" for t in _reaches(graph, "pengi_kit.folders", ("pengi_kit.components",))]
+    for module in inside("pengi_kit.engine"):  # the trainer builds a model, and knows no concrete one
+        problems += [f"{module} -> {t}" for t in _reaches(graph, module, ("pengi_kit.models.",))
+                     if t != "pengi_kit.models"]
+    assert not problems, "imports that climb the house:\n" + "\n".join(problems)
+
+
+def test_the_command_line_calls_only_the_public_api():
+    """cli.py parses arguments and calls ``pengi_kit``'s public API (plus the core modules that
+    describe what it parses); no engine, data, model, importer or evaluation internals, no torch."""
+    allowed = {"pengi_kit", "pengi_kit.errors", "pengi_kit.registry", "pengi_kit.recipe", "pengi_kit.plugins",
+               "pengi_kit.progress", "pengi_kit.devices"}
+    assert set(import_graph()["pengi_kit.cli"]) <= allowed
+    tree = ast.parse((PACKAGE / "cli.py").read_text(encoding="utf-8"))
+    third_party = {alias.name.split(".")[0] for node in _imports(tree) if isinstance(node, ast.Import)
+                   for alias in node.names} | {node.module.split(".")[0] for node in _imports(tree)
+                                               if isinstance(node, ast.ImportFrom) and node.module}
+    assert third_party <= {"__future__", "click", "contextlib", "json", "os", "shlex", "sys", "pathlib", "typing",
+                           "csv", "pengi_kit"}, third_party
+
+
+def test_registering_the_builtins_imports_no_torch_and_no_importer():
+    script = textwrap.dedent("""
+        import sys
+        import pengi_kit
+        assert pengi_kit.list_components("importer") and pengi_kit.list_components("dataset")
+        print(sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers")
+                     or (m.startswith("pengi_kit.convert") and m not in ("pengi_kit.convert", "pengi_kit.convert.builtin"))))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_inference_imports_no_engine_importer_or_pretraining_code(tmp_path):
+    """Loading a Pengi checkpoint and generating needs no training code, no importer and neither
+    pretraining model (checkpoints live outside engine/; importers register as strings). The
+    registration table of the importers (pengi_kit.convert.builtin: names and "module:attr"
+    strings) is the only module of convert/ that loads."""
     from pengi_kit.checkpoint import save_checkpoint
-    from pengi_kit.model import build_model
+    from pengi_kit.models import build_model
     from pengi_kit.recipe import from_dict
     from pengi_kit.testing import tiny_recipe
 
@@ -164,7 +218,10 @@ def test_inference_does_not_import_the_engine(tmp_path):
         import pengi_kit
         pengi = pengi_kit.load({str(tmp_path / "ckpt")!r}, device="cpu")
         pengi.generate([(np.zeros(8000, dtype=np.float32), 16000)], "this is a sound of", max_new_tokens=2)
-        print(sorted(m for m in sys.modules if m.startswith("pengi_kit.engine")))
+        assert "pengi_kit.models.pengi" in sys.modules  # the check below sees what loaded
+        banned = ("pengi_kit.engine", "pengi_kit.convert.", "pengi_kit.pretraining", "pengi_kit.models.tagging",
+                  "pengi_kit.models.clap", "pengi_kit.models.flops")
+        print(sorted(m for m in sys.modules if m.startswith(banned) and m != "pengi_kit.convert.builtin"))
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
