@@ -508,7 +508,7 @@ def render_hooks() -> str:
            f"A plugin is a module (or object) exposed through the `{ENTRY_POINT_GROUP}` entry point group "
            "that implements one or more of these hooks, each decorated with `@pengi_kit.hookimpl` "
            "(`from pengi_kit import hookimpl`). pengi-kit's own components, evaluation tasks and checkpoint "
-           f"importers are registered by its `builtin` entry point, `pengi_kit.components.builtin`, the same "
+           f"importers are registered by its `builtin` entry point, `pengi_kit.builtin`, the same "
            f"way. A plugin that fails to import or to register is reported in one line and skipped (all of "
            f"its registrations, from every hook, are left out); `{STRICT_ENV}=1` makes that an error. The "
            "[plugin author's guide](../plugins.md) shows a whole plugin.\n"]

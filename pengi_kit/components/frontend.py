@@ -20,10 +20,10 @@ Which stored buffers of a reference checkpoint are used, and why:
   :func:`torchlibrosa_ignored_keys` after checking their shape
   (:func:`load_reference_weights` does both).
 
-A ``pretrained`` source is either such a reference checkpoint file or a folder written
-by ``pengi-kit import`` (:data:`COMPONENT_FILE` naming the component and the build
-arguments it was imported for, plus ``model.safetensors`` in this module's key names,
-STFT kernels already dropped); :func:`load_reference_weights` reads both.
+A ``pretrained`` source is either such a reference checkpoint file or an encoder folder
+(:mod:`pengi_kit.folders`: ``component.json`` naming the component and the build arguments
+its weights are for, plus ``model.safetensors`` in this module's key names, STFT kernels
+already dropped); :func:`pengi_kit.folders.load_reference_weights` reads both.
 
 librosa is not needed at run time: the slaney mel matrix is computed here in numpy,
 matching ``librosa.filters.mel(htk=False, norm='slaney')``.
