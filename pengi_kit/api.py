@@ -20,7 +20,7 @@ import torch
 from pengi_kit.data.audio import load_audio, prepare_waveform
 from pengi_kit.data.inputs import Clip
 from pengi_kit.errors import PengiKitError
-from pengi_kit.generation import Decoding, cut_at_stop, generate as decode, reference_text
+from pengi_kit.generation import Decoding, cut_at_stop, generate as decode, reference_text, score
 from pengi_kit.models import load_model
 from pengi_kit.models.listening import partners, swapped_sums
 from pengi_kit.models.pengi import PengiModel
@@ -338,47 +338,72 @@ class Pengi:
     def _audio_width(self, projected: bool) -> int:
         return self.model.audio_projection.linear2.out_features if projected else self.model.audio_encoder.embed_dim
 
-    def log_likelihood(self, audio: AudioLike | Sequence[AudioLike], prompt: str, texts: Sequence[str], *,
-                       sample_rate: int | None = None, batch_size: int = 64, progress: bool | None = False,
-                       on_error: OnError = "raise") -> torch.Tensor:
+    def log_likelihood(self, audio: AudioLike | Sequence[AudioLike], prompt: str | Sequence[str],
+                       texts: Sequence[str] | Sequence[Sequence[str]], *, sample_rate: int | None = None,
+                       batch_size: int = 64, progress: bool | None = False,
+                       on_error: OnError = "raise") -> torch.Tensor | list[torch.Tensor]:
         """How likely the model finds each of ``texts`` as the answer to ``prompt`` about each
-        clip: the mean log-probability per token (end-of-text included), shape (clips, texts).
+        clip: the mean log-probability per token (end-of-text included).
 
-        Ranks class names for zero-shot classification and captions for retrieval without a
-        text encoder. ``batch_size`` counts (clip, text) rows run through the LM together.
-        ``on_error`` as for :meth:`generate`; a skipped clip's row is NaN.
+        ``prompt``: one for every clip, or one per clip. ``texts``: the same candidates for every
+        clip, giving a tensor (clips, texts); or a list of candidates per clip (the choices of
+        each multiple-choice item), giving a list of 1-D tensors. Ranks class names for
+        zero-shot classification and captions for retrieval without a text encoder.
+
+        Each clip's prefix runs once and its candidates are scored over copies of its KV cache
+        (:func:`pengi_kit.generation.score`); ``batch_size`` counts the candidates run through
+        the LM together. ``on_error`` as for :meth:`generate`; a skipped clip's scores are NaN.
         """
         from pengi_kit.progress import bar as progress_bar
 
-        clips, texts = self._as_list(audio), list(texts)
+        clips = self._as_list(audio)
+        shared = all(isinstance(t, str) for t in texts)
+        candidates = [list(texts)] * len(clips) if shared else [list(t) for t in texts]
+        prompts = [prompt] * len(clips) if isinstance(prompt, str) else list(prompt)
+        for what, given in (("prompts", prompts), ("lists of texts", candidates)):
+            if len(given) != len(clips):
+                raise ValueError(f"{len(clips)} clips but {len(given)} {what}: give one for all clips or one per clip")
+        distinct = list(dict.fromkeys(t for c in candidates for t in c))
+        target = self.model.tokenize_targets(distinct) if distinct else {"attention_mask": torch.zeros(0, 1)}
+        ids = {t: row[: int(n)].tolist() for t, row, n in zip(distinct, target["input_ids"],
+                                                                target["attention_mask"].sum(1))}
+        out = [torch.full((len(c),), float("nan")) for c in candidates]
         handle = self._error_handler(on_error)
-        target = self.model.tokenize_targets(texts)
-        ids, mask = target["input_ids"].to(self.device), target["attention_mask"].to(self.device)
-        lengths = mask.sum(1)
-        out = torch.full((len(clips), len(texts)), float("nan"))
-        per_clip = max(1, batch_size // max(1, len(texts)))  # clips per step when all texts fit
-        chunk = min(len(texts), batch_size)
-        bar = progress_bar(len(clips) * len(texts), "scoring texts", "pair", enabled=progress)
+        per_step = max(1, batch_size // max(1, max(map(len, candidates), default=1)))  # clips per step
+        bar = progress_bar(sum(map(len, candidates)), "scoring texts", "pair", enabled=progress)
+        cache: dict[str, torch.Tensor] = {}
         with ThreadPoolExecutor(max(1, self.num_workers)) as pool, torch.inference_mode():
-            prompt_prefix = self.model.prompt_prefix([prompt])
-            for c0 in range(0, len(clips), per_clip):
-                good, waves = self._load(pool, clips[c0:c0 + per_clip], sample_rate, handle)
-                bar.update((min(per_clip, len(clips) - c0) - len(good)) * len(texts))
+            for c0 in range(0, len(clips), per_step):
+                part = range(c0, min(c0 + per_step, len(clips)))
+                good, waves = self._load(pool, [clips[c] for c in part], sample_rate, handle)
+                bar.update(sum(len(candidates[c0 + g]) for g in range(len(part)) if g not in good))
                 if not good:
                     continue
-                rows_of = torch.tensor([c0 + g for g in good])
-                prefix = self.model.join_prefix(self.model.audio_prefix(waves), prompt_prefix)
-                for t0 in range(0, len(texts), chunk):
-                    n = min(chunk, len(texts) - t0)
-                    # rows: every clip with each of the n texts, clip-major
-                    logp = self.model.target_logprobs(prefix.repeat_interleave(n, 0),
-                                                      ids[t0:t0 + n].repeat(len(prefix), 1),
-                                                      mask[t0:t0 + n].repeat(len(prefix), 1))
-                    mean = logp.view(len(prefix), n, -1).sum(2) / lengths[t0:t0 + n]
-                    out[rows_of, t0:t0 + n] = mean.cpu()
-                    bar.update(len(prefix) * n)
+                rows = [c0 + g for g in good]
+                prefix = self.model.join_prefix(self.model.audio_prefix(waves),
+                                                self._prompt_prefix([prompts[c] for c in rows], "none", batch_size,
+                                                                    cache))
+                # groups of at most batch_size candidates; a clip with more is scored in several
+                groups: list[list[tuple[int, int]]] = []
+                size = 0
+                for i, c in enumerate(rows):
+                    for t0 in range(0, len(candidates[c]), batch_size):
+                        n = len(candidates[c][t0:t0 + batch_size])
+                        if groups and size + n <= batch_size:
+                            groups[-1].append((i, t0))
+                            size += n
+                        else:
+                            groups.append([(i, t0)])
+                            size = n
+                for group in groups:
+                    index = torch.tensor([i for i, _ in group], device=self.device)
+                    seqs = [[ids[t] for t in candidates[rows[i]][t0:t0 + batch_size]] for i, t0 in group]
+                    for (i, t0), sums, seq in zip(group, score(self.model.lm, prefix[index], seqs), seqs):
+                        lengths = torch.tensor([len(x) for x in seq], dtype=torch.float64)
+                        out[rows[i]][t0:t0 + len(seq)] = (sums / lengths).float()
+                    bar.update(sum(map(len, seqs)))
         bar.close()
-        return out
+        return torch.stack(out) if shared and out else out
 
     def listening(self, audio: AudioLike | Sequence[AudioLike], rows: Sequence[tuple[int, str, str]], *,
                   sample_rate: int | None = None, batch_size: int = 32, progress: bool | None = False,
@@ -410,11 +435,8 @@ class Pengi:
                 target = self.model.tokenize_targets([text for _, _, text in chunk])
                 ids, mask = target["input_ids"].to(self.device), target["attention_mask"].to(self.device)
                 text_prefix = self.model.prompt_prefix([prompt for _, prompt, _ in chunk])
-
-                def score(audio_prefix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-                    return self.model.reference_nll(audio_prefix, text_prefix, ids, mask)
-
-                sums += swapped_sums(score, torch.stack([prefixes[c] for c, _, _ in chunk]),
+                sums += swapped_sums(lambda rows: self.model.reference_nll(rows, text_prefix, ids, mask),  # noqa: B023
+                                     torch.stack([prefixes[c] for c, _, _ in chunk]),
                                      torch.stack([prefixes[c] for c in partner[r0:r0 + batch_size]])).cpu()
         tokens = max(float(sums[2]), 1.0)
         loss, shuffled = float(sums[0]) / tokens, float(sums[1]) / tokens

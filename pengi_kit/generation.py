@@ -1,11 +1,18 @@
-"""Decoding from an LM prefix over a KV cache: beam search, greedy and sampling.
+"""Decoding from an LM prefix over a KV cache: beam search, greedy and sampling; and scoring
+continuations of a prefix over its forked cache.
 
-All rows of a batch share the prefix length (2k), so batches need no left padding:
-the prefix runs once per clip (not once per beam), then one token per row and step
-goes through the cached LM. The search itself is tensor code over the whole batch:
-no per-step Python loop over clips or candidates, and no copy of the tokens to the
-host until the end, unless ``stop`` strings need the text. Clips that are finished
-leave the batch, so the remaining ones run on fewer rows.
+Rows may have prefixes of different lengths (a multiple-choice question, a clip whose audio
+tokens follow its length, a conversation): :func:`pad_prefixes` pads them on the left with a
+``prefix_mask``, and every position id comes from the mask (the number of real tokens before
+it), never from the padded index, so a row gets the same tokens in any batch (GPT-2's absolute
+positions and rotary LMs alike; ``pengi_kit.testing.check_batch_invariance``). Pengi's prefixes
+(2k for every row) need no mask and no padding.
+
+The prefix runs once per row (not once per beam), then one token per row and step goes
+through the cached LM. The search itself is tensor code over the whole batch: no per-step
+Python loop over rows or candidates, and no copy of the tokens to the host until the end,
+unless ``stop`` strings need the text. Rows that are finished leave the batch, so the
+remaining ones run on fewer rows.
 
 With ``compile`` (on CUDA) the search runs over a static KV cache instead: rows fixed at
 batch x beams and length at prefix + ``max_new_tokens``, finished rows left in place as
@@ -76,13 +83,29 @@ def reference_text(tokenizer: Any, ids: list[int]) -> str:
     return text
 
 
+def pad_prefixes(prefixes: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Rows of prefix embeddings (P_i, D) -> a left-padded batch (B, max P_i, D) and its mask
+    (B, max P_i), 0 on the padding; the mask is None when every row has the same length."""
+    width = max(len(p) for p in prefixes)
+    if all(len(p) == width for p in prefixes):
+        return torch.stack(prefixes), None
+    first = prefixes[0]
+    batch = first.new_zeros(len(prefixes), width, first.shape[-1])
+    mask = torch.zeros(len(prefixes), width, dtype=torch.long, device=first.device)
+    for i, p in enumerate(prefixes):
+        batch[i, width - len(p):] = p
+        mask[i, width - len(p):] = 1
+    return batch, mask
+
+
 @torch.no_grad()
-def generate(lm: Any, prefix: torch.Tensor, cfg: Decoding, *, keep_stop: bool = False,
-             static: bool | None = None) -> list[list[int]]:
+def generate(lm: Any, prefix: torch.Tensor, cfg: Decoding, *, prefix_mask: torch.Tensor | None = None,
+             keep_stop: bool = False, static: bool | None = None) -> list[list[int]]:
     """Token ids for each row of ``prefix`` (B, P, D), without the stop id, or with
     ``keep_stop`` ending with it where the row stopped (the reference's text includes it;
     a row that a ``stop`` string ended may then end with a stop id it did not generate).
 
+    ``prefix_mask`` (B, P): rows of different lengths, padded on the left (:func:`pad_prefixes`).
     ``static``: run over a static KV cache (see the module doc); unset, where ``cfg.compile``
     compiles the step. ``static=True`` without compile gives the same tokens (tested)."""
     if prefix.shape[0] == 0:
@@ -90,10 +113,12 @@ def generate(lm: Any, prefix: torch.Tensor, cfg: Decoding, *, keep_stop: bool = 
     compiled = cfg.compile and _can_compile(prefix.device)
     options = {"static": compiled if static is None else static or compiled, "compiled": compiled}
     if cfg.method == "beam" and cfg.compat == "pengi":
-        return _beam_search_pengi(lm, prefix, cfg, keep_stop, options)
-    if cfg.method == "beam" and cfg.beam_size > 1:
-        return _beam_search(lm, prefix, cfg, keep_stop, options)
-    return _greedy_or_sample(lm, prefix, cfg, keep_stop, options)
+        search = _beam_search_pengi
+    elif cfg.method == "beam" and cfg.beam_size > 1:
+        search = _beam_search
+    else:
+        search = _greedy_or_sample
+    return search(lm, _Prefix(prefix, prefix_mask), cfg, keep_stop, options)
 
 
 # ---------------------------------------------------------------------- compiled decode step
@@ -139,8 +164,17 @@ def _accepts(fn: Any, name: str) -> bool:
         return False
 
 
+class _Prefix:
+    """A batch of prefixes (B, P, D) and, where rows differ in length, their left-padding mask."""
+
+    def __init__(self, embeds: torch.Tensor, mask: torch.Tensor | None) -> None:
+        self.embeds, self.mask = embeds, mask
+        self.rows, self.length, self.device = embeds.shape[0], embeds.shape[1], embeds.device
+
+
 class _Runner:
-    """Calls the LM on new embeddings with a growing all-ones mask, keeping the cache.
+    """Calls the LM on new embeddings with a growing mask (ones after each row's prefix), keeping
+    the cache; rows selected from the cache take their mask rows with them.
 
     Where the LM offers them (optional extras of the causal-LM contract): only the last
     position's logits are computed (the prefix would otherwise compute a vocabulary-wide
@@ -153,29 +187,36 @@ class _Runner:
     ``compiled`` runs through ``torch.compile``.
     """
 
-    def __init__(self, lm: Any, rows: int, total: int, device: torch.device,
+    def __init__(self, lm: Any, rows: int, total: int, prefix: _Prefix,
                  options: dict[str, bool] | None = None) -> None:
         options = options or {}
         self.lm, self.rows, self.length = lm, rows, 0
         self.static = bool(options.get("static")) and _accepts(getattr(lm, "new_cache", None), "rows")
         self.step = _step() if self.static and options.get("compiled") else None
-        self.mask = torch.ones(rows, total, dtype=torch.long, device=device)
+        self.mask = torch.ones(rows, total, dtype=torch.long, device=prefix.device)
         if self.static:
             self.mask.zero_()
             self.past: Any = lm.new_cache(total, rows=rows)
         else:
             self.past = lm.new_cache(total) if hasattr(lm, "new_cache") else None
+        self.ragged = prefix.mask  # the prefix's padding, written into the mask as the prefix runs
         self.last_only = {"logits_to_keep": 1} if _accepts(lm.forward, "logits_to_keep") else {}
         self.keep_prefix = _accepts(lm.reorder_cache, "keep_first")
 
-    def __call__(self, embeds: torch.Tensor) -> torch.Tensor:
+    def __call__(self, embeds: torch.Tensor, every_position: bool = False) -> torch.Tensor:
+        """The logits after the last of ``embeds`` (rows, vocab), or with ``every_position``
+        after each of them (rows, new, vocab; not with a static cache)."""
         rows, new = embeds.shape[:2]
         if not self.static:
+            if self.ragged is not None and self.length == 0:
+                self.mask[:rows, :new] = self.ragged
             self.length += new
             logits, self.past = self.lm(embeds, self.mask[:rows, : self.length], self.past, use_cache=True,
-                                        **self.last_only)
-            return logits[:, -1]
+                                        **({} if every_position else self.last_only))
+            return logits if every_position else logits[:, -1]
         self.mask[:, self.length: self.length + new] = 1
+        if self.ragged is not None and self.length == 0:
+            self.mask[:rows, :new] = self.ragged
         self.length += new
         if new > 1:  # the prefix, once per search: not worth a static shape
             logits, self.past = self.lm(embeds, self.mask[:rows], self.past, use_cache=True, **self.last_only)
@@ -196,6 +237,10 @@ class _Runner:
             self.past = self.lm.reorder_cache(self.past, rows, keep_first=keep_first)
         else:
             self.past = self.lm.reorder_cache(self.past, rows)
+        if self.ragged is not None:  # rows differ in their padding: the mask rows follow the cache's
+            mask = self.mask[rows]
+            self.mask[: len(rows)] = mask
+            self.mask[len(rows):] = mask[:1]  # static: padding rows copy row 0, as the cache does
 
 
 def _ban(logp: torch.Tensor, tokens: torch.Tensor, step: int, cfg: Decoding, stop: int) -> torch.Tensor:
@@ -229,6 +274,21 @@ def _filter(logp: torch.Tensor, cfg: Decoding) -> torch.Tensor:
     return logp
 
 
+_MIX = (-7046029254386353131, -4658895280553007687, -7723592293110705685)  # splitmix64's constants, as int64
+
+
+def _gumbel(seed: torch.Tensor, step: int, vocab: int, rows: int) -> torch.Tensor:
+    """Gumbel noise (rows, vocab) for sampling at ``step``: argmax(log p + noise) draws from p.
+    The noise is a hash (splitmix64) of (seed, step, token), not a draw from a generator shared
+    by the batch, so a row samples the same tokens alone or in any batch, on any device."""
+    x = seed * _MIX[0] + step * vocab + torch.arange(vocab, device=seed.device)
+    x = (x ^ ((x >> 30) & ((1 << 34) - 1))) * _MIX[1]  # logical shifts: int64 >> keeps the sign
+    x = (x ^ ((x >> 27) & ((1 << 37) - 1))) * _MIX[2]
+    x = x ^ ((x >> 31) & ((1 << 33) - 1))
+    uniform = (((x >> 11) & ((1 << 53) - 1)).double() + 0.5) / 2.0 ** 53  # in (0, 1)
+    return (-torch.log(-torch.log(uniform))).float().expand(rows, vocab)
+
+
 def _hits_stop_string(lm: Any, rows: list[list[int]], cfg: Decoding) -> list[bool]:
     decode = lm.tokenizer.decode
     return [any(s in decode(row) for s in cfg.stop) for row in rows]
@@ -238,25 +298,64 @@ def _until(row: list[int], stop: int, keep: bool = False) -> list[int]:
     return row[: row.index(stop) + int(keep)] if stop in row else row
 
 
+# ---------------------------------------------------------------------- scoring
+
+@torch.no_grad()
+def score(lm: Any, prefix: torch.Tensor, continuations: list[list[list[int]]], *,
+          prefix_mask: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """Summed log-probabilities (float64) of token sequences after each row's prefix: for row i,
+    a tensor with one value per sequence of ``continuations[i]``.
+
+    Each prefix runs once; its KV cache is then forked, one copy per continuation, and all the
+    continuations of the batch run together over the forked caches (the choices of a
+    multiple-choice item, the class names of a zero-shot classifier, several answers to one
+    clip). ``prefix_mask``: rows of different lengths, as :func:`generate` takes them."""
+    pre = _Prefix(prefix, prefix_mask)
+    owner = [i for i, seqs in enumerate(continuations) for _ in seqs]
+    flat = [list(seq) for seqs in continuations for seq in seqs]
+    if not flat:
+        return [torch.zeros(0, dtype=torch.float64) for _ in continuations]
+    if any(not seq for seq in flat):
+        raise ValueError("a continuation to score is empty: give each at least one token")
+    width = max(len(seq) for seq in flat)
+    ids = torch.zeros(len(flat), width, dtype=torch.long, device=pre.device)
+    real = torch.zeros(len(flat), width, dtype=torch.bool, device=pre.device)
+    for n, seq in enumerate(flat):
+        ids[n, : len(seq)] = torch.tensor(seq, device=pre.device)
+        real[n, : len(seq)] = True
+    run = _Runner(lm, len(flat), pre.length + width, pre)
+    first = F.log_softmax(run(pre.embeds).float(), -1)  # the next-token distribution after each prefix
+    rows = torch.tensor(owner, device=pre.device)
+    logp = first[rows].gather(1, ids[:, :1])  # (N, 1)
+    if width > 1:
+        run.select(rows)  # the fork: each continuation gets its row's cache
+        # padding after a continuation's last token is never attended by its real tokens (causal)
+        after = F.log_softmax(run(lm.embed(ids[:, :-1]), every_position=True).float(), -1)
+        logp = torch.cat([logp, after.gather(2, ids[:, 1:, None]).squeeze(2)], 1)
+    sums = logp.masked_fill(~real, 0.0).double().sum(1).cpu()
+    out, at = [], 0
+    for seqs in continuations:
+        out.append(sums[at: at + len(seqs)])
+        at += len(seqs)
+    return out
+
+
 # ---------------------------------------------------------------------- greedy / sampling
 
-def _greedy_or_sample(lm: Any, prefix: torch.Tensor, cfg: Decoding, keep_stop: bool = False,
+def _greedy_or_sample(lm: Any, prefix: _Prefix, cfg: Decoding, keep_stop: bool = False,
                       options: dict[str, bool] | None = None) -> list[list[int]]:
-    b, p, device = prefix.shape[0], prefix.shape[1], prefix.device
+    b, p, device = prefix.rows, prefix.length, prefix.device
     stop, steps = stop_token_id(lm, cfg), cfg.max_tokens
-    generator = None
-    if cfg.method == "sample":
-        generator = torch.Generator(device=device)
-        generator.manual_seed(cfg.seed if cfg.seed is not None else int(torch.seed()))
-    run = _Runner(lm, b, p + steps, device, options)
-    logits = run(prefix)
+    seed = torch.tensor(cfg.seed if cfg.seed is not None else int(torch.seed()) % 2**62, device=device)
+    run = _Runner(lm, b, p + steps, prefix, options)
+    logits = run(prefix.embeds)
     tokens = torch.full((b, steps), stop, dtype=torch.long, device=device)
     out = torch.full((b, steps), stop, dtype=torch.long, device=device)
     alive = torch.arange(b, device=device)  # original row of each batch row
     for step in range(steps):
         if cfg.method == "sample":
             logp = _ban(F.log_softmax(logits.float() / cfg.temperature, -1), tokens[:, :step], step, cfg, stop)
-            nxt = torch.multinomial(_filter(logp, cfg).softmax(-1), 1, generator=generator).squeeze(1)
+            nxt = (_filter(logp, cfg) + _gumbel(seed, step, logp.shape[-1], len(logp))).argmax(-1)
         elif cfg.min_new_tokens or cfg.no_repeat_ngram_size:
             nxt = _ban(logits.float().clone(), tokens[:, :step], step, cfg, stop).argmax(-1)
         else:
@@ -283,7 +382,7 @@ def _greedy_or_sample(lm: Any, prefix: torch.Tensor, cfg: Decoding, keep_stop: b
 
 # ---------------------------------------------------------------------- beam search
 
-def _beam_search(lm: Any, prefix: torch.Tensor, cfg: Decoding, keep_stop: bool = False,
+def _beam_search(lm: Any, prefix: _Prefix, cfg: Decoding, keep_stop: bool = False,
                  options: dict[str, bool] | None = None) -> list[list[int]]:
     """Beam search that keeps the k best finished hypotheses per clip (see the module doc).
 
@@ -291,10 +390,10 @@ def _beam_search(lm: Any, prefix: torch.Tensor, cfg: Decoding, keep_stop: bool =
     a ``stop`` string completed) among the first k becomes a finished hypothesis, and
     the first k that do not end become the next beams.
     """
-    b, p, device = prefix.shape[0], prefix.shape[1], prefix.device
+    b, p, device = prefix.rows, prefix.length, prefix.device
     k, steps, stop, lp = cfg.beam_size, cfg.max_tokens, stop_token_id(lm, cfg), cfg.length_penalty
-    run = _Runner(lm, b * k, p + steps, device, options)
-    logits = run(prefix)
+    run = _Runner(lm, b * k, p + steps, prefix, options)
+    logits = run(prefix.embeds)
     run.select(torch.arange(b, device=device).repeat_interleave(k))  # one prefix pass per clip
     logits = logits.repeat_interleave(k, dim=0)
     scores = torch.zeros(b, k, device=device)
@@ -362,14 +461,14 @@ def _beam_search(lm: Any, prefix: torch.Tensor, cfg: Decoding, keep_stop: bool =
     return [_until(r, stop, keep_stop) for r in out.tolist()]
 
 
-def _beam_search_pengi(lm: Any, prefix: torch.Tensor, cfg: Decoding, keep_stop: bool = False,
+def _beam_search_pengi(lm: Any, prefix: _Prefix, cfg: Decoding, keep_stop: bool = False,
                        options: dict[str, bool] | None = None) -> list[list[int]]:
     """The reference wrapper's beam search, batched over clips (see the module doc)."""
-    b, p, device = prefix.shape[0], prefix.shape[1], prefix.device
+    b, p, device = prefix.rows, prefix.length, prefix.device
     k, steps, stop = cfg.beam_size, cfg.max_tokens, stop_token_id(lm, cfg)
     temperature = cfg.temperature if cfg.temperature > 0 else 1.0
-    run = _Runner(lm, b * k, p + steps, device, options)
-    logp = (run(prefix) / temperature).softmax(-1).log()
+    run = _Runner(lm, b * k, p + steps, prefix, options)
+    logp = (run(prefix.embeds) / temperature).softmax(-1).log()
     vocab = logp.shape[-1]
     scores, first = logp.topk(k, -1)  # (b, k): the first step ranks by log-probability alone
     run.select(torch.arange(b, device=device).repeat_interleave(k))

@@ -107,6 +107,62 @@ def check_causal_lm(module: Any, batch: int = 2, length: int = 5) -> None:
     _assert_trains_and_freezes(module, lambda: module(module.embed(ids), mask)[0].float().pow(2).mean())
 
 
+def check_batch_invariance(lm: Any, prefixes: list[torch.Tensor], *, decodings: list[Any] | None = None,
+                           batch_sizes: tuple[int, ...] = (1, 8, 32), continuations: list[list[list[int]]] | None = None,
+                           atol: float = 1e-5) -> None:
+    """Assert that ``lm`` gives every row the same tokens and scores whatever batch it is in.
+
+    ``prefixes``: rows of prefix embeddings (P_i, D), of different lengths (repeated in turn to
+    fill the largest batch size). Each row is decoded alone and in batches of each of
+    ``batch_sizes`` (padded on the left, :func:`pengi_kit.generation.pad_prefixes`), with each of
+    ``decodings`` (default: greedy, and beam search of 3 in both ``compat`` modes; 8 new tokens),
+    also over the static KV cache; the tokens must be identical (fp32, CPU). The summed
+    log-probabilities of ``continuations`` (default: three of 1 to 4 tokens per row) must agree
+    across batch sizes within ``atol``. A plugin's LM passes it, or the search would give a clip
+    another answer in a server's batch than alone::
+
+        from pengi_kit.testing import check_batch_invariance
+
+        def test_my_lm_is_batch_invariant():
+            lm = my_lm(...).eval()
+            check_batch_invariance(lm, [torch.randn(n, lm.hidden_size) for n in (4, 9, 12, 6)])
+    """
+    from pengi_kit.generation import Decoding, generate, pad_prefixes, score
+
+    rows = max(batch_sizes)
+    prefixes = [prefixes[i % len(prefixes)] for i in range(rows)]
+    if decodings is None:
+        decodings = [Decoding(method="greedy", max_new_tokens=8), Decoding(beam_size=3, max_new_tokens=8),
+                     Decoding(beam_size=3, max_new_tokens=8, compat="pengi")]
+    if continuations is None:
+        gen = torch.Generator().manual_seed(0)
+        vocab = len(lm.tokenizer)
+        continuations = [[torch.randint(0, vocab, (int(n),), generator=gen).tolist()
+                          for n in torch.randint(1, 5, (3,), generator=gen)] for _ in prefixes]
+    continuations = [continuations[i % len(continuations)] for i in range(rows)]
+
+    def batches(size: int) -> list[tuple[torch.Tensor, torch.Tensor | None, slice]]:
+        return [(*pad_prefixes(prefixes[i: i + size]), slice(i, i + size)) for i in range(0, rows, size)]
+
+    with torch.no_grad():
+        for cfg in decodings:
+            alone = [generate(lm, p[None], cfg)[0] for p in prefixes]
+            for size in batch_sizes:
+                for static in (False, True):
+                    got = [t for batch, mask, _ in batches(size)
+                           for t in generate(lm, batch, cfg, prefix_mask=mask, static=static)]
+                    bad = [i for i, (a, b) in enumerate(zip(alone, got)) if a != b]
+                    assert not bad, (f"{cfg.method} (compat {cfg.compat}, static {static}) at batch {size}: row "
+                                     f"{bad[0]} of length {len(prefixes[bad[0]])} gives {got[bad[0]]} in the batch "
+                                     f"and {alone[bad[0]]} alone")
+        reference = [score(lm, p[None], [c])[0] for p, c in zip(prefixes, continuations)]
+        for size in batch_sizes:
+            got = [s for batch, mask, part in batches(size)
+                   for s in score(lm, batch, continuations[part], prefix_mask=mask)]
+            worst = max(float((a - b).abs().max()) for a, b in zip(reference, got))
+            assert worst <= atol, f"scores at batch {size} differ from batch 1 by {worst:.2e} (> {atol})"
+
+
 def check_component(kind: str, name: str, registry: Any | None = None, **args: Any) -> None:
     """Build ``kind``/``name`` from its registered ``example_args`` (updated by ``args``) and check it."""
     if registry is None:
