@@ -24,7 +24,14 @@ make each row repeat one token, which any search finds; timing does not depend o
 printed: prefix + first token, and the time per further token, for each side. ``--layers``
 and ``--vocab`` below SmolLM2's are for smoke runs only.
 
-    python benchmarks/generation.py [--lm gpt2|smollm2-135m] [--device cpu|cuda] [--batches 1,8,32]
+``--lm smollm2-135m --ragged``: the same LM on a batch of 8 prefixes whose lengths vary 2x
+(``--prefix-length`` / 2 to ``--prefix-length``, padded on the left with a mask): beam 5 against
+the equal-length batch of the longest, and against transformers' ``generate`` on the same
+padded batch and mask (``compat="none"``, the same search); and scoring 4 one- to three-token
+candidates per row over each prefix's forked cache (``pengi_kit.generation.score``) against
+one greedy generation of a one-word answer (2 new tokens).
+
+    python benchmarks/generation.py [--lm gpt2|smollm2-135m] [--ragged] [--device cpu|cuda] [--batches 1,8,32]
                                     [--beam-size 5] [--max-new-tokens 30] [--threads N]
                                     [--ref-clips 2] [--clips 8]                    # --lm gpt2
                                     [--layers 30] [--vocab 49152] [--repeats 1]    # --lm smollm2-135m
@@ -137,12 +144,14 @@ def random_prefix(lm, rows: int, length: int = 80, std: float = 0.2) -> torch.Te
 
 
 @torch.inference_mode()
-def transformers_generate(model, prefix: torch.Tensor, beam_size: int, new_tokens: int, stop: int) -> list[list[int]]:
-    """What a user would otherwise call: transformers' own beam search on the prefix, set to
-    pengi-kit's ``compat="none"`` search (the k best finished hypotheses, sum log p / length);
-    token ids up to the stop id."""
-    seqs = model.generate(inputs_embeds=prefix, attention_mask=torch.ones(prefix.shape[:2], dtype=torch.long,
-                                                                          device=prefix.device),
+def transformers_generate(model, prefix: torch.Tensor, beam_size: int, new_tokens: int, stop: int,
+                          attention_mask: torch.Tensor | None = None) -> list[list[int]]:
+    """What a user would otherwise call: transformers' own beam search on the prefix (and its
+    left-padding mask), set to pengi-kit's ``compat="none"`` search (the k best finished
+    hypotheses, sum log p / length); token ids up to the stop id."""
+    if attention_mask is None:
+        attention_mask = torch.ones(prefix.shape[:2], dtype=torch.long, device=prefix.device)
+    seqs = model.generate(inputs_embeds=prefix, attention_mask=attention_mask,
                           num_beams=beam_size, max_new_tokens=new_tokens, do_sample=False, length_penalty=1.0,
                           early_stopping=False, eos_token_id=stop, pad_token_id=stop)
     return [row[: row.index(stop)] if stop in row else row for row in seqs.tolist()]
@@ -211,6 +220,56 @@ def lm_vs_transformers(args: argparse.Namespace) -> None:
         assert row["same"] == row["batch"], "pengi-kit's compat='none' beam search must return transformers' tokens"
 
 
+def ragged_prefixes(lm, rows: int, longest: int, std: float) -> list[torch.Tensor]:
+    """``rows`` seeded random prefixes whose lengths run evenly from ``longest`` / 2 to ``longest``."""
+    g = torch.Generator().manual_seed(1)
+    device = next(lm.parameters()).device
+    lengths = [round(longest / 2 + i * (longest - longest / 2) / max(1, rows - 1)) for i in range(rows)]
+    return [(torch.randn(n, lm.hidden_size, generator=g) * std).to(device) for n in lengths]
+
+
+def ragged(args: argparse.Namespace) -> None:
+    """``--lm smollm2-135m --ragged`` (see the module doc): three ratios, each measured side by side."""
+    from pengi_kit.decoding import Decoding
+    from pengi_kit.generation import generate, pad_prefixes, score
+
+    lm = build_llama(args.device, args.layers, args.vocab, args.init_std)
+    rows, new = 8, args.max_new_tokens
+    prefixes = ragged_prefixes(lm, rows, args.prefix_length, args.init_std)
+    batch, mask = pad_prefixes(prefixes)
+    equal = torch.stack([torch.cat([p, p])[-args.prefix_length:] for p in prefixes])  # all as long as the longest
+    beam = Decoding(method="beam", beam_size=args.beam_size, max_new_tokens=new)
+    gen = torch.Generator().manual_seed(2)
+    candidates = [[torch.randint(5, args.vocab, (int(n),), generator=gen).tolist() + [lm.eos_token_id]
+                   for n in torch.randint(1, 3, (4,), generator=gen)] for _ in prefixes]
+    print(f"LM: Llama type, SmolLM2-135M shape ({args.layers} layers, vocabulary {args.vocab}), random weights; "
+          f"device {args.device}, {torch.get_num_threads()} thread(s); {rows} prefixes of "
+          f"{min(map(len, prefixes))}-{max(map(len, prefixes))} embeddings; beam {args.beam_size}, {new} new tokens; "
+          f"each time the fastest of {args.repeats}")
+    runs = {
+        "ragged": lambda: generate(lm, batch, beam, prefix_mask=mask),
+        "equal": lambda: generate(lm, equal, beam),
+        "transformers": lambda: transformers_generate(lm.model, batch, args.beam_size, new, lm.eos_token_id,
+                                                      attention_mask=mask),
+        "score": lambda: score(lm, batch, candidates, prefix_mask=mask),
+        "greedy": lambda: generate(lm, batch, Decoding(method="greedy", max_new_tokens=2), prefix_mask=mask),
+    }
+    for fn in runs.values():  # warm-up
+        fn()
+    best, out = {}, {}
+    for _ in range(args.repeats):
+        for name, fn in runs.items():
+            seconds, out[name] = timed(fn, args.device)
+            best[name] = min(seconds, best.get(name, math.inf))
+    same = sum(a == b for a, b in zip(out["ragged"], out["transformers"]))
+    print(f"ragged batch {best['ragged']:.2f} s vs equal-length batch of the longest {best['equal']:.2f} s: "
+          f"{best['ragged'] / best['equal']:.2f}x (goal <= 1.2x)")
+    print(f"transformers generate on the same ragged batch {best['transformers']:.2f} s: "
+          f"{best['transformers'] / best['ragged']:.2f}x slower (goal >= 2x); same tokens {same}/{rows}")
+    print(f"scoring 4 candidates per row over the forked prefix {best['score']:.2f} s vs a greedy one-word answer "
+          f"{best['greedy']:.2f} s: {best['score'] / best['greedy']:.2f}x (goal <= 1.5x)")
+
+
 def timed(fn, device: str) -> tuple[float, object]:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -265,6 +324,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lm", choices=("gpt2", "smollm2-135m"), default="gpt2",
                         help="gpt2: Pengi-base against the reference; smollm2-135m: against transformers' generate")
+    parser.add_argument("--ragged", action="store_true", help="smollm2: prefixes of different lengths in one batch")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batches", default="", help="comma-separated (default: 1,8,32 for gpt2, 1,8 for smollm2)")
     parser.add_argument("--beam-size", type=int, default=5)
@@ -282,7 +342,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     args.batches = [int(b) for b in (args.batches or ("1,8,32" if args.lm == "gpt2" else "1,8")).split(",")]
-    if args.lm == "gpt2":
+    if args.ragged:
+        ragged(args)
+    elif args.lm == "gpt2":
         pengi_vs_reference(args)
     else:
         lm_vs_transformers(args)
