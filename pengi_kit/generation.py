@@ -281,12 +281,24 @@ def _gumbel(seed: torch.Tensor, step: int, vocab: int, rows: int) -> torch.Tenso
     """Gumbel noise (rows, vocab) for sampling at ``step``: argmax(log p + noise) draws from p.
     The noise is a hash (splitmix64) of (seed, step, token), not a draw from a generator shared
     by the batch, so a row samples the same tokens alone or in any batch, on any device."""
-    x = seed * _MIX[0] + step * vocab + torch.arange(vocab, device=seed.device)
+    x = seed.view(-1, 1) * _MIX[0] + step * vocab + torch.arange(vocab, device=seed.device)
     x = (x ^ ((x >> 30) & ((1 << 34) - 1))) * _MIX[1]  # logical shifts: int64 >> keeps the sign
     x = (x ^ ((x >> 27) & ((1 << 37) - 1))) * _MIX[2]
     x = x ^ ((x >> 31) & ((1 << 33) - 1))
     uniform = (((x >> 11) & ((1 << 53) - 1)).double() + 0.5) / 2.0 ** 53  # in (0, 1)
     return (-torch.log(-torch.log(uniform))).float().expand(rows, vocab)
+
+
+def _next_tokens(logits: torch.Tensor, cfg: Decoding, step: int, history: torch.Tensor, stop: int,
+                 seed: torch.Tensor) -> torch.Tensor:
+    """Greedy or sampled next tokens (rows,) of rows at ``step`` with ``history`` (rows, step) so
+    far; ``seed``: sampling's, one for all rows or one per row."""
+    if cfg.method == "sample":
+        logp = _ban(F.log_softmax(logits.float() / cfg.temperature, -1), history, step, cfg, stop)
+        return (_filter(logp, cfg) + _gumbel(seed, step, logp.shape[-1], len(logp))).argmax(-1)
+    if cfg.min_new_tokens or cfg.no_repeat_ngram_size:
+        return _ban(logits.float().clone(), history, step, cfg, stop).argmax(-1)
+    return logits.argmax(-1)
 
 
 def _hits_stop_string(lm: Any, rows: list[list[int]], cfg: Decoding) -> list[bool]:
@@ -353,13 +365,7 @@ def _greedy_or_sample(lm: Any, prefix: _Prefix, cfg: Decoding, keep_stop: bool =
     out = torch.full((b, steps), stop, dtype=torch.long, device=device)
     alive = torch.arange(b, device=device)  # original row of each batch row
     for step in range(steps):
-        if cfg.method == "sample":
-            logp = _ban(F.log_softmax(logits.float() / cfg.temperature, -1), tokens[:, :step], step, cfg, stop)
-            nxt = (_filter(logp, cfg) + _gumbel(seed, step, logp.shape[-1], len(logp))).argmax(-1)
-        elif cfg.min_new_tokens or cfg.no_repeat_ngram_size:
-            nxt = _ban(logits.float().clone(), tokens[:, :step], step, cfg, stop).argmax(-1)
-        else:
-            nxt = logits.argmax(-1)
+        nxt = _next_tokens(logits, cfg, step, tokens[:, :step], stop, seed)
         tokens[:, step] = nxt
         ended = nxt == stop
         if cfg.stop:
@@ -382,33 +388,33 @@ def _greedy_or_sample(lm: Any, prefix: _Prefix, cfg: Decoding, keep_stop: bool =
 
 # ---------------------------------------------------------------------- beam search
 
-def _beam_search(lm: Any, prefix: _Prefix, cfg: Decoding, keep_stop: bool = False,
-                 options: dict[str, bool] | None = None) -> list[list[int]]:
-    """Beam search that keeps the k best finished hypotheses per clip (see the module doc).
+class _Beams:
+    """Beam search (``compat="none"``) over n clips of k beams: the running beams' scores and
+    tokens and the k best finished hypotheses of each clip (see the module doc). :func:`generate`
+    runs all its clips through one; a :class:`Stream` gives each beam request its own."""
 
-    At each step the 2k best candidates of a clip are ranked; an ending one (stop id, or
-    a ``stop`` string completed) among the first k becomes a finished hypothesis, and
-    the first k that do not end become the next beams.
-    """
-    b, p, device = prefix.rows, prefix.length, prefix.device
-    k, steps, stop, lp = cfg.beam_size, cfg.max_tokens, stop_token_id(lm, cfg), cfg.length_penalty
-    run = _Runner(lm, b * k, p + steps, prefix, options)
-    logits = run(prefix.embeds)
-    run.select(torch.arange(b, device=device).repeat_interleave(k))  # one prefix pass per clip
-    logits = logits.repeat_interleave(k, dim=0)
-    scores = torch.zeros(b, k, device=device)
-    scores[:, 1:] = -math.inf  # all beams start equal: expand only the first
-    tokens = torch.full((b * k, steps), stop, dtype=torch.long, device=device)
-    fin_scores = torch.full((b, k), -math.inf, device=device)
-    fin_tokens = torch.full((b, k, steps), stop, dtype=torch.long, device=device)
-    out = torch.full((b, steps), stop, dtype=torch.long, device=device)
-    alive = torch.arange(b, device=device)
-    ranks = torch.arange(2 * k, device=device)
-    for step in range(steps):
-        n = len(alive)
-        logp = _ban(F.log_softmax(logits.float() / cfg.temperature, -1), tokens[:, :step], step, cfg, stop)
+    def __init__(self, n: int, cfg: Decoding, stop: int, device: torch.device) -> None:
+        k, steps = cfg.beam_size, cfg.max_tokens
+        self.cfg, self.stop, self.k, self.steps, self.step_index = cfg, stop, k, steps, 0
+        self.scores = torch.zeros(n, k, device=device)
+        self.scores[:, 1:] = -math.inf  # all beams start equal: expand only the first
+        self.tokens = torch.full((n * k, steps), stop, dtype=torch.long, device=device)
+        self.fin_scores = torch.full((n, k), -math.inf, device=device)
+        self.fin_tokens = torch.full((n, k, steps), stop, dtype=torch.long, device=device)
+        self.ranks = torch.arange(2 * k, device=device)
+
+    def step(self, lm: Any, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One step from the running beams' logits (n * k, vocab): the source row of each next
+        beam (n * k; rows as numbered now), its token (n * k), and which clips are done (n).
+
+        The 2k best candidates of a clip are ranked; an ending one (stop id, or a ``stop`` string
+        completed) among the first k becomes a finished hypothesis, and the first k that do not
+        end become the next beams. At the last step the running beams compete with the finished ones."""
+        cfg, stop, k, steps, step, ranks = self.cfg, self.stop, self.k, self.steps, self.step_index, self.ranks
+        lp, n, device = cfg.length_penalty, len(self.scores), logits.device
+        logp = _ban(F.log_softmax(logits.float() / cfg.temperature, -1), self.tokens[:, :step], step, cfg, stop)
         vocab = logp.shape[-1]
-        cand = (scores.view(-1, 1) + logp).view(n, k * vocab)
+        cand = (self.scores.view(-1, 1) + logp).view(n, k * vocab)
         top_scores, top_idx = cand.topk(min(2 * k, k * vocab), dim=1)
         width = top_scores.shape[1]
         row = top_idx // vocab + torch.arange(n, device=device)[:, None] * k  # (n, 2k) source rows
@@ -416,48 +422,71 @@ def _beam_search(lm: Any, prefix: _Prefix, cfg: Decoding, keep_stop: bool = Fals
         finite = top_scores > -math.inf
         ends = token == stop
         if cfg.stop:
-            rows = tokens[:, :step].tolist()
+            rows = self.tokens[:, :step].tolist()
             cands = [rows[r] + [t] for r, t in zip(row.view(-1).tolist(), token.view(-1).tolist())]
             ends |= torch.tensor(_hits_stop_string(lm, cands, cfg), device=device).view(n, width)
         # finished hypotheses: ending candidates among the first k, merged into the k best
         finishing = (ends & finite & (ranks[:width] < k))[:, :k]
-        hyp = tokens[row[:, :k].reshape(-1)].view(n, k, steps)
+        hyp = self.tokens[row[:, :k].reshape(-1)].view(n, k, steps)
         hyp[:, :, step] = token[:, :k]  # a stop string's last token stays; the stop id is cut later
         new = torch.where(finishing, top_scores[:, :k] / ((step + 1) ** lp), -math.inf)
-        fin_scores, order = torch.cat([fin_scores, new], 1).topk(k, dim=1)
-        fin_tokens = torch.cat([fin_tokens, hyp], 1).gather(1, order[:, :, None].expand(-1, -1, steps))
+        self.fin_scores, order = torch.cat([self.fin_scores, new], 1).topk(k, dim=1)
+        self.fin_tokens = torch.cat([self.fin_tokens, hyp], 1).gather(1, order[:, :, None].expand(-1, -1, steps))
         # next beams: the first k candidates that do not end, in rank order
         keep = finite & ~ends
         pick = torch.where(keep, ranks[:width], ranks[:width] + width).argsort(dim=1)[:, :k]
         picked = keep.gather(1, pick)
-        scores = torch.where(picked, top_scores.gather(1, pick), -math.inf)
-        next_row = row.gather(1, pick)
-        next_token = torch.where(picked, token.gather(1, pick), stop)
-        worst = fin_scores[:, -1]
-        done = (worst > -math.inf) & (worst >= scores[:, 0] / ((step + 1) ** lp))
-        last = step == steps - 1
-        if last:  # running beams compete with the finished ones at full length
-            tokens = tokens[next_row.view(-1)]
-            tokens[:, step] = next_token.view(-1)
-            running = torch.where(done[:, None], -math.inf, scores / (steps ** lp))
-            fin_scores = torch.cat([fin_scores, running], 1)
-            fin_tokens = torch.cat([fin_tokens, tokens.view(n, k, steps)], 1)
-        n_done = n if last else int(done.sum())  # the one host sync per step
+        self.scores = torch.where(picked, top_scores.gather(1, pick), -math.inf)
+        next_row = row.gather(1, pick).view(-1)
+        next_token = torch.where(picked, token.gather(1, pick), stop).view(-1)
+        worst = self.fin_scores[:, -1]
+        done = (worst > -math.inf) & (worst >= self.scores[:, 0] / ((step + 1) ** lp))
+        self.tokens = self.tokens[next_row]
+        self.tokens[:, step] = next_token
+        self.step_index += 1
+        if self.step_index == steps:  # running beams compete with the finished ones at full length
+            running = torch.where(done[:, None], -math.inf, self.scores / (steps ** lp))
+            self.fin_scores = torch.cat([self.fin_scores, running], 1)
+            self.fin_tokens = torch.cat([self.fin_tokens, self.tokens.view(n, k, steps)], 1)
+            done = torch.ones_like(done)
+        return next_row, next_token, done
+
+    def best(self, clips: torch.Tensor) -> torch.Tensor:
+        """The best finished hypothesis (len(clips), steps) of each of ``clips`` (a mask or indices)."""
+        fin_scores, fin_tokens = self.fin_scores[clips], self.fin_tokens[clips]
+        return fin_tokens[torch.arange(len(fin_tokens), device=fin_tokens.device), fin_scores.argmax(1)]
+
+    def keep(self, clips: torch.Tensor) -> None:
+        """Go on with ``clips`` (indices) only."""
+        self.scores, self.fin_scores, self.fin_tokens = self.scores[clips], self.fin_scores[clips], self.fin_tokens[clips]
+        self.tokens = self.tokens.view(-1, self.k, self.steps)[clips].view(-1, self.steps)
+
+
+def _beam_search(lm: Any, prefix: _Prefix, cfg: Decoding, keep_stop: bool = False,
+                 options: dict[str, bool] | None = None) -> list[list[int]]:
+    """Beam search that keeps the k best finished hypotheses per clip (:class:`_Beams`)."""
+    b, p, device = prefix.rows, prefix.length, prefix.device
+    k, stop = cfg.beam_size, stop_token_id(lm, cfg)
+    run = _Runner(lm, b * k, p + cfg.max_tokens, prefix, options)
+    logits = run(prefix.embeds)
+    run.select(torch.arange(b, device=device).repeat_interleave(k))  # one prefix pass per clip
+    logits = logits.repeat_interleave(k, dim=0)
+    beams = _Beams(b, cfg, stop, device)
+    out = torch.full((b, cfg.max_tokens), stop, dtype=torch.long, device=device)
+    alive = torch.arange(b, device=device)
+    while True:
+        rows, tokens, done = beams.step(lm, logits)
+        n_done = int(done.sum())  # the one host sync per step
         if n_done:
-            finished = done if not last else torch.ones_like(done)
-            best = fin_scores[finished].argmax(1)
-            out[alive[finished]] = fin_tokens[finished][torch.arange(n_done, device=device), best]
-            if n_done == n:
+            out[alive[done]] = beams.best(done)
+            if n_done == len(alive):
                 break
-            keep_clips = (~done).nonzero().squeeze(1)
-            alive, scores, fin_scores, fin_tokens = (alive[keep_clips], scores[keep_clips],
-                                                     fin_scores[keep_clips], fin_tokens[keep_clips])
-            next_row, next_token = next_row[keep_clips], next_token[keep_clips]
-        flat = next_row.view(-1)
-        tokens = tokens[flat]
-        tokens[:, step] = next_token.view(-1)
-        run.select(flat, keep_first=0 if n_done else p)  # beams of a clip share its prefix
-        logits = run(lm.embed(next_token.view(-1, 1)))
+            kept = (~done).nonzero().squeeze(1)
+            alive = alive[kept]
+            beams.keep(kept)
+            rows, tokens = rows.view(-1, k)[kept].view(-1), tokens.view(-1, k)[kept].view(-1)
+        run.select(rows, keep_first=0 if n_done else p)  # beams of a clip share its prefix
+        logits = run(lm.embed(tokens[:, None]))
     return [_until(r, stop, keep_stop) for r in out.tolist()]
 
 
@@ -521,3 +550,175 @@ def _beam_search_pengi(lm: Any, prefix: _Prefix, cfg: Decoding, keep_stop: bool 
         row = row[:length]  # the reference's text is tokens[:length], its stop id included
         result.append(row[:-1] if row and row[-1] == stop and not keep_stop else row)
     return result
+
+
+# ---------------------------------------------------------------------- rows that join and leave
+
+class _Request:
+    """A row of a :class:`Stream`: its prefix and options, its slots in the cache (one, or one per
+    beam), and what it has generated."""
+
+    def __init__(self, key: Any, prefix: torch.Tensor, cfg: Decoding, stop: int) -> None:
+        self.key, self.prefix, self.cfg, self.stop = key, prefix, cfg, stop
+        self.beam = cfg.method == "beam" and cfg.beam_size > 1
+        self.width = cfg.beam_size if self.beam else 1
+        seed = cfg.seed if cfg.seed is not None else int(torch.seed()) % 2**62
+        self.seed = torch.tensor(seed, device=prefix.device)
+        self.slots: list[int] = []
+        self.tokens: list[int] = []
+        self.beams: _Beams | None = None
+
+
+class Stream:
+    """A decode that rows join and leave at step boundaries: continuous batching, as a server
+    that takes requests while it answers others needs.
+
+    :meth:`add` queues a row (its prefix and its own :class:`Decoding`: greedy and sampling per
+    row, beam search per group of ``beam_size`` rows; not ``compat="pengi"``); each :meth:`step`
+    admits the queued rows that fit (their prefixes run together once, padded, and are copied
+    into free slots of the LM's :class:`~pengi_kit.components.hf_causal_lm.SlotCache`), chooses
+    one token for every live row and returns the rows that ended, with their tokens. A finished
+    row's slot goes to the last live row, so the live rows stay first; no step copies the
+    whole cache. A row gets the tokens :func:`generate` gives it (tested by
+    ``pengi_kit.testing.check_batch_invariance`` with rows joining at random steps).
+
+    >>> stream = Stream(lm, rows=32, length=1024)                      # doctest: +SKIP
+    >>> stream.add("a", prefix_a, Decoding(method="greedy"))            # doctest: +SKIP
+    >>> results = {}                                                     # doctest: +SKIP
+    >>> while stream.busy:                                               # doctest: +SKIP
+    ...     results.update(stream.step())
+    """
+
+    def __init__(self, lm: Any, rows: int = 32, length: int = 1024, keep_stop: bool = False) -> None:
+        if not _accepts(getattr(lm, "new_cache", None), "slots"):
+            raise TypeError(f"{type(lm).__name__} offers no slot cache (new_cache(..., slots=True)), which rows that "
+                            "join and leave need")
+        self.lm, self.rows, self.length, self.keep_stop = lm, rows, length, keep_stop
+        self.device = next(lm.parameters()).device
+        self.cache = lm.new_cache(length, rows=rows, slots=True)
+        self.waiting: list[_Request] = []
+        self.owners: list[_Request] = []  # the request of each live slot
+        self.lengths: list[int] = []  # how far each live slot is filled
+        self.logits: torch.Tensor | None = None  # each live slot's next-token logits
+
+    @property
+    def busy(self) -> bool:
+        """Rows wait or run."""
+        return bool(self.waiting or self.owners)
+
+    def add(self, key: Any, prefix: torch.Tensor, cfg: Decoding) -> None:
+        """Queue a row: ``prefix`` (P, D) on the LM's device, decoded with ``cfg``; it joins at the
+        next step that has room for it, and :meth:`step` returns ``(key, tokens)`` when it ends."""
+        if cfg.method == "beam" and cfg.compat == "pengi":
+            raise ValueError("compat='pengi' decodes as the reference does, one batch at a time: use generate()")
+        request = _Request(key, prefix, cfg, stop_token_id(self.lm, cfg))
+        if len(prefix) + cfg.max_tokens > self.length or request.width > self.rows:
+            raise ValueError(f"row {key!r} needs {len(prefix) + cfg.max_tokens} positions and {request.width} slot(s); "
+                             f"this stream has {self.length} and {self.rows}")
+        self.waiting.append(request)
+
+    def _admit(self) -> None:
+        joining: list[_Request] = []
+        free = self.rows - len(self.owners)
+        while self.waiting and self.waiting[0].width <= free:
+            joining.append(self.waiting.pop(0))
+            free -= joining[-1].width
+        if not joining:
+            return
+        prefix = _Prefix(*pad_prefixes([r.prefix for r in joining]))
+        run = _Runner(self.lm, prefix.rows, prefix.length, prefix)
+        logits = run(prefix.embeds)
+        rows, slots, lengths = [], [], []
+        for i, request in enumerate(joining):
+            request.slots = list(range(len(self.owners), len(self.owners) + request.width))
+            if request.beam:
+                request.beams = _Beams(1, request.cfg, request.stop, self.device)
+            rows += [i] * request.width
+            slots += request.slots
+            lengths += [len(request.prefix)] * request.width
+            self.owners += [request] * request.width
+            self.lengths += [len(request.prefix)] * request.width
+        self.cache.admit(run.past, rows, slots, lengths)
+        new = logits[torch.tensor(rows, device=self.device)]
+        self.logits = new if self.logits is None else torch.cat([self.logits[: len(self.owners) - len(rows)], new])
+
+    def step(self) -> list[tuple[Any, list[int]]]:
+        """Admit the queued rows that fit, choose one token for every live row, run the LM on
+        them, and return ``(key, tokens)`` of the rows that ended (without the stop id, unless
+        ``keep_stop``)."""
+        self._admit()
+        if not self.owners:
+            return []
+        n = len(self.owners)
+        inputs = torch.empty(n, dtype=torch.long, device=self.device)
+        ended: list[_Request] = []
+        requests = list(dict.fromkeys(self.owners))
+        groups: dict[tuple[int, int], list[_Request]] = {}
+        for r in requests:
+            if r.beam:
+                self._beam_step(r, inputs, ended)
+            else:
+                groups.setdefault((id(r.cfg), len(r.tokens)), []).append(r)
+        for (_, step), group in groups.items():
+            cfg, slots = group[0].cfg, [r.slots[0] for r in group]
+            history = torch.tensor([r.tokens for r in group], dtype=torch.long, device=self.device).view(len(group), step)
+            chosen = _next_tokens(self.logits[slots], cfg, step, history, group[0].stop,
+                                  torch.stack([r.seed for r in group]))
+            for r, token in zip(group, chosen.tolist()):
+                r.tokens.append(token)
+                end = token == r.stop or len(r.tokens) == cfg.max_tokens
+                if cfg.stop and not end:
+                    end = _hits_stop_string(self.lm, [r.tokens], cfg)[0]
+                if end:
+                    ended.append(r)
+            inputs[slots] = chosen
+        out = []
+        for r in ended:
+            tokens = (_until(r.beams.best(torch.zeros(1, dtype=torch.long, device=self.device))[0].tolist(), r.stop,
+                             self.keep_stop) if r.beam else _until(r.tokens, r.stop, self.keep_stop))
+            out.append((r.key, tokens))
+        self._leave(ended, inputs)
+        if self.owners:
+            self._forward(inputs[: len(self.owners)])
+        else:
+            self.logits = None
+        return out
+
+    def _beam_step(self, r: _Request, inputs: torch.Tensor, ended: list[_Request]) -> None:
+        slots = torch.tensor(r.slots, device=self.device)
+        rows, tokens, done = r.beams.step(self.lm, self.logits[slots])
+        if bool(done[0]):
+            ended.append(r)
+            return
+        # beams move: each slot takes its source beam's positions after the shared prefix
+        self.cache.copy(slots[rows], slots, start=len(r.prefix), end=self.lengths[r.slots[0]])
+        inputs[slots] = tokens
+
+    def _leave(self, ended: list[_Request], inputs: torch.Tensor) -> None:
+        """Free the ended rows' slots; the last live slots move into them."""
+        free = sorted(slot for r in ended for slot in r.slots)
+        if not free:
+            return
+        live = len(self.owners) - len(free)
+        holes = [slot for slot in free if slot < live]
+        movers = [slot for slot in range(live, len(self.owners)) if slot not in set(free)]
+        if holes:
+            src, dst = (torch.tensor(x, device=self.device) for x in (movers, holes))
+            self.cache.copy(src, dst, 0, max(self.lengths[m] for m in movers))
+            inputs[dst] = inputs[src]
+            for m, h in zip(movers, holes):
+                owner = self.owners[m]
+                owner.slots[owner.slots.index(m)] = h
+                self.owners[h], self.lengths[h] = owner, self.lengths[m]
+        del self.owners[live:], self.lengths[live:]
+
+    def _forward(self, tokens: torch.Tensor) -> None:
+        columns = torch.tensor(self.lengths, device=self.device)
+        width = max(self.lengths) + 1
+        mask = (torch.arange(width, device=self.device)[None, :] <= columns[:, None]).long()
+        self.cache.set_step(columns, width)
+        logits, _ = self.lm(self.lm.embed(tokens[:, None]), mask, self.cache, position_ids=columns[:, None],
+                            use_cache=True, **({"logits_to_keep": 1} if _accepts(self.lm.forward, "logits_to_keep")
+                                               else {}))
+        self.logits = logits[:, -1]
+        self.lengths = [n + 1 for n in self.lengths]

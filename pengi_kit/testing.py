@@ -116,7 +116,9 @@ def check_batch_invariance(lm: Any, prefixes: list[torch.Tensor], *, decodings: 
     fill the largest batch size). Each row is decoded alone and in batches of each of
     ``batch_sizes`` (padded on the left, :func:`pengi_kit.generation.pad_prefixes`), with each of
     ``decodings`` (default: greedy, and beam search of 3 in both ``compat`` modes; 8 new tokens),
-    also over the static KV cache; the tokens must be identical (fp32, CPU). The summed
+    also over the static KV cache, and joining a :class:`~pengi_kit.generation.Stream` of 8 slots
+    at random steps (``compat="none"``, and sampling there too); the tokens must be identical
+    (fp32, CPU). The summed
     log-probabilities of ``continuations`` (default: three of 1 to 4 tokens per row) must agree
     across batch sizes within ``atol``. A plugin's LM passes it, or the search would give a clip
     another answer in a server's batch than alone::
@@ -127,7 +129,9 @@ def check_batch_invariance(lm: Any, prefixes: list[torch.Tensor], *, decodings: 
             lm = my_lm(...).eval()
             check_batch_invariance(lm, [torch.randn(n, lm.hidden_size) for n in (4, 9, 12, 6)])
     """
-    from pengi_kit.generation import Decoding, generate, pad_prefixes, score
+    import random
+
+    from pengi_kit.generation import Decoding, Stream, generate, pad_prefixes, score
 
     rows = max(batch_sizes)
     prefixes = [prefixes[i % len(prefixes)] for i in range(rows)]
@@ -155,6 +159,20 @@ def check_batch_invariance(lm: Any, prefixes: list[torch.Tensor], *, decodings: 
                     assert not bad, (f"{cfg.method} (compat {cfg.compat}, static {static}) at batch {size}: row "
                                      f"{bad[0]} of length {len(prefixes[bad[0]])} gives {got[bad[0]]} in the batch "
                                      f"and {alone[bad[0]]} alone")
+        streamed = [cfg for cfg in decodings if cfg.compat == "none"] + [Decoding(method="sample", seed=3, top_k=20,
+                                                                                  max_new_tokens=8)]
+        for cfg in streamed:
+            alone = [generate(lm, p[None], cfg)[0] for p in prefixes]
+            stream = Stream(lm, rows=8, length=max(map(len, prefixes)) + cfg.max_tokens)
+            pending, got, draw = list(range(rows)), {}, random.Random(0)
+            while pending or stream.busy:
+                for _ in range(draw.randint(0, 3)):  # rows join at random steps, several at once or none
+                    if pending:
+                        stream.add(pending[0], prefixes[pending.pop(0)], cfg)
+                got.update(stream.step())
+            bad = [i for i in range(rows) if got[i] != alone[i]]
+            assert not bad, (f"{cfg.method} joining a running decode: row {bad[0]} of length {len(prefixes[bad[0]])} "
+                             f"gives {got[bad[0]]} and {alone[bad[0]]} alone")
         reference = [score(lm, p[None], [c])[0] for p, c in zip(prefixes, continuations)]
         for size in batch_sizes:
             got = [s for batch, mask, part in batches(size)

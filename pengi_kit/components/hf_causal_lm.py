@@ -114,15 +114,18 @@ class HFCausalLM(nn.Module):
                          **{self._cache_name: past_key_values})
         return out.logits, out[self._cache_name] if self._cache_name in out else None
 
-    def new_cache(self, max_length: int, rows: int | None = None) -> Any:
+    def new_cache(self, max_length: int, rows: int | None = None, slots: bool = False) -> Any:
         """An empty KV cache with room for ``max_length`` positions, written in place (no
         growing by concatenation) and reordered by :meth:`reorder_cache` without moving
         positions that every reordered row shares.
 
         With ``rows``, a static cache: ``rows`` x ``max_length`` for the whole search, so each
         one-token step has the same shapes (what CUDA graphs and ``torch.compile`` need); its
-        attention mask must then cover all ``max_length`` positions."""
+        attention mask must then cover all ``max_length`` positions. With ``rows`` and ``slots``,
+        a :class:`SlotCache` for a decode that rows join and leave (continuous batching)."""
         n = self.model.config.get_text_config().num_hidden_layers
+        if rows is not None and slots:
+            return SlotCache(n, rows, max_length)
         if rows is not None:
             return Cache(layers=[_StaticLayer(max_length, rows) for _ in range(n)])
         return Cache(layers=[_BufferLayer(max_length) for _ in range(n)])
@@ -283,6 +286,83 @@ class _BufferLayer(DynamicLayer):
 
     def reorder_cache(self, beam_idx: torch.Tensor) -> None:
         self.select(beam_idx)
+
+
+class _SlotLayer(DynamicLayer):
+    """One layer of a :class:`SlotCache`: (rows, heads, capacity, dim) buffers in which each row
+    is filled to its own length."""
+
+    def __init__(self, cache: "SlotCache") -> None:
+        super().__init__()
+        self.cache = cache
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.dtype, self.device = key_states.dtype, key_states.device
+        _, heads, _, dim = key_states.shape
+        rows, capacity = self.cache.rows, self.cache.capacity
+        self._k = key_states.new_zeros(rows, heads, capacity, dim)
+        self._v = value_states.new_zeros(rows, heads, capacity, value_states.shape[-1])
+        self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any,
+               **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """A step: one new position for each of the first n rows, written at the row's own length."""
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        n, columns, width = key_states.shape[0], self.cache.columns, self.cache.width
+        rows = torch.arange(n, device=self.device)
+        self._k[rows, :, columns] = key_states[:, :, 0]
+        self._v[rows, :, columns] = value_states[:, :, 0]
+        return self._k[:n, :, :width], self._v[:n, :, :width]
+
+    def get_seq_length(self) -> int:
+        return self.cache.width - 1  # before this step's token: transformers adds the query length
+
+    def get_max_length(self) -> int:
+        return self.cache.capacity
+
+
+class SlotCache(Cache):
+    """A KV cache for a decode that rows join and leave at step boundaries (continuous
+    batching, :class:`pengi_kit.generation.Stream`): ``rows`` slots of ``capacity`` positions,
+    each row filled from position 0 to its own length. The live rows are the first n slots;
+    a step writes each one's token at its own length (:meth:`set_step`), and attention reads up
+    to the longest row, the mask hiding what a row has not written. A row joins by copying its
+    prefix from the cache of its prefill pass into a free slot (:meth:`admit`), beams of a row
+    share a copy of its prefix (:meth:`copy`), and a row that leaves is replaced by the last live
+    one (:meth:`copy` of that one row): no step copies the whole cache."""
+
+    def __init__(self, layers: int, rows: int, capacity: int) -> None:
+        self.rows, self.capacity = rows, capacity
+        self.columns: torch.Tensor | None = None
+        self.width = 1
+        super().__init__(layers=[_SlotLayer(self) for _ in range(layers)])
+
+    def set_step(self, columns: torch.Tensor, width: int) -> None:
+        """The next forward writes row i's token at ``columns[i]``; attention reads ``width`` positions."""
+        if width > self.capacity:
+            raise ValueError(f"KV cache full: {width} positions, room for {self.capacity}")
+        self.columns, self.width = columns, width
+
+    def admit(self, prefill: Any, source_rows: list[int], slots: list[int], lengths: list[int]) -> None:
+        """Copy each source row's last ``length`` positions of the ``prefill`` cache (a left-padded
+        prefix pass) into positions 0.. of its slot."""
+        for layer, source in zip(self.layers, prefill.layers):
+            if not layer.is_initialized:
+                layer.lazy_initialization(source.keys, source.values)
+            width = source.keys.shape[2]
+            for row, slot, length in zip(source_rows, slots, lengths):
+                layer._k[slot, :, :length] = source.keys[row, :, width - length:]
+                layer._v[slot, :, :length] = source.values[row, :, width - length:]
+
+    def copy(self, sources: torch.Tensor, slots: torch.Tensor, start: int = 0, end: int | None = None) -> None:
+        """Slots ``slots`` take positions ``start:end`` of slots ``sources`` (beams reordered past
+        their shared prefix, a row moved into the slot of one that left)."""
+        end = self.width if end is None else end
+        for layer in self.layers:
+            if layer.is_initialized:
+                layer._k[slots, :, start:end] = layer._k[sources, :, start:end]
+                layer._v[slots, :, start:end] = layer._v[sources, :, start:end]
 
 
 class _StaticLayer(StaticLayer):
