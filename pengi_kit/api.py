@@ -22,7 +22,7 @@ from pengi_kit.data.inputs import Clip
 from pengi_kit.errors import PengiKitError
 from pengi_kit.generation import Decoding, cut_at_stop, generate as decode, reference_text, score
 from pengi_kit.models import load_model
-from pengi_kit.models.listening import partners, swapped_sums
+from pengi_kit.models.listening import listening_sums, partners
 from pengi_kit.models.pengi import PengiModel
 
 AudioLike = Union[str, Path, Clip, np.ndarray, torch.Tensor, tuple]
@@ -407,15 +407,17 @@ class Pengi:
 
     def listening(self, audio: AudioLike | Sequence[AudioLike], rows: Sequence[tuple[int, str, str]], *,
                   sample_rate: int | None = None, batch_size: int = 32, progress: bool | None = False,
-                  on_error: OnError = "raise") -> dict[str, float]:
-        """The listening check (docs/training.md) on ``audio``'s clips: ``rows`` are (clip index,
-        prompt, reference text). Returns ``loss``, the mean negative log-probability per token of
-        the references (end-of-text included) given their own clip, ``loss_shuffled``, the same
-        with every clip's audio replaced by the next readable clip's (a roll by one: a clip is
-        never paired with itself), ``listening`` = ``loss_shuffled - loss`` (nats per token;
-        about 0 when the model ignores its audio), and the ``clips`` and ``tokens`` counted.
-        Needs two readable clips; ``on_error`` as for :meth:`generate` (a skipped clip's rows
-        are left out)."""
+                  on_error: OnError = "raise", seed: int = 0) -> dict[str, float]:
+        """The listening check (:mod:`pengi_kit.models.listening`, docs/training.md) on ``audio``'s
+        clips: ``rows`` are (clip index, prompt, reference text). Each row's reference is scored
+        with its own clip and with the clip of a partner row of another clip (a random pairing
+        drawn from ``seed``; rows of one clip are never paired). Returns ``listening`` (how much
+        less likely the references become with the other audio, in nats per answer, end-of-text
+        included; about 0 when the model ignores its audio, at least about ln K for a model that
+        tells K balanced classes apart), ``listening_per_token``, ``listening_differing`` (over
+        the pairs whose answers differ), ``loss`` and ``loss_shuffled`` (nats per token), and the
+        ``clips``, ``answers`` and ``tokens`` counted. Needs two readable clips; ``on_error`` as
+        for :meth:`generate` (a skipped clip's rows are left out)."""
         clips = self._as_list(audio)
         handle = self._error_handler(on_error)
         prefixes: dict[int, torch.Tensor] = {}
@@ -427,21 +429,37 @@ class Pengi:
                         prefixes[i + g] = prefix
             if len(prefixes) < 2:
                 raise ValueError("the listening check needs two readable clips or more")
-            kept = sorted((r for r in rows if r[0] in prefixes), key=lambda r: r[0])
-            partner = [kept[p][0] for p in partners([c for c, _, _ in kept])]
-            sums = torch.zeros(3, dtype=torch.float64)
+            kept = [r for r in rows if r[0] in prefixes]
+            index = partners([self._key(clips[c], sample_rate) for c, _, _ in kept], seed)
+            if min(index, default=-1) < 0:
+                raise ValueError("the listening check needs rows of two clips or more")
+            partner = [kept[p] for p in index]
+            sums: dict[str, torch.Tensor] = {}
+            own_total = torch.zeros((), dtype=torch.float64)
             for r0 in range(0, len(kept), batch_size):
-                chunk = kept[r0:r0 + batch_size]
+                chunk, others = kept[r0:r0 + batch_size], partner[r0:r0 + batch_size]
                 target = self.model.tokenize_targets([text for _, _, text in chunk])
                 ids, mask = target["input_ids"].to(self.device), target["attention_mask"].to(self.device)
                 text_prefix = self.model.prompt_prefix([prompt for _, prompt, _ in chunk])
-                sums += swapped_sums(lambda rows: self.model.reference_nll(rows, text_prefix, ids, mask),  # noqa: B023
-                                     torch.stack([prefixes[c] for c, _, _ in chunk]),
-                                     torch.stack([prefixes[c] for c in partner[r0:r0 + batch_size]])).cpu()
-        tokens = max(float(sums[2]), 1.0)
-        loss, shuffled = float(sums[0]) / tokens, float(sums[1]) / tokens
-        return {"loss": loss, "loss_shuffled": shuffled, "listening": shuffled - loss,
-                "clips": len(prefixes), "tokens": int(sums[2])}
+                own, tokens = self.model.reference_nll(torch.stack([prefixes[c] for c, _, _ in chunk]), text_prefix,
+                                                       ids, mask)
+                swapped, _ = self.model.reference_nll(torch.stack([prefixes[c] for c, _, _ in others]), text_prefix,
+                                                      ids, mask)
+                differ = torch.tensor([text != other for (_, _, text), (_, _, other) in zip(chunk, others)],
+                                      device=own.device)
+                part = listening_sums(own, swapped, tokens, torch.ones_like(differ), differ)
+                sums = {k: sums[k] + v.cpu() if k in sums else v.cpu() for k, v in part.items()}
+                own_total += own.double().sum().cpu()
+
+        def mean(name: str) -> float:
+            total, count = sums[name].tolist()
+            return total / count if count else float("nan")
+
+        tokens = int(sums["listening_per_token"][1])
+        return {"listening": mean("listening"), "listening_per_token": mean("listening_per_token"),
+                "listening_differing": mean("listening_differing"), "loss": float(own_total) / max(tokens, 1),
+                "loss_shuffled": mean("valid_loss_shuffled"), "clips": len(prefixes), "answers": len(kept),
+                "tokens": tokens}
 
     def embed_text(self, texts: str | Iterable[str], *, batch_size: int = 256,
                    progress: bool | None = False) -> torch.Tensor:

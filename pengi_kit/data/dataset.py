@@ -16,6 +16,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from pengi_kit.data.base import PengiDataset
+from pengi_kit.data.collate import clip_key
 from pengi_kit.data.synthetic import PROMPTS_PER_CLIP, SyntheticCorpus
 from pengi_kit.errors import PengiKitError
 
@@ -47,14 +48,16 @@ class SyntheticDataset(PengiDataset, Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         index %= len(self)  # a repeated draw (weight > 1) is the same example
         clip = self.corpus.clip(index // self.per_clip)
+        key = f"synthetic:{self.corpus.seed}:{index // self.per_clip}"
         if self.task == "tagging":
-            return {"audio": clip.audio, "prompt": "", "text": clip.primary, "task": "tagging", "labels": clip.labels}
+            return {"audio": clip.audio, "prompt": "", "text": clip.primary, "task": "tagging", "labels": clip.labels,
+                    "clip": key}
         if self.task == "contrastive":
             texts = clip.descriptions()
             return {"audio": clip.audio, "prompt": "", "text": texts[(index + self.epoch) % len(texts)],
-                    "task": "contrastive"}
+                    "task": "contrastive", "clip": key}
         task, prompt, text = clip.examples()[index % PROMPTS_PER_CLIP]
-        return {"audio": clip.audio, "prompt": prompt, "text": text, "task": task}
+        return {"audio": clip.audio, "prompt": prompt, "text": text, "task": task, "clip": key}
 
 
 class ManifestDataset(PengiDataset, Dataset):
@@ -100,7 +103,8 @@ class ManifestDataset(PengiDataset, Dataset):
                                clip_seconds=self.clip_seconds or None, crop=self.crop, rng=rng)
         except PengiKitError as exc:
             return {"error": f"{ex.source}:{ex.line}: {exc}"}
-        return {"audio": audio, "prompt": ex.prompt, "text": ex.text, "task": ex.task or ""}
+        return {"audio": audio, "prompt": ex.prompt, "text": ex.text, "task": ex.task or "",
+                "clip": clip_key(ex.audio, ex.start, ex.end)}
 
 
 class MixtureDataset(PengiDataset, Dataset):

@@ -99,11 +99,14 @@ class TrainLoader:
 
 
 def eval_loader(dataset: PengiDataset, batch_size: int, *, rank: int = 0, world_size: int = 1,
-                num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
-    """Every example once, in order, this rank's share (DistributedSampler pads with repeats)."""
+                num_workers: int = 0, pin_memory: bool = False, seed: int | None = None) -> DataLoader:
+    """Every example once, this rank's share (DistributedSampler pads with repeats): in order, or
+    with ``seed`` in a random order drawn from it over the whole set (the listening check pairs
+    rows of a batch, and should not pair a manifest's neighbours). Shards stream in their order."""
     options = _options(num_workers, pin_memory, 0)
     if isinstance(dataset, IterableDataset):
         dataset.configure(batch_size=batch_size, rank=rank, world_size=world_size, train=False)  # type: ignore[attr-defined]
         return DataLoader(dataset, batch_size=None, collate_fn=_whole, **options)
-    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=False)
+    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=seed is not None,
+                                 seed=seed or 0)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate, **options)

@@ -32,7 +32,7 @@ import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
 
 from pengi_kit.data.base import PengiDataset
-from pengi_kit.data.collate import collate
+from pengi_kit.data.collate import clip_key, collate
 from pengi_kit.errors import PengiKitError
 
 __all__ = ["ShardError", "ShardDataset", "write_shards", "resolve_shards", "shard_counts", "is_shard_source",
@@ -370,7 +370,9 @@ class ShardDataset(PengiDataset, IterableDataset):
         except PengiKitError as exc:
             source = meta.get("source")
             return {"error": f"{source}: {exc}" if source else str(exc)}
-        return {"audio": wav, "prompt": meta["prompt"], "text": meta["text"], "task": meta.get("task", "")}
+        clip = clip_key(meta.get("audio") or f"{path}:{audio[0].name}", meta.get("start"), meta.get("end"))
+        return {"audio": wav, "prompt": meta["prompt"], "text": meta["text"], "task": meta.get("task", ""),
+                "clip": clip}
 
 
 def _name(original: Any, member: str) -> str:

@@ -497,7 +497,7 @@ class Trainer:
     def _validate(self) -> dict[str, float]:
         self.model.eval()
         loader = eval_loader(self.valid_data, self.batch_size, rank=self.dist.rank, world_size=self.dist.world_size,
-                             num_workers=self.recipe["data"]["num_workers"])
+                             num_workers=self.recipe["data"]["num_workers"], seed=self.recipe["seed"])
         sums: dict[str, torch.Tensor] = {}  # metric -> [sum, count] (the model's validation_sums)
         errors: list[str] = []
         size = None if isinstance(self.valid_data, torch.utils.data.IterableDataset) else len(loader)  # no length

@@ -356,11 +356,12 @@ def linear_probe(pengi: Pengi, manifest: str | Path, *, train_manifest: str | Pa
 # ---------------------------------------------------------------------------- listening check
 def listening(pengi: Pengi, manifest: str | Path, *, on_error: str = "skip", limit: int | None = None,
               batch_size: int = 32, prompt: str | None = None, **_: Any) -> Result:
-    """The listening check (docs/training.md) on the manifest's clips: the loss per token of
-    every row's reference text given its clip and prompt (``loss``), the same with each clip's
-    audio swapped for the next clip's (``loss_shuffled``), and ``listening``, their difference
-    in nats per token: about 0 when the model ignores its audio. Any task's rows serve; needs
-    two clips or more."""
+    """The listening check (docs/training.md, :meth:`pengi_kit.api.Pengi.listening`) on the
+    manifest's clips: how much less likely every row's reference becomes when its clip's audio
+    is swapped for a random other clip's, in nats per answer (``listening``; about 0 when the
+    model ignores its audio, at least about ln K for one that tells K balanced classes apart),
+    per token, and over the pairs whose answers differ; with ``loss`` and ``loss_shuffled``
+    (nats per token). Any task's rows serve; needs two clips or more."""
     from pengi_kit.models.listening import LISTENING_THRESHOLD, listening_warning
 
     result = Result("listening")
@@ -373,8 +374,9 @@ def listening(pengi: Pengi, manifest: str | Path, *, on_error: str = "skip", lim
                               on_error=_on_error(on_error, result))
     except ValueError as exc:
         raise PengiKitError(f"{manifest}: {exc} ({result.problems[-1] if result.problems else 'empty'})") from exc
-    result.metrics = {"listening": out["listening"], "loss": out["loss"], "loss_shuffled": out["loss_shuffled"]}
-    result.info.update(clips=out["clips"], tokens=out["tokens"], threshold=LISTENING_THRESHOLD)
+    result.metrics = {k: out[k] for k in ("listening", "listening_per_token", "listening_differing", "loss",
+                                          "loss_shuffled")}
+    result.info.update(clips=out["clips"], answers=out["answers"], tokens=out["tokens"], threshold=LISTENING_THRESHOLD)
     warning = listening_warning(out["listening"], "loss on the references")
     if warning:
         from pengi_kit.progress import say

@@ -5,6 +5,7 @@ names, ``linear1``/``linear2``/``layer_norm``, are the published checkpoints' na
 """
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,13 @@ class Projection(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.linear1(x)
         return self.layer_norm(h + self.drop(self.linear2(F.gelu(h))))
+
+
+def string_keys(strings: list[str]) -> torch.Tensor:
+    """An int64 key per string, equal for equal strings on every process (Python's ``hash`` of a
+    string differs between processes): tensors that travel with a batch and across ranks."""
+    digests = (hashlib.blake2b(s.encode("utf-8"), digest_size=8).digest() for s in strings)
+    return torch.tensor([int.from_bytes(d, "little", signed=True) for d in digests], dtype=torch.long)
 
 
 def build_component(recipe: dict[str, Any], slot: str, registry: Any = None, **supplied: Any) -> nn.Module:

@@ -28,7 +28,6 @@ published models do.
 """
 from __future__ import annotations
 
-import hashlib
 import math
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,7 @@ from torch import nn
 
 from pengi_kit.errors import PengiKitError
 from pengi_kit.folders import HEADS_FILE, load_strict, read_clap_info, staged, write_clap_files
-from pengi_kit.models.base import Composite, Projection, build_component, component_table
+from pengi_kit.models.base import Composite, Projection, build_component, component_table, string_keys
 
 __all__ = ["CLAP_FOLDER", "ClapModel", "build_clap", "load_clap", "write_clap_folder"]
 
@@ -63,10 +62,8 @@ def _laion_projection(d_in: int, d_out: int) -> nn.Module:
 
 
 def text_keys(texts: list[str]) -> torch.Tensor:
-    """An int64 key per text, equal for texts that are the same caption (case and spacing
-    aside) on every process (Python's ``hash`` of a string differs between processes)."""
-    digests = (hashlib.blake2b(" ".join(t.lower().split()).encode("utf-8"), digest_size=8).digest() for t in texts)
-    return torch.tensor([int.from_bytes(d, "little", signed=True) for d in digests], dtype=torch.long)
+    """An int64 key per text, equal for texts that are the same caption (case and spacing aside)."""
+    return string_keys([" ".join(t.lower().split()) for t in texts])
 
 
 class ClapModel(Composite):

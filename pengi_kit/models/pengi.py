@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pengi_kit.models.base import Composite, Projection, build_component
-from pengi_kit.models.listening import listening_warning, partners, swapped_sums
+from pengi_kit.models.base import Composite, Projection, build_component, string_keys
+from pengi_kit.models.listening import listening_sums, listening_warning, partners
 from pengi_kit.recipe import COMPONENT_SLOTS, slot_enabled
 
 __all__ = ["PengiModel", "build_pengi"]
@@ -142,17 +142,21 @@ class PengiModel(Composite):
         return -nll.view_as(labels)
 
     def forward(self, audio: torch.Tensor, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
-                target_ids: torch.Tensor, target_mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Summed cross-entropy over target tokens and their count (the trainer normalises)."""
+                target_ids: torch.Tensor, target_mask: torch.Tensor,
+                clip_key: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Summed cross-entropy over target tokens and their count (the trainer normalises);
+        ``clip_key`` serves the listening check only."""
         logp = self.target_logprobs(self.prefix(audio, prompt_ids, prompt_mask), target_ids, target_mask)
         return {"loss_sum": -logp.sum(), "tokens": target_mask.sum()}
 
     # -------------------------------------------------------------- the engine's protocol
     def batch_inputs(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """A collated batch (:mod:`pengi_kit.data.collate`) -> forward's inputs (CPU tensors, batch-first)."""
+        """A collated batch (:mod:`pengi_kit.data.collate`) -> forward's inputs (CPU tensors,
+        batch-first); ``clip_key`` names each row's clip for the listening check."""
         prompts, targets = self.tokenize_prompts(batch["prompts"]), self.tokenize_targets(batch["texts"])
         return {"audio": batch["audio"], "prompt_ids": prompts["input_ids"], "prompt_mask": prompts["attention_mask"],
-                "target_ids": targets["input_ids"], "target_mask": targets["attention_mask"]}
+                "target_ids": targets["input_ids"], "target_mask": targets["attention_mask"],
+                "clip_key": string_keys(batch.get("clips") or [f"row:{i}" for i in range(len(batch["texts"]))])}
 
     @staticmethod
     def loss_units(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -195,23 +199,24 @@ class PengiModel(Composite):
     @torch.no_grad()
     def validation_sums(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """``{metric: float64 [sum, count]}`` over one batch: the validation loss and the listening
-        check (:mod:`pengi_kit.models.listening`: each row's answer scored with another row's audio
-        prefix as well as its own; the audio prefixes are computed once). A batch of one clip
-        counts 0 for the listening check."""
+        check (:mod:`pengi_kit.models.listening`: each row's answer scored with the audio prefix of
+        a row of another clip, :func:`~pengi_kit.models.listening.partners` of ``clip_key``, as
+        well as its own; the audio prefixes are computed once). The trainer visits validation
+        rows in a seeded random order, so a row's partner is a random row of another clip."""
         audio = self.audio_prefix(inputs["audio"])
         text = self.text_prefix(inputs["prompt_ids"], inputs["prompt_mask"])
-
-        def score(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            return self.reference_nll(rows, text, inputs["target_ids"], inputs["target_mask"])
-
-        nll, tokens = score(audio)
+        ids, mask = inputs["target_ids"], inputs["target_mask"]
+        nll, tokens = self.reference_nll(audio, text, ids, mask)
         sums = {"valid_loss": torch.stack([nll.double().sum(), tokens.double().sum()])}
-        if len(audio) < 2:
+        keys = inputs.get("clip_key", torch.arange(len(audio)))
+        index = torch.tensor(partners(keys.tolist()), device=audio.device)
+        keep = index >= 0
+        if not bool(keep.any()):
             return sums
-        partner = torch.tensor(partners(range(len(audio))), device=audio.device)
-        own, shuffled, counted = swapped_sums(score, audio, audio[partner], own=(nll, tokens))
-        return {**sums, "valid_loss_shuffled": torch.stack([shuffled, counted]),
-                "listening": torch.stack([shuffled - own, counted])}
+        other = index.clamp(min=0)
+        swapped, _ = self.reference_nll(audio[other], text, ids, mask)
+        differ = ((ids * mask) != (ids * mask)[other]).any(1)  # padding aside: the answers' tokens
+        return {**sums, **listening_sums(nll, swapped, tokens, keep, differ)}
 
     @staticmethod
     def validation_warning(metrics: dict[str, float]) -> str | None:
