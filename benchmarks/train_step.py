@@ -176,7 +176,7 @@ def run(model, inputs, device: str, *, best: bool, compile_: bool, steps: int, w
                 else torch.autocast(torch.device(device).type, enabled=False))
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     with PeakMemory(device, high_water) as memory:
-        optimizer = build_optimizer(params, optim, fused=fused)
+        optimizer = build_optimizer(model, optim, fused=fused)
 
         def step() -> None:
             with autocast:

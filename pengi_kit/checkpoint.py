@@ -100,17 +100,19 @@ def _py_state_to_list(state: tuple) -> list:
 def save_checkpoint(path: Path, model: torch.nn.Module, recipe: dict[str, Any],
                     training_state: dict[str, Any] | None = None, rng: dict[int, dict] | None = None,
                     meta: dict[str, Any] | None = None, extra: Callable[[Path], None] | None = None,
-                    weights: dict[str, torch.Tensor] | None = None) -> Path:
+                    weights: dict[str, torch.Tensor] | None = None, run_dir: str | Path | None = None) -> Path:
     """Write a checkpoint directory atomically; returns its path.
 
     ``extra(folder)`` may add files and subfolders to the checkpoint before it is
     hashed and renamed into place. ``weights``: the model's full state dict where
-    ``model.state_dict()`` would not give it (FSDP shards).
+    ``model.state_dict()`` would not give it (FSDP shards). ``run_dir``: the run folder the
+    checkpoint is in; the recipe names the sources inside it relative to it (:func:`adopt_sources`).
     """
     from safetensors.torch import save_file
 
     with staged(path) as tmp:
-        (tmp / RECIPE).write_text(dumps(recipe), encoding="utf-8")
+        (tmp / RECIPE).write_text(dumps(_relative_to_run(recipe, Path(run_dir)) if run_dir else recipe),
+                                  encoding="utf-8")
         save_file(weights_to_save(model, recipe, weights), str(tmp / WEIGHTS))
         if training_state is not None:
             torch.save(training_state, tmp / STATE)
@@ -244,7 +246,80 @@ def resolve(path: str | Path) -> Path:
 
 
 # ---------------------------------------------------------------------- run directories
-RUN_ENTRIES = ("checkpoints", "best", "metrics.jsonl", "tensorboard")
+RUN_ENTRIES = ("checkpoints", "best", "metrics.jsonl", "tensorboard", "sources")
+SOURCES = "sources"  # a run's copies of the local weight and tokenizer sources its recipe names
+
+
+def adopt_sources(recipe: dict[str, Any], run_dir: str | Path, copy: bool = True) -> dict[str, Any]:
+    """The recipe a run trains, such that its checkpoints load from any working directory and
+    after the run folder moves or is copied elsewhere: every local path it names is made
+    absolute (data manifests), and every local ``pretrained``/``tokenizer`` source of a
+    component outside the run folder is copied once into ``<run>/sources/<slot>-<key>/`` (hard
+    links where the file system allows: no second copy of the bytes). :func:`save_checkpoint`
+    names the sources inside the run folder relative to it, which loading resolves from any
+    checkpoint in it (:func:`pengi_kit.sources.resolve_relative`). Hub ids stay references.
+    ``copy=False`` (processes other than the one that writes) only rewrites. The copy is kept
+    on resume, and removed by ``--overwrite``."""
+    import copy as copying
+
+    from pengi_kit.sources import weight_sources
+
+    run_dir = Path(run_dir).resolve()
+    out = copying.deepcopy(recipe)
+    for split in ("train", "valid"):
+        value = out["data"].get(split)
+        entries = [value] if isinstance(value, str) else [e for e in value or [] if isinstance(e, dict)]
+        for i, entry in enumerate(entries):
+            name = entry if isinstance(entry, str) else entry.get("manifest", "")
+            if name and Path(name).exists():
+                absolute = str(Path(name).resolve())
+                if isinstance(entry, str):
+                    out["data"][split] = absolute
+                else:
+                    entry["manifest"] = absolute
+    for slot, table, key, value in list(weight_sources(out)):
+        path = Path(value).expanduser()
+        if not path.exists() or is_architecture_only(path):
+            continue
+        path = path.resolve()
+        if not path.is_relative_to(run_dir):
+            target = run_dir / SOURCES / f"{slot}-{key}" / path.name
+            if copy and not target.exists():
+                _link_or_copy(path, target)
+            path = target
+        table[key] = str(path)
+    return out
+
+
+def _relative_to_run(recipe: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """``recipe`` with the sources inside ``run_dir`` named relative to it."""
+    import copy as copying
+
+    from pengi_kit.sources import weight_sources
+
+    run_dir = run_dir.resolve()
+    out = copying.deepcopy(recipe)
+    for _, table, key, value in list(weight_sources(out)):
+        if Path(value).is_absolute() and Path(value).is_relative_to(run_dir):
+            table[key] = Path(value).relative_to(run_dir).as_posix()
+    return out
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    def link(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:  # another file system, or links not allowed
+            shutil.copy2(src, dst)
+
+    staging = target.parent / f".{target.name}.tmp-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.parent.mkdir(parents=True, exist_ok=True)
+    if source.is_dir():
+        shutil.copytree(source, staging, copy_function=link)
+    else:
+        link(str(source), str(staging))
+    os.replace(staging, target)
 
 
 def existing_run(run_dir: str | Path) -> str | None:

@@ -144,7 +144,11 @@ SCHEMA: dict[str, dict[str, Field]] = {
     "optim": {
         "name": Field(str, "adamw", "Optimiser.", ("adam", "adamw")),
         "lr": Field(float, 1e-4, "Peak learning rate.", range="> 0"),
-        "weight_decay": Field(float, 0.0, "Decoupled weight decay (adamw) or L2 (adam).", range=">= 0"),
+        "weight_decay": Field(float, 0.0, "Decoupled weight decay (adamw) or L2 (adam), on weight matrices: "
+                              "biases, norms, embeddings and learned positions and prefix constants are spared.",
+                              range=">= 0"),
+        "decay_all": Field(bool, False, "Apply weight_decay to every trainable parameter, biases, norms and "
+                           "embeddings included."),
         "betas": Field(list, [0.9, 0.999], "Adam betas.", range="[0, 1)"),
         "warmup_steps": Field(int, 2000, "Linear warm-up steps.", range=">= 0"),
         "schedule": Field(str, "linear", "After warm-up: linear decay to 0, cosine, or constant.",
@@ -176,6 +180,9 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "best_metric": Field(str, "valid_loss", "Validation metric whose best value is kept in <output_dir>/best; "
                              "'' disables."),
         "best_mode": Field(str, "min", "Whether a lower or a higher best_metric is better.", ("min", "max")),
+        "export": Field(str, "best", "Pretraining: the weights of the folder exported after training "
+                        "(<output_dir>/encoder or /clap): the best validation's (best_metric) or the last step's; "
+                        "without a best checkpoint, the last step's.", ("best", "last")),
     },
     "pretrain": {
         "classes": Field(list, [], "Tagging: the class names, in the head's order; [] means every label found "

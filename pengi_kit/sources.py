@@ -74,12 +74,18 @@ def weight_sources(recipe: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]
 
 def resolve_relative(recipe: dict[str, Any], base: str | Path) -> dict[str, Any]:
     """A copy of ``recipe`` whose component ``pretrained``/``tokenizer`` values that name a
-    path inside ``base`` (a checkpoint directory) are made absolute."""
-    base = Path(base)
+    path inside ``base`` (a checkpoint directory) or the run folder holding it (``best/``,
+    ``checkpoints/step-N/``: :func:`pengi_kit.checkpoint.adopt_sources` names a run's copies
+    relative to the run folder) are made absolute."""
+    base = Path(base).resolve()
     out = copy.deepcopy(recipe)
     for _, table, key, value in list(weight_sources(out)):
-        if not Path(value).is_absolute() and (base / value).exists():
-            table[key] = str((base / value).resolve())
+        if Path(value).is_absolute():
+            continue
+        for folder in (base, base.parent, base.parent.parent):
+            if (folder / value).exists():
+                table[key] = str(folder / value)
+                break
     return out
 
 

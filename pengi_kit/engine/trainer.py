@@ -96,6 +96,9 @@ class Trainer:
         self.threads = TrainingThreads() if self.dist.device.type == "cpu" else None
         self.out = Path(recipe["train"]["output_dir"])
         self.resume = self._claim_output_dir(resume, overwrite)
+        # local sources copied into the run folder, paths absolute: checkpoints load from anywhere
+        self.recipe = recipe = ckpt.adopt_sources(recipe, self.out, copy=self.dist.is_main)
+        barrier(self.dist)
         self._setup_model()
         self._setup_data()
         self._setup_optimizer()
@@ -200,7 +203,7 @@ class Trainer:
         train, optim = self.recipe["train"], self.recipe["optim"]
         self.total_steps = train["max_steps"] or train["epochs"] * self.steps_per_epoch
         # fused Adam(W) skips a non-finite step on the device (found_inf): no wait for the GPU
-        self.optimizer = build_optimizer(self.params, optim, fused=self.dist.device.type in ("cuda", "cpu"))
+        self.optimizer = build_optimizer(self.model, optim, fused=self.dist.device.type in ("cuda", "cpu"))
         self.scheduler = build_scheduler(self.optimizer, optim, self.total_steps)
 
     # ------------------------------------------------------------------ state
@@ -339,7 +342,8 @@ class Trainer:
                               "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
                               "world_size": self.dist.world_size, "skipped_steps": self.skipped_steps}
             ckpt.save_checkpoint(path, self.model, self.recipe, training_state, dict(enumerate(states)),
-                                 meta={"step": self.step, "epoch": self.epoch, **meta}, extra=extra, weights=weights)
+                                 meta={"step": self.step, "epoch": self.epoch, **meta}, extra=extra, weights=weights,
+                                 run_dir=self.out)
         return path
 
     def _keep_best(self, metrics: dict[str, float]) -> None:
@@ -637,14 +641,31 @@ class Trainer:
         if self.batch_in_epoch and not train["eval_every"]:  # max_steps ended mid-epoch
             self._validate_and_log()
         path = self._checkpoint()
-        export = getattr(self.model, "export", None)  # pretraining: the folder a recipe or evaluate loads
-        if export is not None and self.dist.is_main:
-            self._log_line(f"exported {export(self.out)}")
+        if hasattr(self.model, "export") and self.dist.is_main:  # pretraining: the folder a recipe or evaluate loads
+            self._export()
         barrier(self.dist)
         if self.bad_examples:
             self._log_line(f"{len(self.bad_examples)} example(s) skipped in this run; see {self.out}/metrics.jsonl")
         self._close_tensorboard()
         return path
+
+    def _export(self) -> Path:
+        """The model's take-away folder (``export``), of the best validation's weights
+        (``train.export = "best"``, when a best checkpoint exists) or of the last step's."""
+        best = self.out / "best"
+        if self.recipe["train"]["export"] == "best" and (best / ckpt.META).is_file():
+            from pengi_kit.models import load_model
+
+            model = load_model(best)
+        else:
+            model = self.model
+            model.origin = {"checkpoint": "last step", "step": self.step}
+        folder = model.export(self.out)
+        which = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in model.origin.items()
+                          if k != "checkpoint")
+        self._log_line(f"exported {folder} (weights of the {'best checkpoint' if model is not self.model else 'last step'}"
+                       f"{': ' + which if which else ''})")
+        return folder
 
     def _checkpoint(self) -> Path:
         """A checkpoint of the current step written by this run: the one already saved, or a new one."""

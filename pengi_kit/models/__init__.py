@@ -63,6 +63,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Modul
     # sources inside the checkpoint (an importer's lm/, text_encoder/) are relative to it
     model = build_model(from_dict(resolve_relative(ckpt.read_recipe(path), path)))
     ckpt.load_weights(model, path, meta.get("referenced", []))
+    model.origin = {"checkpoint": str(path), **{k: meta[k] for k in ("step", "best_metric", "best_value") if k in meta}}
     return model.to(device).eval()
 
 

@@ -94,6 +94,7 @@ class Composite(nn.Module):
         self.sample_rate = int(audio_encoder.sample_rate)
         self.clip_seconds = audio_encoder.clip_seconds
         self.recipe = None  # the resolved recipe, set by build_model
+        self.origin: dict[str, Any] = {}  # which checkpoint (step, best metric) the weights are from
         self.frozen = []
         self._flops: dict[Any, float] = {}
 
@@ -146,4 +147,4 @@ class Composite(nn.Module):
     def _source(self) -> dict[str, Any]:
         recipe = self._recipe()
         return {"format": "pengi-kit", "variant": recipe["task"], "recipe": recipe["name"],
-                "output_dir": recipe["train"]["output_dir"]}
+                "output_dir": recipe["train"]["output_dir"], **self.origin}
