@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Install pengi-kit with its test extras and the plugins in plugins/ into .venv, and run
-# the whole test suite: tests/ and each plugin's tests (pyproject.toml's testpaths).
+# the whole test suite: tests/ and each plugin's tests (pyproject.toml's testpaths). A leading
+# --fast runs the fast lane instead: everything but the tests marked slow (-m "not slow"); other
+# arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
@@ -8,4 +10,8 @@ python3 -m venv .venv
 .venv/bin/python -m pip install -q -e ".[test]"
 .venv/bin/python -m pip install -q -e plugins/pengi-kit-timm -e plugins/pengi-kit-openclip \
     -e plugins/pengi-kit-plugin-template
+if [[ "${1:-}" == "--fast" ]]; then
+    shift
+    set -- -m "not slow" "$@"
+fi
 .venv/bin/python -m pytest -q "$@"

@@ -13,8 +13,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
+pytestmark = pytest.mark.slow  # every test runs a benchmark script in a subprocess: not in the fast lane
 
-@pytest.mark.slow
+
 def test_gpu_script_smoke_prints_every_row_with_finite_ratios():
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(["bash", "benchmarks/gpu.sh", "--smoke"], cwd=ROOT, env=env, capture_output=True,
@@ -89,7 +90,6 @@ def test_generation_smollm2_mode_returns_transformers_tokens():
     assert out.count("per further token: pengi-kit") == 2, out
 
 
-@pytest.mark.slow
 def test_train_step_lora_mode_counts_adapters_and_saves_memory():
     # three fresh processes: the LM frozen, with LoRA, fully fine-tuned (one Llama layer of SmolLM2 shape)
     out = _run_script("benchmarks/train_step.py", "--lora", "--lm-layers", "1", "--vocab", "300", "--batch-size", "1",

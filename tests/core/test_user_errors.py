@@ -70,6 +70,7 @@ def test_validate_refuses_missing_weights_and_manifests_with_the_fix(recipe_file
     one_error_line(run("train", recipe_file, "-s", "data.train=nowhere/train.jsonl"), "data.train")
 
 
+@pytest.mark.slow
 def test_train_offline_fails_fast_in_one_line(tmp_path):
     """The canonical recipe without its manifests, and a hub model that cannot be fetched: one
     line each, in seconds, not after a minute of hub retries."""
@@ -119,6 +120,7 @@ def test_generate_mistakes_are_one_line_before_the_model_loads(untrained_checkpo
     assert needle in result.stderr and "Traceback" not in result.output, result.output
 
 
+@pytest.mark.slow
 def test_generate_prints_no_library_warnings_and_text_names_segments(untrained_checkpoint, clip, tmp_path):
     checkpoint = untrained_checkpoint
     manifest = tmp_path / "m.jsonl"

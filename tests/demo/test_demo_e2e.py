@@ -2,9 +2,12 @@
 import json
 import re
 
+import pytest
 from click.testing import CliRunner
 
 from pengi_kit.cli import main
+
+pytestmark = pytest.mark.slow  # the whole demo, about 3 minutes on 2 cores: not in the fast lane
 
 
 def test_demo_trains_a_model_that_learned(tmp_path):

@@ -19,6 +19,8 @@ from pengi_kit import checkpoint as ckpt
 from pengi_kit.recipe import dumps
 from pengi_kit.testing import tiny_recipe
 
+pytestmark = pytest.mark.slow  # every test trains in subprocesses (two processes, SIGKILL): not in the fast lane
+
 
 def _deterministic(raw):
     """No batch-dependent behaviour: frozen (eval-mode) audio encoder, no dropout anywhere,

@@ -62,6 +62,7 @@ def _rows(run):
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_a_contrastive_clap_trained_on_the_synthetic_corpus_retrieves_and_classifies(tmp_path, clips):
     run = tmp_path / "clap"
     Trainer(from_dict(_contrastive(run, 150)), progress=False).fit()
@@ -92,6 +93,7 @@ def test_a_contrastive_clap_trained_on_the_synthetic_corpus_retrieves_and_classi
         torch.testing.assert_close(pengi.audio_encoder.state_dict()[name], value, msg=name)
 
 
+@pytest.mark.slow
 def test_a_tagger_pretrained_from_scratch_makes_a_pengi_that_listens(tmp_path, clips):
     tagger = from_dict(_tagging(tmp_path / "tagger", 60, valid=str(clips / "classification.jsonl"),
                                 train="synthetic"))
@@ -137,6 +139,7 @@ def test_tagging_from_a_manifest_resumes_exactly(tmp_path, clips):
 
 
 @pytest.mark.parametrize("task", ["tagging", "contrastive"])
+@pytest.mark.slow
 def test_pretraining_on_two_processes_equals_one_process_with_the_double_batch(tmp_path, task):
     """The loss is normalised over the global batch, and CLAP's InfoNCE compares every process's
     clips with every process's texts (gathered with gradients): two processes of 4 make the

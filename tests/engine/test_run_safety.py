@@ -56,6 +56,7 @@ def no_model(monkeypatch):
 
 # ---------------------------------------------------------------- A. a run directory holds one run
 
+@pytest.mark.slow
 def test_a_second_run_into_a_run_directory_is_refused_and_changes_nothing(tmp_path):
     run = tmp_path / "run"
     recipe = tmp_path / "r.toml"
@@ -247,6 +248,7 @@ def _wait_for_step(proc, run, step, timeout=240):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.slow
 def test_the_command_stops_on_a_signal_with_a_checkpoint_and_resumes(tmp_path, sig):
     run = tmp_path / "run"
     raw = tiny_recipe(run, train={"max_steps": 5000, "save_every": 0, "eval_every": 0, "best_metric": ""})
@@ -283,6 +285,7 @@ def test_the_command_stops_on_a_signal_with_a_checkpoint_and_resumes(tmp_path, s
     assert resumed.stdout.strip() == f"checkpoint: {run / 'checkpoints' / f'step-{step + 2:08d}'}"
 
 
+@pytest.mark.slow
 def test_every_process_stops_at_the_same_step_under_torchrun(tmp_path):
     run = tmp_path / "run"
     raw = tiny_recipe(run, train={"max_steps": 5000, "save_every": 0, "eval_every": 0, "best_metric": ""})
@@ -313,6 +316,7 @@ def test_every_process_stops_at_the_same_step_under_torchrun(tmp_path):
 
 # ---------------------------------------------------------------- C. --device
 
+@pytest.mark.slow
 def test_device_that_torch_does_not_parse_is_one_line(tmp_path, no_model):
     recipe = tmp_path / "r.toml"
     recipe.write_text(dumps(tiny_recipe(tmp_path / "run")))

@@ -36,6 +36,7 @@ def test_tokenize_matches_the_java_ptb_tokenizer():
 
 
 @needs_java
+@pytest.mark.slow
 def test_meteor_matches_pycocoevalcap():
     meteor_mod = pytest.importorskip("pycocoevalcap.meteor.meteor")
     cands = ["a dog barks loudly", "rain falls on a roof", "birds sing"]
