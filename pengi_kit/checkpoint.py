@@ -259,13 +259,11 @@ def adopt_sources(recipe: dict[str, Any], run_dir: str | Path, copy: bool = True
     names the sources inside the run folder relative to it, which loading resolves from any
     checkpoint in it (:func:`pengi_kit.sources.resolve_relative`). Hub ids stay references.
     ``copy=False`` (processes other than the one that writes) only rewrites. The copy is kept
-    on resume, and removed by ``--overwrite``."""
-    import copy as copying
-
+    on resume, and removed by ``--overwrite``. The recipe is rewritten in place and returned."""
     from pengi_kit.sources import weight_sources
 
     run_dir = Path(run_dir).resolve()
-    out = copying.deepcopy(recipe)
+    out = recipe
     for split in ("train", "valid"):
         value = out["data"].get(split)
         entries = [value] if isinstance(value, str) else [e for e in value or [] if isinstance(e, dict)]

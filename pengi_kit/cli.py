@@ -552,22 +552,28 @@ def data_prepare_cmd(name: str, root: Path, out: Path, splits: tuple[str, ...]) 
 
 
 @data_group.command("check")
-@click.argument("manifest", type=click.Path(path_type=Path))
+@click.argument("manifests", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--jobs", "-j", type=int, default=1, show_default=True, help="Decoding processes.")
 @click.option("--max-seconds", type=float, default=3600.0, show_default=True,
               help="Longer clips or segments are problems.")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar on standard error (default: when it is a terminal).")
-def data_check_cmd(manifest: Path, jobs: int, max_seconds: float, progress: bool) -> None:
-    """Decode every clip of MANIFEST; one line per problem, then statistics. Exit 1 on problems."""
+def data_check_cmd(manifests: tuple[Path, ...], jobs: int, max_seconds: float, progress: bool) -> None:
+    """Decode every clip of each MANIFEST; one line per problem, then statistics (per manifest when
+    there are several). Exit 1 on problems in any."""
     import pengi_kit
 
-    report = pengi_kit.check_manifest(manifest, jobs=jobs, max_seconds=max_seconds, progress=progress)
-    for problem in report.problems:
-        click.echo(f"problem: {problem}")
-    for line in report.summary():
-        click.echo(line)
-    if not report.ok:
+    ok = True
+    for manifest in manifests:
+        report = pengi_kit.check_manifest(manifest, jobs=jobs, max_seconds=max_seconds, progress=progress)
+        if len(manifests) > 1:
+            click.echo(f"== {manifest}")
+        for problem in report.problems:
+            click.echo(f"problem: {problem}")
+        for line in report.summary():
+            click.echo(line)
+        ok &= report.ok
+    if not ok:
         sys.exit(1)
 
 

@@ -91,6 +91,7 @@ class Trainer:
             raise TrainingError("resume continues the run in train.output_dir and overwrite deletes it: "
                                 "choose one (--resume or --overwrite)")
         self.recipe, self.progress, self.validate_hook = recipe, progress, validate_hook
+        self._tensorboard: Any = None
         self.dist: Dist = setup(device)
         # on the CPU: torch threads for the cores other work leaves free, re-chosen at each log line
         self.threads = TrainingThreads() if self.dist.device.type == "cpu" else None
@@ -107,7 +108,6 @@ class Trainer:
         self.valid_errors: set[str] = set()
         self.best_value: float | None = None
         self._best_missing_reported = False
-        self._tensorboard: Any = None
         self._saved_step: int | None = None  # the step of this run's newest step checkpoint
         self._signal = 0  # the first SIGINT/SIGTERM fit() received
         # steps whose loss (a device tensor, NaN when skipped) the host has not read yet, the
@@ -171,8 +171,8 @@ class Trainer:
         for name, param in trainable:
             if name in unused:
                 param.requires_grad_(False)
-        if unused:
-            self._log_line(f"not trained (the loss does not use them): {', '.join(unused)}")
+        if unused:  # in the log, not on the console: it is the same every run (CNN14's fc_audioset ...)
+            self._log({"event": "not_trained", "reason": "the loss does not use them", "parameters": unused})
 
     def _setup_data(self) -> None:
         """The datasets at the encoder's input contract, and a loader whose batches depend on

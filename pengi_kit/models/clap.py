@@ -22,7 +22,7 @@ counts its rows. With ``train.grad_accum`` > 1 the negatives are those of one mi
 every process. Identical texts (the same caption for two clips, or a class text such as "this
 is a sound of rain" for many) are not negatives of each other's clips: those logits are masked
 out of both directions, so the loss can still reach zero. (Two rows of the same clip with
-different captions are not recognised: as in LAION-CLAP, they count as negatives.) In training
+different captions are not negatives either: rows carry their clip's name.) In training
 the scale is clamped at 100, as CLIP does; :meth:`ClapModel.logits` uses the stored value, as the
 published models do.
 """
@@ -123,23 +123,25 @@ class ClapModel(Composite):
 
     # -------------------------------------------------------------- the engine's protocol
     def batch_inputs(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """``audio``, the texts' tokens and their :func:`text_keys` (which texts are the same)."""
+        """``audio``, the texts' tokens, their :func:`text_keys` (which texts are the same) and the
+        clips' keys (which rows are of the same recording and segment)."""
         tokens = self.text_encoder.tokenize(list(batch["texts"]), self.text_length)
+        clips = batch.get("clips") or [f"row:{i}" for i in range(len(batch["texts"]))]
         return {"audio": batch["audio"], "text_ids": tokens["input_ids"], "text_mask": tokens["attention_mask"],
-                "text_key": text_keys(batch["texts"])}
+                "text_key": text_keys(batch["texts"]), "clip_key": string_keys(clips)}
 
     def example_inputs(self, n: int = 1) -> dict[str, torch.Tensor]:
         tokens = self.text_encoder.tokenize(["a"] * n, self.text_length)
         device = next(self.parameters()).device
         return {"audio": self.silent_clips(n), "text_ids": tokens["input_ids"].to(device),
                 "text_mask": tokens["attention_mask"].to(device),
-                "text_key": torch.arange(n, device=device)}
+                "text_key": torch.arange(n, device=device), "clip_key": torch.arange(n, device=device)}
 
     def _row_losses(self, audio: torch.Tensor, text: torch.Tensor, key: torch.Tensor, all_audio: torch.Tensor,
                     all_text: torch.Tensor, all_keys: torch.Tensor, offset: int) -> torch.Tensor:
         """(CE(audio -> texts) + CE(text -> clips)) / 2 of each local row against every column."""
         own = offset + torch.arange(len(audio), device=audio.device)
-        same = key[:, None] == all_keys[None, :]  # identical texts: not negatives
+        same = (key[:, None] == all_keys[None, :]).any(-1)  # identical texts or the same clip: not negatives
         same[torch.arange(len(audio), device=audio.device), own] = False
         scale = self.scale()
         audio_to_text = (scale * audio @ all_text.T).masked_fill(same, -math.inf)
@@ -148,14 +150,15 @@ class ClapModel(Composite):
                 + F.cross_entropy(text_to_audio, own, reduction="none")) / 2
 
     def forward(self, audio: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor,
-                text_key: torch.Tensor) -> dict[str, torch.Tensor]:
+                text_key: torch.Tensor, clip_key: torch.Tensor) -> dict[str, torch.Tensor]:
         a, t = self.embed_audio(audio), self.embed_tokens(text_ids, text_mask)
+        keys = torch.stack([text_key, clip_key], 1)
         if self.training and _world_size() > 1:
-            (all_pairs, all_keys), offset = _gather_rows(torch.cat([a, t], dim=1), text_key)
+            (all_pairs, all_keys), offset = _gather_rows(torch.cat([a, t], dim=1), keys)
             all_audio, all_text = all_pairs.split([a.shape[1], t.shape[1]], dim=1)
         else:  # one process, or validation (each process scores its own batches)
-            all_audio, all_text, all_keys, offset = a, t, text_key, 0
-        return {"loss_sum": self._row_losses(a, t, text_key, all_audio, all_text, all_keys, offset).sum()}
+            all_audio, all_text, all_keys, offset = a, t, keys, 0
+        return {"loss_sum": self._row_losses(a, t, keys, all_audio, all_text, all_keys, offset).sum()}
 
     @torch.no_grad()
     def validation_sums(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -166,8 +169,9 @@ class ClapModel(Composite):
         a = self.embed_audio(inputs["audio"])
         t = self.embed_tokens(inputs["text_ids"], inputs["text_mask"])
         key = inputs["text_key"]
+        keys = torch.stack([key, inputs["clip_key"]], 1)
         rows = torch.tensor(float(len(a)), dtype=torch.float64, device=a.device)
-        loss = self._row_losses(a, t, key, a, t, key, 0).double().sum()
+        loss = self._row_losses(a, t, keys, a, t, keys, 0).double().sum()
         similarity = a @ t.T
         audio_to_text = (key[similarity.argmax(1)] == key).double().sum()
         text_to_audio = (key[similarity.argmax(0)] == key).double().sum()
@@ -271,8 +275,8 @@ def _gather_rows(rows: torch.Tensor, keys: torch.Tensor) -> tuple[tuple[torch.Te
     sizes = [int(c) for c in counts]
     pad = max(sizes) - len(rows)
     rows_parts = all_gather(F.pad(rows, (0, 0, 0, pad)))
-    key_parts = [torch.empty(max(sizes), dtype=keys.dtype, device=keys.device) for _ in range(world)]
-    dist.all_gather(key_parts, F.pad(keys, (0, pad)))
+    key_parts = [torch.empty(max(sizes), *keys.shape[1:], dtype=keys.dtype, device=keys.device) for _ in range(world)]
+    dist.all_gather(key_parts, F.pad(keys, (0, 0) * (keys.dim() - 1) + (0, pad)))
     gathered = torch.cat([part[:n] for part, n in zip(rows_parts, sizes)])
     return (gathered, torch.cat([part[:n] for part, n in zip(key_parts, sizes)])), sum(sizes[:rank])
 
