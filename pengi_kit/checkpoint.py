@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from pengi_kit.errors import CheckpointError
-from pengi_kit.folders import staged
+from pengi_kit.folders import read_json, staged
 from pengi_kit.recipe import COMPONENT_SLOTS, dumps
 from pengi_kit.sources import is_architecture_only
 
@@ -167,13 +167,8 @@ def _version() -> str:
 def verify(path: Path) -> dict[str, Any]:
     """Meta of a complete, uncorrupted checkpoint, else CheckpointError naming what is wrong."""
     path = Path(path)
-    try:
-        meta = json.loads((path / META).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: not a checkpoint directory (no {META}); pass a directory "
-                              "written by `pengi-kit train` or `pengi-kit import`") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path}/{META}: corrupted ({exc})") from exc
+    meta = read_json(path / META, f"not a checkpoint directory (no {META}); pass a directory written by "
+                     "`pengi-kit train` or `pengi-kit import`", CheckpointError)
     for name, digest in meta.get("sha256", {}).items():
         if not (path / name).is_file():
             raise CheckpointError(f"{path}: {name} is missing; the checkpoint is incomplete")

@@ -163,6 +163,17 @@ def write_clap_files(tmp: Path, out: Path, *, audio_table: dict[str, Any], audio
 
 # ---------------------------------------------------------------- reading
 
+def read_json(path: Path, missing: str, error: type[Exception] = WeightsError) -> Any:
+    """The JSON document at ``path``; ``error`` in one line when it is absent (``missing``: what
+    that means and the fix) or corrupted."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise error(f"{path.parent}: {missing}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise error(f"{path}: corrupted ({exc})") from None
+
+
 def is_clap_folder(path: str | Path) -> bool:
     return (Path(path) / CLAP_FILE).is_file()
 
@@ -170,13 +181,8 @@ def is_clap_folder(path: str | Path) -> bool:
 def read_clap_info(folder: str | Path) -> dict[str, Any]:
     """``clap.json`` of a CLAP folder, with each tower's ``pretrained`` made a path under it."""
     folder = Path(folder)
-    try:
-        info = json.loads((folder / CLAP_FILE).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise WeightsError(f"{folder}: not a CLAP folder (no {CLAP_FILE}); write one with "
-                           "`pengi-kit import laion-clap|ms-clap` or a contrastive pretraining run") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise WeightsError(f"{folder / CLAP_FILE}: corrupted ({exc})") from None
+    info = read_json(folder / CLAP_FILE, f"not a CLAP folder (no {CLAP_FILE}); write one with "
+                     "`pengi-kit import laion-clap|ms-clap` or a contrastive pretraining run")
     for slot in ("audio_encoder", "text_encoder"):
         info[slot] = {**info[slot], "pretrained": str(folder / info[slot]["pretrained"])}
     return info
@@ -221,10 +227,7 @@ def read_encoder_folder(path: Path, component: str | None, build_args: Mapping[s
     if not info_file.is_file() or not weights.is_file():
         raise WeightsError(f"{path}: not an imported encoder folder (needs {COMPONENT_FILE} and {COMPONENT_WEIGHTS}); "
                            "write one with `pengi-kit import`, or pass a checkpoint file")
-    try:
-        info = json.loads(info_file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise WeightsError(f"{info_file}: corrupted ({exc})") from exc
+    info = read_json(info_file, f"no {COMPONENT_FILE}")
     if component and info.get("component") != component:
         raise WeightsError(f"{path} holds a '{info.get('component')}' encoder, not '{component}'; "
                            f"set name = \"{info.get('component')}\" in the recipe")
