@@ -305,9 +305,11 @@ def _pretrained_llama(folder, steps=150):
     return folder
 
 
-def _tagger(manifest, data, steps=60):
+def _tagger(manifest, data, max_steps=400):
     """CNN14 trained to tell the kinds apart (as the demo pretrains its tagger): trained jointly
-    from scratch in a few steps, an audio encoder's embedding collapses before the LM reads it."""
+    from scratch in a few steps, an audio encoder's embedding collapses before the LM reads it.
+    Trained until it tells every training clip apart in eval mode (checked every 20 steps, at most
+    ``max_steps``): a fixed 60 steps left one kind confused on two seeds of six."""
     from pengi_kit.components.cnn14 import cnn14
 
     rows = [json.loads(line) for line in manifest.read_text().splitlines()]
@@ -317,12 +319,19 @@ def _tagger(manifest, data, steps=60):
     encoder = cnn14(sample_rate=16000, width=2, clip_seconds=0.5, spec_augment=False, num_classes=3)
     optimizer = torch.optim.Adam(encoder.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(0)
-    for _ in range(steps):
+    for step in range(1, max_steps + 1):
         batch = torch.randint(len(rows), (16,), generator=g)
         loss = torch.nn.functional.cross_entropy(encoder.fc_audioset(encoder(clips[batch])), labels[batch])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        if step % 20 == 0:
+            encoder.eval()
+            with torch.no_grad():
+                done = bool((encoder.fc_audioset(encoder(clips)).argmax(1) == labels).all())
+            encoder.train()
+            if done:
+                break
     return encoder.state_dict()
 
 
@@ -335,7 +344,7 @@ def test_lora_trains_adapters_only_learns_and_exports_merged(tmp_path):
     base = load_file(str(base_folder / "model.safetensors"))
     encoder = {"name": "cnn14", "sample_rate": 16000, "width": 2, "clip_seconds": 0.5, "spec_augment": False,
                "num_classes": 3, "trainable": False}
-    raw = tiny_recipe(tmp_path / "run", train={"max_steps": 80, "batch_size": 16, "log_every": 20},
+    raw = tiny_recipe(tmp_path / "run", train={"max_steps": 200, "batch_size": 16, "log_every": 20},
                       audio_encoder=encoder, projection_dim=64, projection_dropout=0.0, text_mapper={"name": "none"},
                       lm={"name": "causal-lm", "pretrained": str(base_folder), "tokenizer": WORDS,
                           "trainable": False, "lora": LORA})
@@ -357,7 +366,10 @@ def test_lora_trains_adapters_only_learns_and_exports_merged(tmp_path):
     saved = load_file(str(ckpt / "model.safetensors"))
     lm_keys = [k for k in saved if k.startswith("lm.")]
     assert len(lm_keys) == 2 * 4 * 2 and all("lora_" in k for k in lm_keys)  # A and B, q/k/v/o, two layers
-    # it learned: held-out accuracy well above chance (1/3), and the adapters carry part of it
+    # it learned: held-out accuracy well above chance (1/3), and the adapters carry part of it. Over six
+    # seeds (every torch seed and both corpora reseeded) this reached 0.958-1.0 (the tagger trained to
+    # a target, 200 steps); at 80 steps with a 60-step tagger it was 0.667 on three of six
+    # (one kind never said), which is what failed on other machines
     pengi = pengi_kit.load(tmp_path / "run")
     clips = [data / r["audio"] for r in held_out]
     texts = pengi.generate(clips, "this is a sound of", method="greedy", max_new_tokens=4)
