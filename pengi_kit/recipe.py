@@ -140,6 +140,9 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "bucket_batches": Field(int, 50, "Batches per pool sorted by target-text length (less padding); 0: off.",
                                 range=">= 0"),
         "max_seconds": Field(float, 3600.0, "A clip or segment longer than this is bad input (reported).", range="> 0"),
+        "augment": Field(dict, {}, "Augmentation of the training clips, drawn afresh each epoch: the table "
+                         "[data.augment] (speed, pitch_semitones, shift, reverb, noise, snr_db, gain_db, mixup ...; "
+                         "see docs/data.md)."),
     },
     "optim": {
         "name": Field(str, "adamw", "Optimiser.", ("adam", "adamw")),
@@ -456,6 +459,12 @@ def _check_consistency(recipe: dict[str, Any]) -> None:
         raise RecipeError(f"train.batch_size {train['batch_size']} is not divisible by train.grad_accum "
                           f"{train['grad_accum']}; make it a multiple")
     _check_data_sources(recipe)
+    from pengi_kit.data.augment import Augment
+
+    recipe["data"]["augment"] = _check_settings("data.augment", recipe["data"]["augment"], Augment)
+    if recipe["data"]["augment"]["mixup"] and recipe["task"] != "tagging":
+        raise RecipeError(f"data.augment.mixup: mixes labels, which task '{recipe['task']}' does not have; "
+                          "use it for task = 'tagging', or set it to 0")
     model = recipe["model"]
     if recipe["task"] in TASK_SLOTS:
         if train["strategy"] == "fsdp":
@@ -554,6 +563,9 @@ def check_files(recipe: dict[str, Any]) -> None:
                 raise RecipeError(f"{where}: manifest '{name}' not found (paths are relative to the current "
                                   f"directory, {Path.cwd()}); write one with `pengi-kit data prepare`, or use "
                                   "'synthetic'")
+    from pengi_kit.data.augment import Augment
+
+    Augment(**recipe["data"]["augment"]).check()  # its noise and impulse-response sources
 
 
 def load_recipe(ref: str | Path, overrides: typing.Sequence[str] = (), registry: Any | None = None) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pengi_kit.data.augment import Augment
 from pengi_kit.data.base import PengiDataset
 from pengi_kit.data.dataset import ManifestDataset, MixtureDataset, SyntheticDataset
 from pengi_kit.data.shards import ShardDataset, is_shard_source
@@ -46,11 +47,13 @@ def build_dataset(recipe: dict[str, Any], split: str, sample_rate: int,
         return None
     crop = data["train_crop"] if split == "train" else data["eval_crop"]
     task = recipe.get("task", "pengi")  # what the model trains: Pengi, or an encoder's pretraining
+    augment = Augment(**data["augment"]) if split == "train" and data.get("augment") else None
+    augment = augment if augment is not None and augment.active else None  # training clips only
     built: list[PengiDataset] = []
     for stream, entry in enumerate(entries):
         name = entry["manifest"]
         if name == "synthetic":
-            built.append(SyntheticDataset(synthetic_corpus(recipe, split, sample_rate, clip_seconds), task))
+            built.append(SyntheticDataset(synthetic_corpus(recipe, split, sample_rate, clip_seconds), task, augment))
         elif is_shard_source(name):
             baked = [key for key in ("prompt", "task", "templates") if key in entry]
             if baked:  # `data shard` wrote each row's prompt into the shards
@@ -61,13 +64,13 @@ def build_dataset(recipe: dict[str, Any], split: str, sample_rate: int,
                 raise RecipeError(f"data.{split}: shards '{name}' stream and cannot be mixed with weights "
                                     "(shard each corpus into one set, or mix manifests)")
             return ShardDataset(name, sample_rate, clip_seconds, crop, recipe["seed"],
-                                max_seconds=data["max_seconds"])
+                                max_seconds=data["max_seconds"], augment=augment)
         else:
             built.append(ManifestDataset(name, sample_rate, clip_seconds, crop, recipe["seed"], data["on_error"],
                                          task=entry.get("task"), templates=entry.get("templates"),
                                          # encoder pretraining reads no prompt: rows need none
                                          prompt=entry.get("prompt", None if task == "pengi" else ""),
-                                         max_seconds=data["max_seconds"], stream=stream))
+                                         max_seconds=data["max_seconds"], stream=stream, augment=augment))
     if len(built) == 1 and entries[0].get("weight", 1.0) == 1.0:
         return built[0]
     weights = [e.get("weight", 1.0) if split == "train" else 1.0 for e in entries]

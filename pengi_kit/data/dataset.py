@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset
 
+from pengi_kit.data.augment import Augment, augment
 from pengi_kit.data.base import PengiDataset
 from pengi_kit.data.collate import clip_key
 from pengi_kit.data.synthetic import PROMPTS_PER_CLIP, SyntheticCorpus
@@ -33,10 +34,10 @@ class SyntheticDataset(PengiDataset, Dataset):
     other one the next epoch, as CLAP training draws one of a clip's captions.
     """
 
-    def __init__(self, corpus: SyntheticCorpus, task: str = "pengi") -> None:
+    def __init__(self, corpus: SyntheticCorpus, task: str = "pengi", augment: Augment | None = None) -> None:
         if task not in ("pengi", "tagging", "contrastive"):
             raise ValueError(f"unknown task {task!r}")
-        self.corpus, self.task, self.epoch = corpus, task, 0
+        self.corpus, self.task, self.epoch, self.augment = corpus, task, 0, augment
         self.per_clip = PROMPTS_PER_CLIP if task == "pengi" else 1
 
     def set_epoch(self, epoch: int) -> None:
@@ -46,18 +47,22 @@ class SyntheticDataset(PengiDataset, Dataset):
         return self.per_clip * len(self.corpus)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        index %= len(self)  # a repeated draw (weight > 1) is the same example
+        copy, index = divmod(index, len(self))  # a repeated draw (weight > 1): the same example
         clip = self.corpus.clip(index // self.per_clip)
         key = f"synthetic:{self.corpus.seed}:{index // self.per_clip}"
+        audio = clip.audio
+        if self.augment is not None:
+            rng = np.random.default_rng([self.corpus.seed, self.epoch, copy, index, 1])
+            audio = augment(audio, self.corpus.sample_rate, self.augment, rng, len(audio))
         if self.task == "tagging":
-            return {"audio": clip.audio, "prompt": "", "text": clip.primary, "task": "tagging", "labels": clip.labels,
+            return {"audio": audio, "prompt": "", "text": clip.primary, "task": "tagging", "labels": clip.labels,
                     "clip": key}
         if self.task == "contrastive":
             texts = clip.descriptions()
-            return {"audio": clip.audio, "prompt": "", "text": texts[(index + self.epoch) % len(texts)],
+            return {"audio": audio, "prompt": "", "text": texts[(index + self.epoch) % len(texts)],
                     "task": "contrastive", "clip": key}
         task, prompt, text = clip.examples()[index % PROMPTS_PER_CLIP]
-        return {"audio": clip.audio, "prompt": prompt, "text": text, "task": task, "clip": key}
+        return {"audio": audio, "prompt": prompt, "text": text, "task": task, "clip": key}
 
 
 class ManifestDataset(PengiDataset, Dataset):
@@ -73,13 +78,13 @@ class ManifestDataset(PengiDataset, Dataset):
     def __init__(self, path: str | Path, sample_rate: int, clip_seconds: float | None,
                  crop: str, seed: int = 0, on_error: str = "skip", *, task: str | None = None,
                  templates: dict[str, str] | None = None, prompt: str | None = None, max_seconds: float = 3600.0,
-                 stream: int = 0) -> None:
+                 stream: int = 0, augment: Augment | None = None) -> None:
         from pengi_kit.data.manifest import read_manifest
 
         self.examples, self.load_errors = read_manifest(Path(path), on_error=on_error, task=task,
                                                         templates=templates, prompt=prompt)
         self.sample_rate, self.clip_seconds, self.crop, self.seed = sample_rate, clip_seconds, crop, seed
-        self.max_seconds, self.stream = max_seconds, stream
+        self.max_seconds, self.stream, self.augment = max_seconds, stream, augment
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -103,6 +108,10 @@ class ManifestDataset(PengiDataset, Dataset):
                                clip_seconds=self.clip_seconds or None, crop=self.crop, rng=rng)
         except PengiKitError as exc:
             return {"error": f"{ex.source}:{ex.line}: {exc}"}
+        if self.augment is not None:
+            audio = augment(audio, self.sample_rate, self.augment,
+                            np.random.default_rng([self.seed, self.stream, self.epoch, copy, index, 1]),
+                            len(audio) if self.clip_seconds else None)
         return {"audio": audio, "prompt": ex.prompt, "text": ex.text, "task": ex.task or "",
                 "clip": clip_key(ex.audio, ex.start, ex.end)}
 

@@ -13,8 +13,9 @@ of an epoch sit out, different ones each epoch (:meth:`TrainLoader.examples_per_
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable, Iterator
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, IterableDataset
 
@@ -59,8 +60,8 @@ class TrainLoader:
 
     def __init__(self, dataset: PengiDataset, batch_size: int, *, seed: int = 0, rank: int = 0,
                  world_size: int = 1, num_workers: int = 0, pin_memory: bool = False,
-                 bucket_batches: int = 50) -> None:
-        self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
+                 bucket_batches: int = 50, mixup: float = 0.0) -> None:
+        self.dataset, self.batch_size, self.seed, self.mixup = dataset, batch_size, seed, mixup
         self.rank, self.world_size = rank, world_size
         self.num_workers, self.pin_memory = num_workers, pin_memory
         self.sampler: BucketBatchSampler | None = None
@@ -86,16 +87,29 @@ class TrainLoader:
             return used, self.dataset.num_examples()
         return used, self.sampler.draws_per_epoch
 
-    def epoch(self, epoch: int, start_batch: int = 0) -> DataLoader:
-        """The DataLoader of ``epoch``, starting at its batch ``start_batch``."""
+    def epoch(self, epoch: int, start_batch: int = 0) -> Iterable[dict[str, Any]]:
+        """The batches of ``epoch``, from its batch ``start_batch`` on (with ``mixup``, mixed:
+        :func:`pengi_kit.data.augment.mix_batch`, drawn from (seed, rank, epoch, batch))."""
         self.dataset.set_epoch(epoch)
         options = _options(self.num_workers, self.pin_memory, self.seed + epoch)
         if self.sampler is None:
             self.dataset.configure(batch_size=self.batch_size, epoch=epoch, start_batch=start_batch,  # type: ignore[attr-defined]
                                    rank=self.rank, world_size=self.world_size, train=True)
-            return DataLoader(self.dataset, batch_size=None, collate_fn=_whole, **options)
-        self.sampler.set_epoch(epoch, start_batch)
-        return DataLoader(self.dataset, batch_sampler=self.sampler, collate_fn=collate, **options)
+            loader = DataLoader(self.dataset, batch_size=None, collate_fn=_whole, **options)
+        else:
+            self.sampler.set_epoch(epoch, start_batch)
+            loader = DataLoader(self.dataset, batch_sampler=self.sampler, collate_fn=collate, **options)
+        return self._mixed(loader, epoch, start_batch) if self.mixup else loader
+
+    def _mixed(self, loader: DataLoader, epoch: int, start_batch: int) -> Iterator[dict[str, Any]]:
+        from pengi_kit.data.augment import mix_batch
+
+        for i, batch in enumerate(loader, start_batch):
+            if len(batch["prompts"]) > 1:
+                rng = np.random.default_rng([self.seed, self.rank, epoch, i, 2])
+                partner, weight = mix_batch(batch["audio"].numpy(), self.mixup, rng)  # in place
+                batch["mixup"] = {"partner": partner, "weight": weight}
+            yield batch
 
 
 def eval_loader(dataset: PengiDataset, batch_size: int, *, rank: int = 0, world_size: int = 1,

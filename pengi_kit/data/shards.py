@@ -31,6 +31,7 @@ from typing import Any, Iterator
 import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
 
+from pengi_kit.data.augment import Augment, augment
 from pengi_kit.data.base import PengiDataset
 from pengi_kit.data.collate import clip_key, collate
 from pengi_kit.errors import PengiKitError
@@ -263,7 +264,8 @@ class ShardDataset(PengiDataset, IterableDataset):
     """
 
     def __init__(self, spec: str | Path, sample_rate: int, clip_seconds: float | None, crop: str = "random",
-                 seed: int = 0, *, max_seconds: float = 3600.0) -> None:
+                 seed: int = 0, *, max_seconds: float = 3600.0, augment: Augment | None = None) -> None:
+        self.augment = augment
         self.spec, self.paths = str(spec), resolve_shards(spec)
         self.counts = shard_counts(self.paths)
         self.sample_rate, self.clip_seconds, self.crop, self.seed = sample_rate, clip_seconds, crop, seed
@@ -370,6 +372,10 @@ class ShardDataset(PengiDataset, IterableDataset):
         except PengiKitError as exc:
             source = meta.get("source")
             return {"error": f"{source}: {exc}" if source else str(exc)}
+        if self.augment is not None:
+            wav = augment(wav, self.sample_rate, self.augment, np.random.default_rng([self.seed, self.epoch, shard,
+                                                                                      position, 1]),
+                          len(wav) if self.clip_seconds else None)
         clip = clip_key(meta.get("audio") or f"{path}:{audio[0].name}", meta.get("start"), meta.get("end"))
         return {"audio": wav, "prompt": meta["prompt"], "text": meta["text"], "task": meta.get("task", ""),
                 "clip": clip}

@@ -187,7 +187,8 @@ class Trainer:
         self.batch_size = recipe["train"]["batch_size"]
         self.loader = TrainLoader(self.train_data, self.batch_size, seed=recipe["seed"], rank=self.dist.rank,
                                   world_size=self.dist.world_size, num_workers=data["num_workers"],
-                                  pin_memory=self.dist.device.type == "cuda", bucket_batches=data["bucket_batches"])
+                                  pin_memory=self.dist.device.type == "cuda", bucket_batches=data["bucket_batches"],
+                                  mixup=data["augment"]["mixup"])
         self.steps_per_epoch = len(self.loader)
         if self.steps_per_epoch == 0:
             size = self.train_data.num_examples()

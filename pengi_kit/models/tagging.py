@@ -71,6 +71,11 @@ class TaggingModel(Composite):
                 target[i, [self.index[label] for label in row]] = 1.0
         else:
             target = torch.tensor([self.index[row[0]] for row in rows], dtype=torch.long)
+        mix = batch.get("mixup")  # clips mixed in pairs (data.augment.mixup): their labels mix alike
+        if mix:
+            hard = target if self.multi_label else F.one_hot(target, len(self.classes)).float()
+            weight = torch.tensor(mix["weight"])[:, None]
+            target = weight * hard + (1 - weight) * hard[torch.tensor(mix["partner"])]
         return {"audio": batch["audio"], "labels": target}
 
     def example_inputs(self, n: int = 1) -> dict[str, torch.Tensor]:
