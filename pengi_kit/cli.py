@@ -97,6 +97,41 @@ def validate_cmd(recipe: str, overrides: tuple[str, ...]) -> None:
     click.echo(f"ok: {recipe} ({parts})")
 
 
+@main.group("recipes", invoke_without_command=True)
+@click.pass_context
+def recipes_group(ctx: click.Context) -> None:
+    """List the recipes that ship with pengi-kit (usable by name from any directory: pengi-kit
+    train pengi_base), or copy one to edit (recipes copy)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from pengi_kit.recipe import shipped_recipes
+
+    for name, path in shipped_recipes().items():
+        lines = path.read_text(encoding="utf-8").splitlines()
+        about = next((line.lstrip("# ").strip() for line in lines if line.startswith("#")), "")
+        click.echo(f"{name:<28} {about}")
+
+
+@recipes_group.command("copy")
+@click.argument("name")
+@click.argument("dest", type=click.Path(path_type=Path))
+@click.option("--force", is_flag=True, help="Replace DEST if it exists.")
+def recipes_copy_cmd(name: str, dest: Path, force: bool) -> None:
+    """Copy shipped recipe NAME's source file (comments and extends included) to DEST, to edit.
+    (`pengi-kit show` prints a recipe resolved instead.)"""
+    from pengi_kit.recipe import shipped_recipes
+
+    recipes = shipped_recipes()
+    if name not in recipes:
+        raise PengiKitError(f"'{name}' is not a shipped recipe; `pengi-kit recipes` lists them")
+    if dest.is_dir():
+        dest = dest / recipes[name].name
+    if dest.exists() and not force:
+        raise PengiKitError(f"{dest} exists; choose another name or pass --force")
+    dest.write_bytes(recipes[name].read_bytes())
+    click.echo(f"wrote {dest} (a copy of {name}); train it with: pengi-kit train {dest}")
+
+
 @main.command("show")
 @click.argument("recipe")
 @overrides_option
@@ -474,7 +509,7 @@ def _recipe_of(checkpoint: str) -> dict[str, Any]:
 
 
 @main.command("demo")
-@click.option("--recipe", default="recipes/demo.toml", show_default=True, help="The demo recipe to train.")
+@click.option("--recipe", default="demo", show_default=True, help="The demo recipe to train (a shipped name or a path).")
 @overrides_option
 @click.option("--device", default=None, help="cpu, cuda ... (default: cuda when available).")
 def demo_cmd(recipe: str, overrides: tuple[str, ...], device: str | None) -> None:

@@ -226,19 +226,39 @@ def _check_type(where: str, value: Any, expected: Any) -> Any:
 
 # ---------------------------------------------------------------- loading and merging
 
+SHIPPED = Path(__file__).parent / "recipes"  # package data; the repository's recipes/ is the source
+
+
+def shipped_recipes() -> dict[str, Path]:
+    """Name -> file of every recipe that ships with pengi-kit (``pengi_base``, ``ablations/prefix_10``,
+    ``eval/demo`` ...), usable by name from any directory."""
+    return {p.relative_to(SHIPPED).with_suffix("").as_posix(): p for p in sorted(SHIPPED.rglob("*.toml"))}
+
+
 def _find(ref: str, base: Path | None) -> Path:
-    path = Path(ref)
-    candidates = [path] if path.suffix else [path.with_suffix(".toml")]
-    if base is not None and not path.is_absolute():
-        for folder in [base, *list(base.parents)[:2]]:
-            candidates += [folder / c for c in list(candidates[:1])]
-            candidates += [folder / "recipes" / candidates[0]]
-    candidates.append(Path("recipes") / candidates[0])
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    raise RecipeError(f"recipe '{ref}' not found (looked in {', '.join(sorted({str(c.parent) for c in candidates}))}); "
-                      "give a path to a .toml file")
+    """The file a recipe reference names. A path (ending in ``.toml``, or starting with ``.``, ``/``
+    or ``~``) is relative to the including recipe's folder (``base``) or the current directory. A
+    name (``pengi_base``, ``ablations/prefix_10``) is a file of that name there or in ``recipes/``,
+    or a shipped recipe; a local file and a shipped recipe of one name that differ are an error."""
+    path = Path(ref).expanduser()
+    file = path if path.suffix else path.with_suffix(".toml")
+    local = [file] if file.is_absolute() else [*([base / file] if base is not None else []), file,
+                                               Path("recipes") / file]
+    found = next((c for c in local if c.is_file()), None)
+    if path.suffix == ".toml" or ref.startswith((".", "/", "~")):
+        if found is None:
+            raise RecipeError(f"recipe file '{ref}' not found (looked for {', '.join(str(c) for c in local)})")
+        return found
+    shipped = shipped_recipes().get(path.as_posix())
+    if found is not None and shipped is not None and found.read_bytes() != shipped.read_bytes():
+        raise RecipeError(f"recipe '{ref}' is ambiguous: {found} and the shipped recipe {shipped} differ; name the "
+                          f"file by its path (./{file}) or rename it")
+    if found is None and shipped is None:
+        close = difflib.get_close_matches(path.as_posix(), list(shipped_recipes()), n=1, cutoff=0.5)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise RecipeError(f"recipe '{ref}' not found (looked for {', '.join(str(c) for c in local)} and the shipped "
+                          f"recipes); {hint}`pengi-kit recipes` lists the shipped ones, or give a path to a .toml file")
+    return found or shipped
 
 
 def _read(path: Path) -> dict[str, Any]:

@@ -59,8 +59,11 @@ class TaskSpec:
 
 
 def load_suite(path: str | Path, data_root: str | Path | None = None) -> tuple[str, list[TaskSpec]]:
-    """The suite's name and tasks, manifest paths resolved; every key is checked."""
-    path = Path(path)
+    """The suite's name and tasks, manifest paths resolved; every key is checked. ``path`` may
+    name a shipped suite (``eval/demo``, ``eval/pengi_paper``: ``pengi-kit recipes`` lists them)."""
+    from pengi_kit.recipe import shipped_recipes
+
+    path = Path(path) if Path(path).exists() else shipped_recipes().get(str(path).removesuffix(".toml"), Path(path))
     try:
         doc = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
