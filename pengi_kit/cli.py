@@ -403,7 +403,7 @@ def describe_cmd(checkpoint: str, inputs: tuple[str, ...], fmt: str, as_json: bo
 @click.argument("checkpoint")
 @click.option("--task", metavar="NAME", help="One task on --manifest (or use --suite); the tasks are listed below.")
 @click.option("--manifest", help="The evaluation manifest (.jsonl/.csv) for --task.")
-@click.option("--suite", help="A suite file of many tasks, e.g. recipes/eval/pengi_paper.toml.")
+@click.option("--suite", help="A suite of many tasks: a shipped one by name (eval/pengi_paper, eval/demo) or a file.")
 @click.option("--data-root", help="Folder the suite's manifests are relative to (default: the suite's data_root).")
 @click.option("--train-manifest", help="linear-probe: the clips the classifier is fitted on.")
 @click.option("--classes", type=click.Path(dir_okay=False), help="classification/linear-probe: a file with one "

@@ -149,5 +149,5 @@ def run(recipe: dict[str, Any], echo: Callable[[str], None] = print, device: str
     train = synthetic_corpus(recipe, "train", pengi.model.sample_rate, pengi.model.clip_seconds)
     write_eval_set(out / "eval", held_out, train)
     echo(f"try: pengi-kit generate {out} {example} --prompt \"this is a sound of\"")
-    echo(f"     pengi-kit evaluate {out} --suite recipes/eval/demo.toml --data-root {out / 'eval'}")
+    echo(f"     pengi-kit evaluate {out} --suite eval/demo --data-root {out / 'eval'}")
     return path

@@ -2,7 +2,7 @@
 ``pengi_kit.launch_training``): what ``pengi-kit train`` does, usable from Python.
 
 >>> import pengi_kit
->>> recipe = pengi_kit.check_training("recipes/demo.toml", ["train.max_steps=100"])  # doctest: +SKIP
+>>> recipe = pengi_kit.check_training("demo", ["train.max_steps=100"])  # doctest: +SKIP
 >>> pengi_kit.train(recipe)                                                          # doctest: +SKIP
 PosixPath('runs/demo/checkpoints/step-00000100')
 """
