@@ -7,8 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e ".[test]"
-.venv/bin/python -m pip install -q -e plugins/pengi-kit-timm -e plugins/pengi-kit-openclip \
+# constraints.txt: the versions a green run used (scripts/versions.sh tests the newest and the oldest allowed)
+.venv/bin/python -m pip install -q -c constraints.txt -e ".[test]"
+.venv/bin/python -m pip install -q -c constraints.txt -e plugins/pengi-kit-timm -e plugins/pengi-kit-openclip \
     -e plugins/pengi-kit-plugin-template
 if [[ "${1:-}" == "--fast" ]]; then
     shift
