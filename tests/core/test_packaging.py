@@ -35,7 +35,9 @@ def test_a_wheel_lists_and_validates_its_recipes_from_an_empty_directory(tmp_pat
     assert installed.returncode == 0, installed.stderr
     empty = tmp_path / "empty"
     empty.mkdir()
-    env = {**os.environ, "PYTHONPATH": ""}
+    # the test environment's plugins are visible by their entry points but not importable there:
+    # they are skipped with a line (strict mode, which CI sets, would stop on them)
+    env = {**os.environ, "PYTHONPATH": "", "PENGI_KIT_STRICT_PLUGINS": "0"}
 
     def run(*args):
         return subprocess.run([python, "-m", "pengi_kit", *args], cwd=empty, capture_output=True, text=True, env=env,
