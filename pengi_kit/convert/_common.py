@@ -17,9 +17,7 @@ from torch import nn
 from pengi_kit import folders
 from pengi_kit.components.frontend import slaney_mel_filters
 from pengi_kit.errors import ConversionError
-from pengi_kit.folders import (  # noqa: F401 - the importers' shared names
-    FORMAT_VERSION, STFT_KEYS, save_encoder_folder, short, toml_table, write_json,
-)
+from pengi_kit.folders import STFT_KEYS, short
 
 
 # ---------------------------------------------------------------- reading
