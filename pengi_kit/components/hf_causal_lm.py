@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -19,6 +19,7 @@ from transformers.cache_utils import Cache, DynamicLayer, StaticLayer
 
 from pengi_kit.components._hf import build_hf, reject_config_args
 from pengi_kit.errors import RecipeError, WeightsError
+from pengi_kit.options import option
 
 # LoRA's default targets: the attention projections (what LoRA's paper and most recipes adapt);
 # other architectures get peft's own default for their model type
@@ -43,23 +44,16 @@ DROPOUT_ATTRIBUTES = ("attention_dropout", "hidden_dropout", "dropout", "activat
 CHAT_PLACEHOLDER = "PENGIKITPREFIX"
 
 
-def _option(default: Any, help: str, range: str = "") -> Any:
-    metadata = {"help": help, "range": range}
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata=metadata)
-    return field(default=default, metadata=metadata)
-
-
 @dataclass(frozen=True)
 class LoRA:
     """``[model.lm.lora]``: low-rank adapters (LoRA, through peft) on a frozen LM. Only the
     adapters train (and the other trainable slots); checkpoints store the adapters, not the
     base, and ``pengi-kit export`` merges them into the LM."""
 
-    rank: int = _option(8, "Rank r of each adapter.", ">= 1")
-    alpha: float = _option(16.0, "Adapter scale: its output is multiplied by alpha / rank.", "> 0")
-    dropout: float = _option(0.05, "Dropout on each adapter's input while training.", "[0, 1)")
-    target_modules: list[str] = _option(
+    rank: int = option(8, "Rank r of each adapter.", ">= 1")
+    alpha: float = option(16.0, "Adapter scale: its output is multiplied by alpha / rank.", "> 0")
+    dropout: float = option(0.05, "Dropout on each adapter's input while training.", "[0, 1)")
+    target_modules: list[str] = option(
         [], "Names (suffixes) of the linear layers to adapt; [] means the attention projections (gpt2: "
             "c_attn; llama, qwen2/3, mistral, gemma: q/k/v/o_proj), else peft's default for the architecture.")
 

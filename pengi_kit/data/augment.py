@@ -16,20 +16,15 @@ or white noise), gain; then the clip is cut or padded back to the encoder's leng
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
 import numpy as np
 
+from pengi_kit.options import option
+
 __all__ = ["Augment", "augment", "mix_batch"]
-
-
-def _option(default: Any, help: str, range: str = "") -> Any:
-    metadata = {"help": help, "range": range}
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata=metadata)
-    return field(default=default, metadata=metadata)
 
 
 @dataclass(frozen=True)
@@ -37,23 +32,23 @@ class Augment:
     """``[data.augment]``: what varies in the training clips. Ranges are ``[low, high]``, drawn
     uniformly; the defaults change nothing."""
 
-    gain_db: list[float] = _option([0.0, 0.0], "Gain in dB, drawn from [low, high].")
-    shift: float = _option(0.0, "Shift the clip in time by up to this fraction of its length, either way "
+    gain_db: list[float] = option([0.0, 0.0], "Gain in dB, drawn from [low, high].")
+    shift: float = option(0.0, "Shift the clip in time by up to this fraction of its length, either way "
                                 "(silence fills).", "[0, 1)")
-    speed: list[float] = _option([1.0, 1.0], "Speed perturbation: resample by a factor drawn from [low, high] "
+    speed: list[float] = option([1.0, 1.0], "Speed perturbation: resample by a factor drawn from [low, high] "
                                              "(tempo and pitch change together), e.g. [0.9, 1.1].")
-    pitch_semitones: list[float] = _option([0.0, 0.0], "Pitch shift in semitones, drawn from [low, high]; the "
+    pitch_semitones: list[float] = option([0.0, 0.0], "Pitch shift in semitones, drawn from [low, high]; the "
                                                        "duration is kept (phase vocoder).")
-    noise: str = _option("", "Background noise: a manifest or folder of noise clips (a random stretch of one is "
+    noise: str = option("", "Background noise: a manifest or folder of noise clips (a random stretch of one is "
                              "added), or 'white'; '' for none.")
-    snr_db: list[float] = _option([5.0, 30.0], "Signal-to-noise ratio of the added noise in dB, drawn from "
+    snr_db: list[float] = option([5.0, 30.0], "Signal-to-noise ratio of the added noise in dB, drawn from "
                                                "[low, high].")
-    noise_prob: float = _option(0.5, "Share of the clips that get noise.", "[0, 1]")
-    reverb: str = _option("", "Reverberation: a manifest or folder of impulse responses, or 'room' for synthetic "
+    noise_prob: float = option(0.5, "Share of the clips that get noise.", "[0, 1]")
+    reverb: str = option("", "Reverberation: a manifest or folder of impulse responses, or 'room' for synthetic "
                               "rooms (exponentially decaying noise); '' for none.")
-    rt60: list[float] = _option([0.2, 0.8], "Synthetic rooms: reverberation time (s), drawn from [low, high].")
-    reverb_prob: float = _option(0.5, "Share of the clips that get reverberation.", "[0, 1]")
-    mixup: float = _option(0.0, "Tagging: mix pairs of clips of a batch and their labels with a weight drawn "
+    rt60: list[float] = option([0.2, 0.8], "Synthetic rooms: reverberation time (s), drawn from [low, high].")
+    reverb_prob: float = option(0.5, "Share of the clips that get reverberation.", "[0, 1]")
+    mixup: float = option(0.0, "Tagging: mix pairs of clips of a batch and their labels with a weight drawn "
                                 "from Beta(mixup, mixup) (PANNs: 1.0); 0 for none.", ">= 0")
 
     def __post_init__(self) -> None:
