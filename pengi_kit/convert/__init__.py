@@ -32,7 +32,8 @@ from pengi_kit.plugins import registry
 
 def import_checkpoint(fmt: str, source: str | Path, out: str | Path, *, force: bool = False,
                       **options: Any) -> dict[str, Any]:
-    """Import the checkpoint ``source`` with the registered importer ``fmt`` (the formats above,
+    """Import the checkpoint ``source`` (a file, or a published tag such as ``"base"`` for ``pengi``:
+    :mod:`pengi_kit.convert.published`) with the registered importer ``fmt`` (the formats above,
     or a plugin's: ``pengi-kit list-components --kind importer``) into ``out``.
 
     ``options``: the keyword arguments the importer declares (``lm`` / ``text_encoder``: hub
@@ -40,6 +41,16 @@ def import_checkpoint(fmt: str, source: str | Path, out: str | Path, *, force: b
     written).
     """
     importer = registry().get("importer", fmt).load()
+    if not Path(source).exists():  # a published tag: from the cache, or downloaded into it
+        from pengi_kit.convert.published import PUBLISHED, fetch, find
+
+        entry = find(fmt, str(source))
+        if entry is None:
+            tags = [p.tag for p in PUBLISHED if p.format == fmt]
+            raise ConversionError(f"{source}: not a file, nor a published tag of {fmt}"
+                                  f"{' (' + ', '.join(tags) + ')' if tags else ''}; pass the downloaded checkpoint "
+                                  "file or a tag (docs/checkpoints.md lists them)")
+        source = fetch(entry)
     given = {k: v for k, v in options.items() if v is not None}
     extra = sorted(set(given) - set(inspect.signature(importer).parameters))
     if extra:
