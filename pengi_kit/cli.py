@@ -533,7 +533,7 @@ def demo_cmd(recipe: str, overrides: tuple[str, ...], device: str | None) -> Non
 
 @main.command("import", cls=_Listing, kind="importer", title="Formats")
 @click.argument("fmt", metavar="FORMAT")
-@click.argument("source", type=click.Path(dir_okay=False))
+@click.argument("source")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder to write.")
 @click.option("--lm", default=None, help="pengi, ms-clapcap: config and tokenizer of the LM (hub id or local "
                                           "folder; default gpt2). Its weights come from SOURCE.")
@@ -548,7 +548,11 @@ def import_cmd(fmt: str, source: str, out: str, lm: str | None, text_encoder: st
     """Import a published checkpoint (Pengi, PANNs, LAION-CLAP, Microsoft CLAP/CLAPCap, or a
     plugin's format) of FORMAT, one of the formats listed below.
 
-    Every key of SOURCE is mapped or knowingly ignored (see docs/checkpoints.md).
+    SOURCE is the downloaded file, or a published tag (panns cnn14-32k, cnn14-16k; laion-clap
+    630k-audioset-best, music-audioset; ms-clap 2022, 2023; ms-clapcap 2023), which is downloaded
+    into the cache ($PENGI_KIT_CACHE, default ~/.cache/pengi-kit) and checked against its
+    publisher's checksum first. Every key of SOURCE is mapped or knowingly ignored (see
+    docs/checkpoints.md).
     """
     import pengi_kit
 

@@ -41,7 +41,9 @@ def import_checkpoint(fmt: str, source: str | Path, out: str | Path, *, force: b
     written).
     """
     importer = registry().get("importer", fmt).load()
-    if not Path(source).exists():  # a published tag: from the cache, or downloaded into it
+    from pengi_kit.sources import looks_local
+
+    if not Path(source).exists() and not looks_local(str(source)):  # a tag: cached, or downloaded first
         from pengi_kit.convert.published import PUBLISHED, fetch, find
 
         entry = find(fmt, str(source))

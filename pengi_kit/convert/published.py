@@ -38,10 +38,41 @@ class Published:
 
     @property
     def filename(self) -> str:
-        return self.url.rsplit("/", 1)[-1].split("?")[0]
+        from urllib.parse import unquote
+
+        return unquote(self.url.rsplit("/", 1)[-1].split("?")[0])
 
 
-PUBLISHED: list[Published] = []  # filled below from the publishers' own records
+_ZENODO_PANNS = "https://zenodo.org/record/3987831/files"
+_HF_LAION, _HF_MSCLAP = "https://huggingface.co/lukewys/laion_clap/resolve/main", \
+    "https://huggingface.co/microsoft/msclap/resolve/main"
+# Checksums are the publishers' own where they publish one (Zenodo: md5; the Hugging Face hub: the
+# sha256 of the file's LFS pointer); ``source`` says where each value was read. Pengi's base.pth and
+# base_no_text_enc.pth (zenodo.org/record/8387083) are not listed yet: their md5 and size were not
+# verified here; import them from a downloaded file.
+PUBLISHED: list[Published] = [
+    Published("panns", "cnn14-32k", f"{_ZENODO_PANNS}/Cnn14_mAP%3D0.431.pth?download=1",
+              "md5:541141fa2ee191a88f24a3219fff024e", 327428481, "CC-BY-4.0 (weights), MIT (code)",
+              "Zenodo record 3987831's md5, as recorded in Labbeti/dcase2022task6a nn/urls.py"),
+    Published("panns", "cnn14-16k", f"{_ZENODO_PANNS}/Cnn14_16k_mAP%3D0.438.pth?download=1",
+              "md5:362fc5ff18f1d6ad2f6d464b45893f2c", 358668570, "CC-BY-4.0 (weights), MIT (code)",
+              "Zenodo record 3987831's md5, as quoted by download scripts that check it"),
+    Published("laion-clap", "630k-audioset-best", f"{_HF_LAION}/630k-audioset-best.pt",
+              "sha256:8053c9775516af2f4902e1e8281e356cc1bf7a85e8b761908170767b77c3f037", 1863587645, "CC0-1.0",
+              "huggingface.co/lukewys/laion_clap, the file's LFS pointer"),
+    Published("laion-clap", "music-audioset", f"{_HF_LAION}/music_audioset_epoch_15_esc_90.14.pt",
+              "sha256:fae3e9c087f2909c28a09dc31c8dfcdacbc42ba44c70e972b58c1bd1caf6dedd", 2352471003, "CC0-1.0",
+              "huggingface.co/lukewys/laion_clap commit 4226474e, the file's LFS pointer"),
+    Published("ms-clap", "2022", f"{_HF_MSCLAP}/CLAP_weights_2022.pth",
+              "sha256:5b917c47fec10547b65cf1d9096e194896fa1c2d6180536c8524289721a4c5b8", 2333972488, "MS-PL",
+              "huggingface.co/microsoft/msclap commit 23e65db4, the file's LFS pointer"),
+    Published("ms-clap", "2023", f"{_HF_MSCLAP}/CLAP_weights_2023.pth",
+              "sha256:2cef4016d47d00eb28d153d522f397222057f95000e9bad6b9583c631284a1e6", 689950036, "MS-PL",
+              "huggingface.co/microsoft/msclap (the value several lock files record for it)"),
+    Published("ms-clapcap", "2023", f"{_HF_MSCLAP}/clapcap_weights_2023.pth",
+              "sha256:6d7b700f2bc1be7319fd60430a516a88f0277bf1158b4908687a14e6a2a3a006", 1712037386, "MS-PL",
+              "huggingface.co/microsoft/msclap commit dc47f1cd, the file's LFS pointer"),
+]
 
 
 def cache_dir() -> Path:

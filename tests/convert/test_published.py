@@ -129,3 +129,16 @@ def test_import_takes_a_tag(tmp_path, monkeypatch):
     assert (tmp_path / "enc" / "component.json").is_file()
     unknown = CliRunner().invoke(main, ["import", "panns", "no-such-tag", "--out", str(tmp_path / "x")])
     assert unknown.exit_code == 2 and "not a file, nor a published tag of panns" in unknown.output
+
+
+def test_the_published_table_is_well_formed():
+    from pengi_kit.plugins import registry
+
+    importers = registry().names("importer")
+    assert len({(p.format, p.tag) for p in published.PUBLISHED}) == len(published.PUBLISHED)
+    for entry in published.PUBLISHED:
+        algorithm, value = entry.checksum.split(":")
+        assert entry.format in importers and entry.url.startswith("https://") and entry.size > 0
+        assert len(value) == {"md5": 32, "sha256": 64}[algorithm] and int(value, 16) >= 0
+        assert entry.licence and entry.source and "%" not in entry.filename
+    assert published.find("panns", "cnn14-16k").filename == "Cnn14_16k_mAP=0.438.pth"
