@@ -5,13 +5,16 @@ One command (about 12 minutes on 2 CPU cores)::
     python scripts/real_audio_experiment.py --out runs/real_audio
 
 From the 20 Free Spoken Digit recordings of ``../shared/data/real_audio`` (2 speakers x 10
-digits, 8 kHz) it synthesises a corpus with real-world variation: speed and pitch changes
-(0.85-1.15x), gain (-18 to -1 dB), a random position in a 1 s clip, room reverberation
-(half the clips) and background sound from the folder's other recordings (read speech,
-humpback whale song, a trumpet) or white noise at 0-20 dB SNR. Train, validation and test
-clips differ by augmentation seed, and take their background from disjoint parts of each
-recording (first 70% / last 30%). ``--split speaker`` trains on one speaker and tests on the
-other instead.
+digits, 8 kHz) it makes validation and test clips with real-world variation: speed and pitch
+changes (0.85-1.15x), gain (-18 to -1 dB), a random position in a 1 s clip, room
+reverberation (half the clips) and background sound from the folder's other recordings (read
+speech, humpback whale song, a trumpet) or white noise at 0-20 dB SNR, the backgrounds taken
+from the last 30% of each recording. The training clips get the same kinds of variation on
+the fly, from the data pipeline's augmentation (``[data.augment]``, docs/data.md: speed,
+shift, room reverberation, background from the first 70% of the recordings, gain), drawn
+afresh each epoch from the recordings themselves; ``--variation offline`` synthesises a fixed
+training set instead, as the previous release did. ``--split speaker`` trains on one speaker
+and tests on the other.
 
 It then runs, through the ``pengi-kit`` CLI (each command is printed):
 
@@ -92,11 +95,14 @@ def _clip(digit: np.ndarray, background: np.ndarray | None, rng: np.random.Gener
     return (mix / (np.abs(mix).max() + 1e-9) * gain).astype(np.float32)
 
 
-def make_corpus(audio_dir: Path, out: Path, sizes: dict[str, int], split_by: str, seed: int = 0) -> dict[str, Path]:
+def make_corpus(audio_dir: Path, out: Path, sizes: dict[str, int], split_by: str, seed: int = 0,
+                variation: str = "pipeline") -> dict[str, Path]:
     """Write ``<out>/clips/<split>/*.wav`` and ``<out>/<split>.jsonl`` for train, valid and test.
 
     Train rows have no prompt (the recipe's data table gives it); valid and test rows carry it, so
-    that ``pengi-kit evaluate`` reads them as they are."""
+    that ``pengi-kit evaluate`` reads them as they are. With ``variation = "pipeline"`` the training
+    rows are the clean recordings, centred in 1 s of silence (``[data.augment]`` varies them), and
+    ``<out>/backgrounds.jsonl`` names the first 70% of each background recording."""
     import soundfile as sf
 
     from pengi_kit.data.manifest import write_manifest
@@ -107,7 +113,14 @@ def make_corpus(audio_dir: Path, out: Path, sizes: dict[str, int], split_by: str
     if split_by == "speaker":
         speakers = {"train": ["george"], "valid": ["george"], "test": ["jackson"]}
     manifests = {}
-    for i, (split, n) in enumerate(sizes.items()):
+    if variation == "pipeline":
+        sizes = {split: n for split, n in sizes.items() if split != "train"}
+        manifests["train"] = _clean_training_rows(recordings, speakers["train"], out, seed)
+        manifests["backgrounds"] = out / "backgrounds.jsonl"
+        write_manifest(manifests["backgrounds"], [
+            {"audio": audio_dir / name, "text": "background", "start": 0.0,
+             "end": round(0.7 * len(b) / RATE, 3)} for name, b in zip(BACKGROUNDS, backgrounds)])
+    for i, (split, n) in enumerate(sizes.items(), start=1 if variation == "pipeline" else 0):
         rng = np.random.default_rng([seed, i])
         # training clips take their background from the first 70% of each recording, the others from the rest
         parts = [b[: int(0.7 * len(b))] if split == "train" else b[int(0.7 * len(b)):] for b in backgrounds]
@@ -126,6 +139,44 @@ def make_corpus(audio_dir: Path, out: Path, sizes: dict[str, int], split_by: str
         write_manifest(manifests[split], rows)
     return manifests
 
+
+def _clean_training_rows(recordings: dict, speakers: list[str], out: Path, seed: int) -> Path:
+    """Each training recording once, centred in 1 s of silence, normalised: what the pipeline's
+    augmentation starts from (the loader would otherwise repeat a short clip to fill 1 s)."""
+    import soundfile as sf
+
+    from pengi_kit.data.manifest import write_manifest
+
+    folder = out / "clips" / "train"
+    folder.mkdir(parents=True, exist_ok=True)
+    rows, total = [], int(CLIP * RATE)
+    for (digit, speaker), voice in sorted(recordings.items()):
+        if speaker not in speakers:
+            continue
+        voice = voice[:total] / (np.abs(voice).max() + 1e-9) * 0.5
+        clip = np.zeros(total, dtype=np.float32)
+        start = (total - len(voice)) // 2
+        clip[start:start + len(voice)] = voice
+        path = folder / f"{speaker}_{digit}.wav"
+        sf.write(path, clip, RATE, subtype="PCM_16")
+        rows.append({"audio": path, "text": DIGITS[digit], "speaker": speaker})
+    path = out / "train.jsonl"
+    write_manifest(path, rows)
+    return path
+
+
+AUGMENT = """
+[data.augment]
+speed = [0.85, 1.15]
+shift = 0.3
+reverb = "room"
+reverb_prob = 0.5
+rt60 = [0.1, 0.5]
+noise = "{backgrounds}"
+noise_prob = 0.75
+snr_db = [0.0, 20.0]
+gain_db = [-18.0, -1.0]
+"""
 
 # ---------------------------------------------------------------- the recipes
 
@@ -184,9 +235,9 @@ dropout = 0.0
 trainable = true
 
 [data]
-train = [{{manifest = "{train}", prompt = "{prompt}"}}]
+train = [{{manifest = "{train}", prompt = "{prompt}", weight = {weight}}}]
 valid = [{{manifest = "{valid}"}}]
-
+{augment}
 {training}
 [generate]
 method = "greedy"
@@ -199,9 +250,9 @@ seed = 0
 
 {encoder}
 [data]
-train = "{train}"
+train = [{{manifest = "{train}", weight = {weight}}}]
 valid = "{valid}"
-
+{augment}
 {training}"""
 
 
@@ -232,21 +283,30 @@ def main() -> None:
     parser.add_argument("--test-clips", type=int, default=500)
     parser.add_argument("--pengi-epochs", type=int, default=8)
     parser.add_argument("--tagger-epochs", type=int, default=20)
+    parser.add_argument("--variation", choices=["pipeline", "offline"], default="pipeline",
+                        help="training clips varied on the fly by [data.augment], or synthesised once")
+    parser.add_argument("--seed", type=int, default=0, help="of the clips made and of the runs")
     args = parser.parse_args()
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     pk = [sys.executable, "-m", "pengi_kit"]
 
     t0 = time.perf_counter()
-    m = make_corpus(args.audio, out, {"train": args.train_clips, "valid": 200, "test": args.test_clips}, args.split)
-    print(f"corpus: {args.train_clips} train, 200 valid, {args.test_clips} test clips "
-          f"(held out by {args.split}) in {time.perf_counter() - t0:.0f} s", flush=True)
+    m = make_corpus(args.audio, out, {"train": args.train_clips, "valid": 200, "test": args.test_clips}, args.split,
+                    args.seed, args.variation)
+    recordings = len(m["train"].read_text().splitlines())
+    # the pipeline's rows are the recordings: drawn as often as the offline set has clips, in every epoch
+    weight = round(args.train_clips / recordings, 3) if args.variation == "pipeline" else 1.0
+    augment = AUGMENT.format(backgrounds=m["backgrounds"]) if args.variation == "pipeline" else ""
+    print(f"corpus: {args.train_clips} training draws per epoch ({args.variation}), 200 valid, {args.test_clips} "
+          f"test clips (held out by {args.split}) in {time.perf_counter() - t0:.0f} s", flush=True)
     seconds: dict[str, float] = {}
     seconds["tokenizer"] = run([*pk, "data", "tokenizer", str(m["train"]), "--out", str(out / "tok"),
                                 "--text", PROMPT], out / "tokenizer.log")
 
     encoder = ENCODER.format(extra="trainable = true")
-    fill = dict(tokenizer=out / "tok", train=m["train"], valid=m["valid"], prompt=PROMPT)
+    fill = dict(tokenizer=out / "tok", train=m["train"], valid=m["valid"], prompt=PROMPT, weight=weight,
+                augment=augment)
 
     def training(name: str, epochs: int) -> str:
         return TRAINING.format(lr=1e-3, epochs=epochs, run=out / "runs" / name)
@@ -254,14 +314,14 @@ def main() -> None:
     recipes = {
         "scratch": PENGI.format(name="digits_scratch", encoder=encoder, training=training("scratch", args.pengi_epochs),
                                 **fill),
-        "tagger": TAGGER.format(encoder=encoder, train=m["train"], valid=m["valid"],
+        "tagger": TAGGER.format(encoder=encoder, train=m["train"], valid=m["valid"], weight=weight, augment=augment,
                                 training=training("tagger", args.tagger_epochs)),
         "two_stage": PENGI.format(
             name="digits_two_stage", training=training("two_stage", args.pengi_epochs), **fill,
             encoder=ENCODER.format(extra=f'pretrained = "{out / "runs/tagger/encoder"}"\ntrainable = false')),
     }
     for name, text in recipes.items():
-        (out / f"{name}.toml").write_text(text)
+        (out / f"{name}.toml").write_text(text.replace("seed = 0", f"seed = {args.seed}"))
     for name in ("scratch", "tagger", "two_stage"):
         seconds[name] = run([*pk, "train", str(out / f"{name}.toml"), "--overwrite"], out / f"{name}.log")
 
