@@ -435,7 +435,6 @@ class Pengi:
                 raise ValueError("the listening check needs rows of two clips or more")
             partner = [kept[p] for p in index]
             sums: dict[str, torch.Tensor] = {}
-            own_total = torch.zeros((), dtype=torch.float64)
             for r0 in range(0, len(kept), batch_size):
                 chunk, others = kept[r0:r0 + batch_size], partner[r0:r0 + batch_size]
                 target = self.model.tokenize_targets([text for _, _, text in chunk])
@@ -449,17 +448,16 @@ class Pengi:
                                       device=own.device)
                 part = listening_sums(own, swapped, tokens, torch.ones_like(differ), differ)
                 sums = {k: sums[k] + v.cpu() if k in sums else v.cpu() for k, v in part.items()}
-                own_total += own.double().sum().cpu()
 
         def mean(name: str) -> float:
             total, count = sums[name].tolist()
             return total / count if count else float("nan")
 
-        tokens = int(sums["listening_per_token"][1])
-        return {"listening": mean("listening"), "listening_per_token": mean("listening_per_token"),
-                "listening_differing": mean("listening_differing"), "loss": float(own_total) / max(tokens, 1),
-                "loss_shuffled": mean("valid_loss_shuffled"), "clips": len(prefixes), "answers": len(kept),
-                "tokens": tokens}
+        shuffled, gain = mean("valid_loss_shuffled"), mean("listening_per_token")  # per token, both
+        return {"listening": mean("listening"), "listening_per_token": gain,
+                "listening_differing": mean("listening_differing"), "loss": shuffled - gain,
+                "loss_shuffled": shuffled, "clips": len(prefixes), "answers": len(kept),
+                "tokens": int(sums["listening_per_token"][1])}
 
     def embed_text(self, texts: str | Iterable[str], *, batch_size: int = 256,
                    progress: bool | None = False) -> torch.Tensor:

@@ -258,19 +258,18 @@ def adopt_sources(recipe: dict[str, Any], run_dir: str | Path, copy: bool = True
     from pengi_kit.sources import weight_sources
 
     run_dir = Path(run_dir).resolve()
-    out = recipe
     for split in ("train", "valid"):
-        value = out["data"].get(split)
+        value = recipe["data"].get(split)
         entries = [value] if isinstance(value, str) else [e for e in value or [] if isinstance(e, dict)]
-        for i, entry in enumerate(entries):
+        for entry in entries:
             name = entry if isinstance(entry, str) else entry.get("manifest", "")
             if name and Path(name).exists():
                 absolute = str(Path(name).resolve())
                 if isinstance(entry, str):
-                    out["data"][split] = absolute
+                    recipe["data"][split] = absolute
                 else:
                     entry["manifest"] = absolute
-    for slot, table, key, value in list(weight_sources(out)):
+    for slot, table, key, value in list(weight_sources(recipe)):
         path = Path(value).expanduser()
         if not path.exists() or is_architecture_only(path):
             continue
@@ -281,7 +280,7 @@ def adopt_sources(recipe: dict[str, Any], run_dir: str | Path, copy: bool = True
                 _link_or_copy(path, target)
             path = target
         table[key] = str(path)
-    return out
+    return recipe
 
 
 def _relative_to_run(recipe: dict[str, Any], run_dir: Path) -> dict[str, Any]:

@@ -148,9 +148,16 @@ def check_batch_invariance(lm: Any, prefixes: list[torch.Tensor], *, decodings: 
     def batches(size: int) -> list[tuple[torch.Tensor, torch.Tensor | None, slice]]:
         return [(*pad_prefixes(prefixes[i: i + size]), slice(i, i + size)) for i in range(0, rows, size)]
 
+    solo: dict[str, list[list[int]]] = {}  # each decoding's tokens of every row alone, computed once
+
+    def alone_of(cfg: Any) -> list[list[int]]:
+        if repr(cfg) not in solo:
+            solo[repr(cfg)] = [generate(lm, p[None], cfg)[0] for p in prefixes]
+        return solo[repr(cfg)]
+
     with torch.no_grad():
         for cfg in decodings:
-            alone = [generate(lm, p[None], cfg)[0] for p in prefixes]
+            alone = alone_of(cfg)
             for size in batch_sizes:
                 for static in (False, True):
                     got = [t for batch, mask, _ in batches(size)
@@ -162,7 +169,7 @@ def check_batch_invariance(lm: Any, prefixes: list[torch.Tensor], *, decodings: 
         streamed = [cfg for cfg in decodings if cfg.compat == "none"] + [Decoding(method="sample", seed=3, top_k=20,
                                                                                   max_new_tokens=8)]
         for cfg in streamed:
-            alone = [generate(lm, p[None], cfg)[0] for p in prefixes]
+            alone = alone_of(cfg)
             stream = Stream(lm, rows=8, length=max(map(len, prefixes)) + cfg.max_tokens)
             pending, got, draw = list(range(rows)), {}, random.Random(0)
             while pending or stream.busy:
