@@ -18,6 +18,7 @@ import pengi_kit
 from pengi_kit import checkpoint as ckpt
 from pengi_kit.recipe import dumps
 from pengi_kit.testing import tiny_recipe
+from workers import train_two  # tests/engine is on sys.path (basenames)
 
 pytestmark = pytest.mark.slow  # every test trains in subprocesses (two processes, SIGKILL): not in the fast lane
 
@@ -46,9 +47,7 @@ def test_two_processes_equal_one_process_with_double_batch(tmp_path):
     (tmp_path / "r.toml").write_text(dumps(raw))
     one = _run(["train", str(tmp_path / "r.toml"), "-s", "train.batch_size=8", "-s", f"train.output_dir='{tmp_path / 'one'}'"])
     assert one.returncode == 0, one.stderr[-2000:]
-    two = _run(["train", str(tmp_path / "r.toml"), "--nproc-per-node", "2", "--device", "cpu",
-                "-s", "train.batch_size=4", "-s", f"train.output_dir='{tmp_path / 'two'}'"], timeout=300)
-    assert two.returncode == 0, two.stderr[-3000:]
+    train_two(tmp_path / "r.toml", tmp_path / "two", "-s", "train.batch_size=4")
     a, b = _weights(tmp_path / "one"), _weights(tmp_path / "two")
     assert a.keys() == b.keys()
     for key in a:
@@ -100,13 +99,6 @@ def test_corrupted_newest_checkpoint_resumes_from_the_previous(tmp_path):
     assert "step-00000002" in more.stderr and "damaged" in more.stderr
 
 
-def _train_two(recipe, out, *extra):
-    run = _run(["train", str(recipe), "--nproc-per-node", "2", "--device", "cpu",
-                "-s", f"train.output_dir='{out}'", *extra], timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
-    return run
-
-
 def _losses(run_dir):
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return {r["step"]: r["loss"] for r in rows if "loss" in r}
@@ -115,8 +107,8 @@ def _losses(run_dir):
 def test_fsdp_trains_as_ddp_does_and_accumulates_gradients_alike(tmp_path):
     raw = _deterministic(tiny_recipe(tmp_path / "unused", train={"max_steps": 3}))
     (tmp_path / "r.toml").write_text(dumps(raw))
-    _train_two(tmp_path / "r.toml", tmp_path / "ddp")
-    _train_two(tmp_path / "r.toml", tmp_path / "fsdp", "-s", "train.strategy='fsdp'", "-s", "train.grad_accum=2")
+    train_two(tmp_path / "r.toml", tmp_path / "ddp")
+    train_two(tmp_path / "r.toml", tmp_path / "fsdp", "-s", "train.strategy='fsdp'", "-s", "train.grad_accum=2")
     ddp = load_file(str(ckpt.resolve(tmp_path / "ddp") / ckpt.WEIGHTS))
     fsdp = load_file(str(ckpt.resolve(tmp_path / "fsdp") / ckpt.WEIGHTS))
     assert ddp.keys() == fsdp.keys()  # full weights, gathered from the shards
@@ -130,14 +122,14 @@ def test_fsdp_bf16_checkpoints_are_sharded_and_resume_exactly(tmp_path):
                                                   "precision": "bf16", "activation_checkpointing": True})
     (tmp_path / "r.toml").write_text(dumps(raw))
     full = tmp_path / "full"
-    _train_two(tmp_path / "r.toml", full)
+    train_two(tmp_path / "r.toml", full)
     step2 = full / "checkpoints" / "step-00000002"
     assert sorted(p.name for p in (step2 / "optimizer").iterdir() if p.suffix == ".distcp") == \
         ["__0_0.distcp", "__1_0.distcp"]  # one shard of the optimiser state per process
     resumed = tmp_path / "resumed"
     shutil.copytree(full, resumed)
     shutil.rmtree(resumed / "checkpoints" / "step-00000004")
-    run = _train_two(tmp_path / "r.toml", resumed, "--resume")
+    run = train_two(tmp_path / "r.toml", resumed, "--resume")
     assert "resumed from" in run.stderr and "step 2" in run.stderr
     assert _losses(resumed) == _losses(full)  # steps 3 and 4 again, bit for bit
     one = load_file(str(resumed / "checkpoints" / "step-00000004" / ckpt.WEIGHTS))

@@ -17,7 +17,8 @@ from pengi_kit import checkpoint as ckpt
 from pengi_kit.components.hf_causal_lm import causal_lm
 from pengi_kit.recipe import dumps, from_dict
 from pengi_kit.testing import tiny_recipe
-from test_distributed import _deterministic, _losses, _train_two  # tests/engine is on sys.path (basenames)
+from test_distributed import _deterministic, _losses
+from workers import train_two  # tests/engine is on sys.path (basenames)
 
 WORDS = "pengi_kit.data.synthetic:tokenizer"
 LAYERS = 2
@@ -46,8 +47,8 @@ def runs(tmp_path_factory):
     raw["model"]["lm"] = {"name": "causal-lm", "pretrained": str(_llama_base(tmp / "base")), "tokenizer": WORDS,
                           "trainable": False, "lora": LORA}
     (tmp / "r.toml").write_text(dumps(raw))
-    _train_two(tmp / "r.toml", tmp / "fsdp", *FSDP)
-    _train_two(tmp / "r.toml", tmp / "bf16", *BF16)
+    train_two(tmp / "r.toml", tmp / "fsdp", *FSDP)
+    train_two(tmp / "r.toml", tmp / "bf16", *BF16)
     trainer = Trainer(from_dict(raw, ["train.batch_size=8", f"train.output_dir='{tmp / 'one'}'"]), progress=False)
     initial = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
     trainer.fit()
@@ -100,7 +101,7 @@ def test_fsdp_lora_bf16_resumes_exactly_and_loads_on_one_process(runs):
     resumed = tmp / "resumed"
     shutil.copytree(full, resumed)
     shutil.rmtree(resumed / "checkpoints" / "step-00000004")
-    run = _train_two(tmp / "r.toml", resumed, *BF16, "--resume")
+    run = train_two(tmp / "r.toml", resumed, *BF16, "--resume")
     assert "resumed from" in run.stderr and "step 2" in run.stderr
     assert _losses(resumed) == _losses(full)  # steps 3 and 4 again, bit for bit
     final = load_file(str(full / "checkpoints" / "step-00000004" / ckpt.WEIGHTS))
