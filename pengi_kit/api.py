@@ -340,10 +340,11 @@ class Pengi:
 
     def log_likelihood(self, audio: AudioLike | Sequence[AudioLike], prompt: str | Sequence[str],
                        texts: Sequence[str] | Sequence[Sequence[str]], *, sample_rate: int | None = None,
-                       batch_size: int = 64, progress: bool | None = False,
-                       on_error: OnError = "raise") -> torch.Tensor | list[torch.Tensor]:
+                       batch_size: int = 64, progress: bool | None = False, on_error: OnError = "raise",
+                       reduction: str = "mean") -> torch.Tensor | list[torch.Tensor]:
         """How likely the model finds each of ``texts`` as the answer to ``prompt`` about each
-        clip: the mean log-probability per token (end-of-text included).
+        clip: the mean log-probability per token (end-of-text included), or with
+        ``reduction="sum"`` the summed log-probability of the whole answer.
 
         ``prompt``: one for every clip, or one per clip. ``texts``: the same candidates for every
         clip, giving a tensor (clips, texts); or a list of candidates per clip (the choices of
@@ -356,6 +357,8 @@ class Pengi:
         """
         from pengi_kit.progress import bar as progress_bar
 
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
         clips = self._as_list(audio)
         shared = all(isinstance(t, str) for t in texts)
         candidates = [list(texts)] * len(clips) if shared else [list(t) for t in texts]
@@ -399,7 +402,8 @@ class Pengi:
                     index = torch.tensor([i for i, _ in group], device=self.device)
                     seqs = [[ids[t] for t in candidates[rows[i]][t0:t0 + batch_size]] for i, t0 in group]
                     for (i, t0), sums, seq in zip(group, score(self.model.lm, prefix[index], seqs), seqs):
-                        lengths = torch.tensor([len(x) for x in seq], dtype=torch.float64)
+                        lengths = torch.tensor([len(x) if reduction == "mean" else 1 for x in seq],
+                                               dtype=torch.float64)
                         out[rows[i]][t0:t0 + len(seq)] = (sums / lengths).float()
                     bar.update(sum(map(len, seqs)))
         bar.close()

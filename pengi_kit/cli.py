@@ -400,7 +400,7 @@ def describe_cmd(checkpoint: str, inputs: tuple[str, ...], fmt: str, as_json: bo
 
 
 @main.command("evaluate", cls=_Listing, kind="task", title="Tasks")
-@click.argument("checkpoint")
+@click.argument("checkpoint", required=False)
 @click.option("--task", metavar="NAME", help="One task on --manifest (or use --suite); the tasks are listed below.")
 @click.option("--manifest", help="The evaluation manifest (.jsonl/.csv) for --task.")
 @click.option("--suite", help="A suite of many tasks: a shipped one by name (eval/pengi_paper, eval/demo) or a file.")
@@ -419,6 +419,16 @@ def describe_cmd(checkpoint: str, inputs: tuple[str, ...], fmt: str, as_json: bo
 @click.option("--prompt", help="Ask this prompt instead of the manifest rows' prompts (classification by "
               "embedding: the class texts are \"PROMPT <class>\", default \"this is a sound of <class>\").")
 @click.option("--limit", type=int, help="Only the first N clips (or questions) of each manifest.")
+@click.option("--predictions", type=click.Path(dir_okay=False, path_type=Path),
+              help="multiple-choice, no CHECKPOINT: score a benchmark file (MMAU, MMAR, AIR-Bench layout) that "
+                   "holds another model's answers.")
+@click.option("--benchmark", type=click.Choice(["mmau", "mmar", "air-bench"]),
+              help="--predictions: the file's benchmark (default: told by its layout).")
+@click.option("--prediction-key", help="--predictions: the key of the answers (default: the official script's: "
+              "model_output, answer_prediction, response).")
+@click.option("--export-predictions", type=click.Path(dir_okay=False),
+              help="multiple-choice: also write the benchmark's own file with the generated answers, for its "
+                   "leaderboard (.json, or .jsonl).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Write results.json, results.md and the predictions here.")
 @click.option("--on-error", type=click.Choice(["skip", "fail"]), default="skip", show_default=True,
@@ -426,11 +436,23 @@ def describe_cmd(checkpoint: str, inputs: tuple[str, ...], fmt: str, as_json: bo
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1 ... or auto.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Rows run together.")
 @_decoding_options
-def evaluate_cmd(checkpoint: str, task: str | None, manifest: str | None, suite: str | None, data_root: str | None,
-                 out: Path | None, device: str, **options: Any) -> None:
-    """Score CHECKPOINT on downstream tasks and print one table (see docs/evaluation.md).
+def evaluate_cmd(checkpoint: str | None, task: str | None, manifest: str | None, suite: str | None,
+                 data_root: str | None, out: Path | None, device: str, predictions: Path | None,
+                 benchmark: str | None, prediction_key: str | None, **options: Any) -> None:
+    """Score CHECKPOINT on downstream tasks and print one table (see docs/evaluation.md); or,
+    with --task multiple-choice --predictions FILE, score answers another model made.
 
     Exit status 1 when no task could be scored (every one skipped or failed)."""
+    if predictions is not None:
+        if checkpoint or manifest or suite or (task and task != "multiple-choice"):
+            raise click.UsageError("--predictions scores a file on its own: give only --task multiple-choice, "
+                                   "--benchmark, --prediction-key and --out")
+        _score_predictions(predictions, benchmark, prediction_key, out)
+        return
+    if checkpoint is None:
+        raise click.UsageError("give CHECKPOINT (or --predictions FILE for answers made elsewhere)")
+    if options["export_predictions"] and task != "multiple-choice":
+        raise click.UsageError("--export-predictions goes with --task multiple-choice")
     if suite and (task or manifest):
         raise click.UsageError("give --suite, or --task with --manifest, not both")
     if not suite and not (task and manifest):
@@ -444,7 +466,7 @@ def evaluate_cmd(checkpoint: str, task: str | None, manifest: str | None, suite:
 
     pengi_kit.checkpoint_folder(checkpoint), resolve_device(device)
     task_options = {k: options.pop(k) for k in ("train_manifest", "classes", "multi_label", "matcher", "prompt",
-                                                 "limit")}
+                                                 "limit", "export_predictions")}
     task_options["method"] = options.pop("scoring")
     if suite:
         name, specs = pengi_kit.load_suite(suite, data_root)
@@ -469,6 +491,16 @@ def evaluate_cmd(checkpoint: str, task: str | None, manifest: str | None, suite:
     if not any(s.status == "ok" for s in specs):
         click.echo("error: no task could be scored (see the table)", err=True)
         sys.exit(1)
+
+
+def _score_predictions(path: Path, benchmark: str | None, key: str | None, out: Path | None) -> None:
+    """``evaluate --predictions``: the official report, and results.json / items.jsonl in ``out``."""
+    import pengi_kit
+
+    lines, written = pengi_kit.score_predictions(path, benchmark=benchmark, key=key, out=out)
+    click.echo("\n".join(lines))
+    if written:
+        click.echo(f"wrote {' and '.join(str(p) for p in written)}")
 
 
 @main.command("export")

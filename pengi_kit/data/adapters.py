@@ -334,7 +334,7 @@ def prepare(name: str, root: str | Path, out: str | Path, *, splits: Iterable[st
         if not present[audio]:
             continue
         try:
-            if item["task"] in TEMPLATES:
+            if item.get("task") in TEMPLATES:
                 render(item["task"], **item)
         except TemplateError as exc:
             raise AdapterError(f"{name}: adapter wrote a row that does not render: {exc}") from None
@@ -342,7 +342,7 @@ def prepare(name: str, root: str | Path, out: str | Path, *, splits: Iterable[st
         # absolute), never relative to the folder `prepare` happened to run in
         rows.append({**item, "audio": Path(os.path.abspath(audio))})
         report.splits[item.get("split", "")] += 1
-        report.tasks[item["task"]] += 1
+        report.tasks[item.get("task") or item.get("benchmark") or "own prompt"] += 1
     if not rows:
         if wanted:
             known = ", ".join(sorted(s for s in seen_splits if s)) or "none"

@@ -12,6 +12,9 @@ DATASETS = [  # name, adapter, description
     ("gtzan", "gtzan", "GTZAN music genres"),
     ("nsynth", "nsynth", "NSynth notes: instrument, pitch, velocity, qualities"),
     ("free-spoken-digit", "free_spoken_digit", "Free Spoken Digit Dataset as 'which digit is spoken?'"),
+    ("mmau", "pengi_kit.data.benchmarks:mmau", "MMAU multiple-choice (test-mini, test), original or v05.15.25"),
+    ("mmar", "pengi_kit.data.benchmarks:mmar", "MMAR multiple-choice audio reasoning (1,000 items)"),
+    ("air-bench", "pengi_kit.data.benchmarks:air_bench", "AIR-Bench foundation multiple-choice (~19k items)"),
 ]
 
 
@@ -24,6 +27,7 @@ DATASET_ALIASES = {
     "urbansound8k": ("us8k", "urbansound", "urban-sound-8k", "urbansound-8k"),
     "fsd50k": ("fsd-50k",),
     "gtzan": ("gtzan-genre",),
+    "air-bench": ("airbench", "air-bench-foundation"),
     "free-spoken-digit": ("fsdd", "free-spoken-digit-dataset", "free_spoken_digit", "spoken-digit"),
 }
 
@@ -31,5 +35,5 @@ DATASET_ALIASES = {
 def register(register):
     """Register the dataset adapters (:func:`pengi_kit.builtin.register_components` calls it)."""
     for name, attr, description in DATASETS:
-        register("dataset", name, f"pengi_kit.data.adapters:{attr}", description=description,
+        register("dataset", name, attr if ":" in attr else f"pengi_kit.data.adapters:{attr}", description=description,
                  aliases=DATASET_ALIASES.get(name, ()))

@@ -11,6 +11,8 @@ TASKS = [  # name, function, description (`pengi-kit evaluate --task NAME`)
      "Text-to-audio and audio-to-text retrieval: R@1/5/10, mAP@10"),
     ("linear-probe", "pengi_kit.evaluation.tasks:linear_probe",
      "Logistic regression on frozen audio embeddings: accuracy or mAP"),
+    ("multiple-choice", "pengi_kit.evaluation.tasks:multiple_choice",
+     "MMAU/MMAR/AIR-Bench questions: official, strict and likelihood accuracy"),
     ("listening", "pengi_kit.evaluation.tasks:listening",
      "Listening check: loss rise (nats/token) when clips' audio is swapped; ~0 = ignores audio"),
 ]

@@ -8,6 +8,7 @@ stop the run (``"fail"``).
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -350,6 +351,101 @@ def linear_probe(pengi: Pengi, manifest: str | Path, *, train_manifest: str | Pa
     result.info.update(train_clips=len(train), test_clips=len(test), classes=len(class_names), multi_label=multi)
     result.predictions = [{"audio": g.clip.path, "top_class": class_names[i], "labels": g.texts}
                           for g, i in zip(test, matrix.argmax(1).tolist())]
+    return result
+
+
+# ---------------------------------------------------------------------------- multiple choice
+def multiple_choice(pengi: Pengi, manifest: str | Path, *, method: str = "auto", prompt: str | None = None,
+                    export_predictions: str | Path | None = None, on_error: str = "skip", limit: int | None = None,
+                    batch_size: int = 32, **decoding: Any) -> Result:
+    """Multiple-choice questions (rows that ``pengi-kit data prepare mmau|mmar|air-bench`` wrote),
+    scored three ways (:mod:`~pengi_kit.evaluation.multiple_choice`): the generated answer by the
+    benchmark's ``official`` rule and by the ``strict`` one (``method="generate"``), and each
+    choice's log-probability as the answer (``"likelihood"``: ``accuracy`` by the sum,
+    ``accuracy_norm`` by the sum per UTF-8 byte of the choice); ``"auto"``: both.
+
+    ``prompt``: a template instead of the rows' prompts (the benchmark's published one):
+    ``{question}``, ``{choices}``, ``{choice_lines}``, ``{lettered}`` or a field of the item.
+    A prompt longer than the model reads is an error naming the item, never cut short.
+    ``export_predictions``: write the benchmark's own file with the generated answers under
+    its key (``model_output``, ``answer_prediction``, ``response``), for its leaderboard."""
+    from pengi_kit.data.benchmarks import item_from_row, render
+    from pengi_kit.evaluation import multiple_choice as mc
+
+    if method not in ("auto", "generate", "likelihood"):
+        raise PengiKitError(f"unknown multiple-choice method {method!r} (use auto, generate or likelihood)")
+    result = Result("multiple-choice")
+    rows, bad = read_manifest(manifest, on_error="fail" if on_error == "fail" else "skip", require_text=False)
+    result.problems += bad
+    rows = rows[:limit] if limit is not None else rows
+    parsed = []
+    for ex in rows:
+        try:
+            parsed.append(item_from_row(dict(ex.fields)))
+        except PengiKitError as exc:
+            raise PengiKitError(f"{ex.source}:{ex.line}: {exc}") from None
+    if not parsed:
+        raise PengiKitError(f"{manifest}: no usable rows ({bad[0]})" if bad else f"{manifest}: empty")
+    benches = {b.name for b, _ in parsed}
+    if len(benches) > 1:
+        raise PengiKitError(f"{manifest}: items of several benchmarks ({', '.join(sorted(benches))}); score each "
+                            "benchmark's manifest on its own")
+    bench, items = parsed[0][0], [item for _, item in parsed]
+    prompts = [render(prompt, item) if prompt else ex.prompt for ex, item in zip(rows, items)]
+    model = pengi.model
+    if model.text_mapper is not None:
+        for start in range(0, len(prompts), batch_size):
+            lengths = model.prompt_lengths(prompts[start:start + batch_size])
+            for i, n in enumerate(lengths, start):
+                if n > model.prompt_length:
+                    raise PengiKitError(
+                        f"{rows[i].source}:{rows[i].line}: item {items[i].id}: the prompt has {n} tokens and the model "
+                        f"reads {model.prompt_length} (model.prompt_length); give a shorter --prompt template, "
+                        "e.g. '{question}'")
+    clips = [Clip(str(ex.audio), ex.start, ex.end) for ex in rows]
+    handle = _on_error(on_error, result)
+    outputs: list[str | None] = [None] * len(items)
+    if method in ("auto", "generate"):
+        outputs = pengi.generate(clips, prompts, batch_size=batch_size, progress=None, on_error=handle, **decoding)
+        official, strict = mc.official(bench, items, outputs), mc.strict_scores(items, outputs)
+        result.metrics.update(official.metrics | strict.metrics)
+        result.info.update(counts=official.counts, strict_unparsed=strict.counts["unparsed"],
+                           breakdowns=official.groups, official_report=mc.report_lines(bench, official))
+    chosen: list[tuple[int | None, int | None]] = [(None, None)] * len(items)
+    if method in ("auto", "likelihood"):
+        sums = pengi.log_likelihood(clips, prompts, [item.choices for item in items], batch_size=batch_size,
+                                    on_error=handle, reduction="sum")
+        scored = right = right_norm = 0
+        for n, (item, s) in enumerate(zip(items, sums)):
+            if torch.isnan(s).any():
+                continue
+            per_byte = s / torch.tensor([max(1, len(c.encode("utf-8"))) for c in item.choices])
+            chosen[n] = (int(s.argmax()), int(per_byte.argmax()))
+            if item.answer is not None:
+                scored += 1
+                right += item.choices[chosen[n][0]] == item.answer
+                right_norm += item.choices[chosen[n][1]] == item.answer
+        answered = sum(item.answer is not None for item in items)
+        result.metrics.update({"accuracy (likelihood)": right / answered if answered else 0.0,
+                               "accuracy_norm (likelihood)": right_norm / answered if answered else 0.0})
+        result.info["likelihood_scored"] = scored
+    result.info.update(benchmark=bench.name, items=len(items), scorer_version=mc.SCORER_VERSION,
+                       template=prompt or bench.template, method=method,
+                       rule_source=bench.source)
+    for n, (item, out) in enumerate(zip(items, outputs)):
+        result.predictions.append({"id": item.id, "audio": str(clips[n].path), "prompt": prompts[n], "output": out,
+                                   "answer": item.answer,
+                                   "likelihood": None if chosen[n][0] is None else item.choices[chosen[n][0]],
+                                   "likelihood_norm": None if chosen[n][1] is None else item.choices[chosen[n][1]]})
+    if export_predictions is not None:
+        # an item whose clip could not be read keeps no answer: the official scripts skip it
+        records = [{**item.record, **({bench.key: out} if out is not None else {})}
+                   for item, out in zip(items, outputs)]
+        path = Path(export_predictions)
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+                        if path.suffix == ".jsonl" else json.dumps(records, indent=1, ensure_ascii=False) + "\n",
+                        encoding="utf-8")
+        result.info["exported"] = str(export_predictions)
     return result
 
 

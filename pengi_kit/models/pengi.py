@@ -42,12 +42,19 @@ class PengiModel(Composite):
                               + sum(len(ids) for ids in getattr(lm, "chat_ids", ())))
 
     # -------------------------------------------------------------- inputs
-    def tokenize_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+    def tokenize_prompts(self, prompts: list[str], length: int | None = None) -> dict[str, torch.Tensor]:
+        """Prompts padded, or cut, to ``prompt_length`` tokens (or ``length``)."""
+        length = length or self.prompt_length
         if self.text_encoder is not None:
-            return self.text_encoder.tokenize(prompts, self.prompt_length)
+            return self.text_encoder.tokenize(prompts, length)
         tok = self.lm.tokenizer
-        return dict(tok(list(prompts), padding="max_length", truncation=True,
-                        max_length=self.prompt_length, return_tensors="pt"))
+        return dict(tok(list(prompts), padding="max_length", truncation=True, max_length=length,
+                        return_tensors="pt"))
+
+    def prompt_lengths(self, prompts: list[str], limit: int = 1024) -> list[int]:
+        """Each prompt's length in tokens, uncut (up to ``limit``): more than ``prompt_length``
+        means the model would read it cut short."""
+        return self.tokenize_prompts(prompts, limit)["attention_mask"].sum(1).tolist()
 
     def tokenize_targets(self, texts: list[str]) -> dict[str, torch.Tensor]:
         """Target ids end with end-of-text; padding is masked out of the loss."""

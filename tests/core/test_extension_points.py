@@ -52,7 +52,7 @@ def import_text(source, out, *, force=False):
 '''
 
 FORMATS = {"pengi", "panns", "laion-clap", "ms-clap", "ms-clapcap"}
-TASKS = {"captioning", "aqa", "classification", "retrieval", "linear-probe", "listening"}
+TASKS = {"captioning", "aqa", "classification", "retrieval", "linear-probe", "multiple-choice", "listening"}
 
 
 @pytest.fixture
