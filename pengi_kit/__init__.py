@@ -47,6 +47,8 @@ _API = {
     "run_suite": "pengi_kit.evaluation.suite",
     "results_table": "pengi_kit.evaluation.suite:table",
     "write_report": "pengi_kit.evaluation.suite",
+    "evaluation_card": "pengi_kit.evaluation.suite",
+    "reproduce": "pengi_kit.evaluation.suite",
     "score_predictions": "pengi_kit.evaluation.multiple_choice",
     "import_checkpoint": "pengi_kit.convert",
     "PengiKitError": "pengi_kit.errors",

@@ -429,6 +429,8 @@ def describe_cmd(checkpoint: str, inputs: tuple[str, ...], fmt: str, as_json: bo
 @click.option("--export-predictions", type=click.Path(dir_okay=False),
               help="multiple-choice: also write the benchmark's own file with the generated answers, for its "
                    "leaderboard (.json, or .jsonl).")
+@click.option("--reproduce", type=click.Path(dir_okay=False, path_type=Path),
+              help="Rerun what a results.json describes (its card) and report every difference; no CHECKPOINT.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Write results.json, results.md and the predictions here.")
 @click.option("--on-error", type=click.Choice(["skip", "fail"]), default="skip", show_default=True,
@@ -438,7 +440,7 @@ def describe_cmd(checkpoint: str, inputs: tuple[str, ...], fmt: str, as_json: bo
 @_decoding_options
 def evaluate_cmd(checkpoint: str | None, task: str | None, manifest: str | None, suite: str | None,
                  data_root: str | None, out: Path | None, device: str, predictions: Path | None,
-                 benchmark: str | None, prediction_key: str | None, **options: Any) -> None:
+                 benchmark: str | None, prediction_key: str | None, reproduce: Path | None, **options: Any) -> None:
     """Score CHECKPOINT on downstream tasks and print one table (see docs/evaluation.md); or,
     with --task multiple-choice --predictions FILE, score answers another model made.
 
@@ -448,6 +450,12 @@ def evaluate_cmd(checkpoint: str | None, task: str | None, manifest: str | None,
             raise click.UsageError("--predictions scores a file on its own: give only --task multiple-choice, "
                                    "--benchmark, --prediction-key and --out")
         _score_predictions(predictions, benchmark, prediction_key, out)
+        return
+    if reproduce is not None:
+        if checkpoint or task or manifest or suite:
+            raise click.UsageError("--reproduce reruns what results.json describes: give no CHECKPOINT, --task, "
+                                   "--manifest or --suite")
+        _reproduce(reproduce, device if device != "auto" else None)
         return
     if checkpoint is None:
         raise click.UsageError("give CHECKPOINT (or --predictions FILE for answers made elsewhere)")
@@ -466,8 +474,7 @@ def evaluate_cmd(checkpoint: str | None, task: str | None, manifest: str | None,
 
     pengi_kit.checkpoint_folder(checkpoint), resolve_device(device)
     task_options = {k: options.pop(k) for k in ("train_manifest", "classes", "multi_label", "matcher", "prompt",
-                                                 "limit", "export_predictions")}
-    task_options["method"] = options.pop("scoring")
+                                                 "limit", "export_predictions", "scoring")}
     if suite:
         name, specs = pengi_kit.load_suite(suite, data_root)
         for spec in specs:  # the command line wins over the suite file
@@ -486,11 +493,27 @@ def evaluate_cmd(checkpoint: str | None, task: str | None, manifest: str | None,
         if len(problems) > 10:
             click.echo(f"warning: [{spec.name}] ... {len(problems) - 10} more (see results.json)", err=True)
     if out:
-        pengi_kit.write_report(out, name, specs, checkpoint)
+        pengi_kit.write_report(out, name, specs, checkpoint, pengi_kit.evaluation_card(pengi, checkpoint, **common))
         click.echo(f"wrote {out / 'results.json'} and {out / 'results.md'}")
     if not any(s.status == "ok" for s in specs):
         click.echo("error: no task could be scored (see the table)", err=True)
         sys.exit(1)
+
+
+def _reproduce(results: Path, device: str | None) -> None:
+    """``evaluate --reproduce``: exit 0 when every figure came out the same, 1 otherwise."""
+    import pengi_kit
+
+    specs, setting, differences = pengi_kit.reproduce(results, device=device)
+    click.echo(pengi_kit.results_table(specs))
+    for line in setting:
+        click.echo(f"note: ran differently: {line}", err=True)
+    for line in differences:
+        click.echo(f"differs: {line}", err=True)
+    if differences:
+        click.echo(f"error: {len(differences)} difference(s) from {results}", err=True)
+        sys.exit(1)
+    click.echo(f"reproduced {results}: every figure is the same")
 
 
 def _score_predictions(path: Path, benchmark: str | None, key: str | None, out: Path | None) -> None:

@@ -16,12 +16,13 @@ A suite file (``recipes/eval/pengi_paper.toml``)::
 
 and optionally ``dataset``, ``source`` (where the published figures were read),
 ``train_manifest``, ``classes`` (a file with one class name per line), ``multi_label``,
-``method``, ``matcher``, ``prompt`` and ``limit``. A task whose manifest is missing is
+``scoring``, ``matcher``, ``prompt`` and ``limit``. A task whose manifest is missing is
 reported as skipped with its ``prepare`` hint; one that fails is reported and the others run.
 """
 from __future__ import annotations
 
 import difflib
+import hashlib
 import json
 import math
 import tomllib
@@ -33,12 +34,13 @@ from pengi_kit.errors import PengiKitError
 from pengi_kit.evaluation.tasks import Result, evaluate
 from pengi_kit.plugins import registry
 
-__all__ = ["TaskSpec", "load_suite", "run_suite", "table", "markdown", "write_report"]
+__all__ = ["TaskSpec", "load_suite", "run_suite", "table", "markdown", "evaluation_card", "write_report",
+           "reproduce"]
 
 _KEYS = {"name": str, "task": str, "manifest": str, "dataset": str, "metrics": list, "published": dict,
          "source": str, "prepare": str, "train_manifest": str, "classes": str, "multi_label": bool,
-         "method": str, "matcher": str, "prompt": str, "limit": int}
-_OPTIONS = ("train_manifest", "classes", "multi_label", "method", "matcher", "prompt", "limit")
+         "scoring": str, "matcher": str, "prompt": str, "limit": int}
+_OPTIONS = ("train_manifest", "classes", "multi_label", "scoring", "matcher", "prompt", "limit")
 
 
 @dataclass
@@ -187,14 +189,54 @@ def markdown(name: str, specs: list[TaskSpec], checkpoint: str) -> str:
     return "\n".join(out) + "\n"
 
 
-def write_report(out: str | Path, name: str, specs: list[TaskSpec], checkpoint: str) -> list[Path]:
-    """``results.json``, ``results.md`` and ``predictions/<task>.jsonl`` under ``out``."""
+def _sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def evaluation_card(pengi: Any, checkpoint: str, **common: Any) -> dict[str, Any]:
+    """What it takes to reproduce a result (``results.json``'s ``card``): the checkpoint and the
+    sha256 of its weight files, the decoding settings in full (the recipe's, then ``common``'s),
+    batch size, error policy, device, dtype and the versions of the software that ran."""
+    import platform
+    from dataclasses import fields as dataclass_fields
+    from importlib.metadata import PackageNotFoundError, version
+
+    from pengi_kit.checkpoint import folder, resolve
+    from pengi_kit.decoding import Decoding
+
+    names = {f.name for f in dataclass_fields(Decoding)}
+    decoding = asdict(pengi.decoding(**{k: v for k, v in common.items() if k in names}))
+    target = folder(checkpoint)
+    target = resolve(target) if (target / "checkpoints").is_dir() else target  # a run: its newest checkpoint
+    weights = {p.name: _sha256(p) for p in sorted(target.iterdir())
+               if p.suffix in (".safetensors", ".pt", ".pth", ".bin", ".ckpt")}
+    versions = {"python": platform.python_version()}
+    for package in ("pengi-kit", "torch", "transformers", "numpy"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = None
+    return {"checkpoint": str(checkpoint), "weights": str(target), "weights_sha256": weights, "decoding": decoding,
+            "batch_size": common.get("batch_size"), "on_error": common.get("on_error"), "device": str(pengi.device),
+            "dtype": str(next(pengi.model.parameters()).dtype).removeprefix("torch."), "versions": versions}
+
+
+def write_report(out: str | Path, name: str, specs: list[TaskSpec], checkpoint: str,
+                 card: dict[str, Any] | None = None) -> list[Path]:
+    """``results.json`` (with the evaluation ``card`` and each task's manifest sha256),
+    ``results.md`` and ``predictions/<task>.jsonl`` under ``out``."""
     out = Path(out)
     (out / "predictions").mkdir(parents=True, exist_ok=True)
-    report = {"suite": name, "checkpoint": checkpoint, "tasks": []}
+    report = {"suite": name, "checkpoint": checkpoint, **({"card": card} if card else {}), "tasks": []}
     written = []
     for n, spec in enumerate(specs):
         entry = {k: v for k, v in asdict(spec).items() if k != "result"}
+        if Path(spec.manifest).is_file():
+            entry["manifest_sha256"] = _sha256(spec.manifest)
         if spec.result is not None:
             entry.update({k: v for k, v in asdict(spec.result).items() if k != "predictions"})
             slug = "".join(c if c.isalnum() else "_" for c in spec.name.lower()).strip("_") or f"task{n}"
@@ -206,3 +248,45 @@ def write_report(out: str | Path, name: str, specs: list[TaskSpec], checkpoint: 
     (out / "results.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     (out / "results.md").write_text(markdown(name, specs, checkpoint))
     return [out / "results.json", out / "results.md", *written]
+
+
+def reproduce(results: str | Path, device: str | None = None) -> tuple[list[TaskSpec], list[str], list[str]]:
+    """Run again what a ``results.json`` with a card describes (same checkpoint, manifests,
+    options, decoding, batch size, device unless ``device``) and compare. Returns the new specs,
+    what differs in what ran (weights, device, dtype, software versions) and what differs in
+    what came out (manifests, items, metrics: equal to the last bit), one line each."""
+    import pengi_kit
+
+    path = Path(results)
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise PengiKitError(f"{path}: cannot read the results: {exc}") from None
+    card = report.get("card")
+    if not card:
+        raise PengiKitError(f"{path}: no evaluation card (results written before pengi-kit recorded one; "
+                            "rerun the evaluation with --out)")
+    specs = [TaskSpec(t["name"], t["task"], t["manifest"], t.get("dataset", ""), t.get("metrics", []),
+                      t.get("published", {}), t.get("source", ""), t.get("prepare", ""), t.get("options", {}))
+             for t in report["tasks"]]
+    pengi = pengi_kit.load(card["checkpoint"], device=device or card["device"])
+    common = {"on_error": card["on_error"], "batch_size": card["batch_size"], **card["decoding"]}
+    now = evaluation_card(pengi, card["checkpoint"], **common)
+    setting = [f"{key}: {card[key]} then, {now[key]} now"
+               for key in ("weights_sha256", "decoding", "device", "dtype", "versions") if card[key] != now[key]]
+    differences = []
+    run_suite(pengi, specs, **common)
+    for old, spec in zip(report["tasks"], specs):
+        if old.get("manifest_sha256") and Path(spec.manifest).is_file() and old["manifest_sha256"] != _sha256(
+                spec.manifest):
+            differences.append(f"[{spec.name}] {spec.manifest} has changed (sha256)")
+        metrics = spec.result.metrics if spec.result else {}
+        for name in sorted(set(old.get("metrics", {})) | set(metrics)):
+            then, now_value = old.get("metrics", {}).get(name), metrics.get(name)
+            both_nan = isinstance(then, float) and isinstance(now_value, float) and math.isnan(then) and math.isnan(
+                now_value)
+            if then != now_value and not both_nan:
+                differences.append(f"[{spec.name}] {name}: {then} then, {now_value} now")
+        if old.get("status") != spec.status:
+            differences.append(f"[{spec.name}] {old.get('status')} then, {spec.status} now")
+    return specs, setting, differences

@@ -202,16 +202,16 @@ def text_matcher(pengi: Pengi, matcher: str) -> tuple[str, Callable[[list[str], 
 CLASS_PROMPT = "this is a sound of"
 
 
-def classification(pengi: Pengi, manifest: str | Path, *, method: str = "auto", matcher: str = "auto",
+def classification(pengi: Pengi, manifest: str | Path, *, scoring: str = "auto", matcher: str = "auto",
                    classes: Sequence[str] | None = None, multi_label: bool | None = None,
                    on_error: str = "skip", limit: int | None = None, batch_size: int = 32,
                    prompt: str | None = None, **decoding: Any) -> Result:
     """Zero-shot classification; accuracy (single-label) or mAP (multi-label).
 
-    ``method="generate"``: Pengi's way, generate with the rows' prompt (``this is a sound of``
+    ``scoring="generate"``: Pengi's way, generate with the rows' prompt (``this is a sound of``
     for ``task = "classification"``) and score each class by the similarity of the text to
-    the class name (``matcher``). ``method="likelihood"``: score each class name by its mean
-    token log-probability as the answer. ``method="embedding"``: CLAP's way, score each class
+    the class name (``matcher``). ``scoring="likelihood"``: score each class name by its mean
+    token log-probability as the answer. ``scoring="embedding"``: CLAP's way, score each class
     by the cosine similarity of the clip's embedding to that of the text
     ``"<prompt> <class>"`` (``prompt`` defaults to :data:`CLASS_PROMPT`, as LAION-CLAP and
     Microsoft CLAP ask); needs a text encoder. ``"auto"``: embedding for a model that does
@@ -219,9 +219,9 @@ def classification(pengi: Pengi, manifest: str | Path, *, method: str = "auto", 
     """
     result = Result("classification")
     groups = _read(manifest, result, on_error, limit)
-    if method == "auto":
-        method = "generate" if pengi.generates else "embedding"
-    if method == "embedding":
+    if scoring == "auto":
+        scoring = "generate" if pengi.generates else "embedding"
+    if scoring == "embedding":
         if pengi.model.text_encoder is None:
             raise PengiKitError("this model has no text encoder to embed class texts (use --scoring generate or "
                                 "likelihood)")
@@ -235,7 +235,7 @@ def classification(pengi: Pengi, manifest: str | Path, *, method: str = "auto", 
         matrix = torch.nn.functional.normalize(audio, dim=-1) @ text.T
         result.info["prompt"] = asked
         outputs = [class_names[i] for i in matrix.argmax(1)]
-    elif method == "generate":
+    elif scoring == "generate":
         name, match = text_matcher(pengi, matcher)
         pairs = _generate(pengi, groups, result, on_error, decoding, batch_size, prompt)
         groups = [g for g, _ in pairs]
@@ -243,7 +243,7 @@ def classification(pengi: Pengi, manifest: str | Path, *, method: str = "auto", 
         matrix = match([t for _, t in pairs], class_names)
         result.info["matcher"] = name
         outputs = [t for _, t in pairs]
-    elif method == "likelihood":
+    elif scoring == "likelihood":
         class_names = _labels(groups, classes, multi_label)[0]
         asked = prompt or groups[0].prompt
         matrix = pengi.log_likelihood([g.clip for g in groups], asked, class_names, batch_size=batch_size,
@@ -252,8 +252,8 @@ def classification(pengi: Pengi, manifest: str | Path, *, method: str = "auto", 
         class_names, labels, multi = _labels(groups, class_names, multi_label)
         outputs = [class_names[i] for i in matrix.argmax(1)]
     else:
-        raise PengiKitError(f"unknown classification method {method!r} (use generate, likelihood or embedding)")
-    result.info.update(method=method, classes=len(class_names), multi_label=multi)
+        raise PengiKitError(f"unknown classification scoring {scoring!r} (use generate, likelihood or embedding)")
+    result.info.update(scoring=scoring, classes=len(class_names), multi_label=multi)
     result.metrics = _class_scores(labels, matrix, multi)
     top = matrix.argmax(1)
     result.predictions = [{"audio": g.clip.path, "output": out, "top_class": class_names[i], "labels": g.texts}
@@ -262,20 +262,20 @@ def classification(pengi: Pengi, manifest: str | Path, *, method: str = "auto", 
 
 
 # ---------------------------------------------------------------------------- retrieval
-def retrieval(pengi: Pengi, manifest: str | Path, *, method: str = "auto", on_error: str = "skip",
+def retrieval(pengi: Pengi, manifest: str | Path, *, scoring: str = "auto", on_error: str = "skip",
               limit: int | None = None, batch_size: int = 32, prompt: str | None = None, **_: Any) -> Result:
     """Text-to-audio and audio-to-text retrieval over a captioning manifest: R@1/5/10, mAP@10.
 
-    ``method="embedding"`` ranks by the cosine of the projected audio and text embeddings
+    ``scoring="embedding"`` ranks by the cosine of the projected audio and text embeddings
     (needs a text encoder); ``"likelihood"`` by the caption's mean token log-probability
     given the clip; ``"auto"`` picks the first that the model supports.
     """
     result = Result("retrieval")
     groups = _read(manifest, result, on_error, limit)
     clips = [g.clip for g in groups]
-    if method == "auto":
-        method = "embedding" if pengi.model.text_encoder is not None else "likelihood"
-    if method == "embedding":
+    if scoring == "auto":
+        scoring = "embedding" if pengi.model.text_encoder is not None else "likelihood"
+    if scoring == "embedding":
         if pengi.model.text_encoder is None:
             raise PengiKitError("this model has no text encoder (use --scoring likelihood)")
         audio = pengi.embed_audio(clips, batch_size=batch_size, on_error=_on_error(on_error, result))
@@ -283,7 +283,7 @@ def retrieval(pengi: Pengi, manifest: str | Path, *, method: str = "auto", on_er
         captions = [t for g in groups for t in g.texts]
         text = torch.nn.functional.normalize(pengi.embed_text(captions).float().cpu(), dim=-1)
         similarity = torch.nn.functional.normalize(audio, dim=-1) @ text.T
-    elif method == "likelihood":
+    elif scoring == "likelihood":
         captions = [t for g in groups for t in g.texts]
         owner = torch.tensor([i for i, g in enumerate(groups) for _ in g.texts])
         similarity = pengi.log_likelihood(clips, prompt or groups[0].prompt, captions, batch_size=batch_size,
@@ -293,10 +293,10 @@ def retrieval(pengi: Pengi, manifest: str | Path, *, method: str = "auto", on_er
         similarity = similarity[:, loaded[owner]]
         captions = [c for c, keep in zip(captions, loaded[owner].tolist()) if keep]
     else:
-        raise PengiKitError(f"unknown retrieval method {method!r} (use auto, embedding or likelihood)")
+        raise PengiKitError(f"unknown retrieval scoring {scoring!r} (use auto, embedding or likelihood)")
     owner = torch.tensor([i for i, g in enumerate(groups) for _ in g.texts])
     relevant = owner[None, :] == torch.arange(len(groups))[:, None]  # (clips, captions)
-    result.info.update(method=method, clips=len(groups), captions=len(captions))
+    result.info.update(scoring=scoring, clips=len(groups), captions=len(captions))
     for prefix, sim, rel in (("text-to-audio", similarity.T, relevant.T), ("audio-to-text", similarity, relevant)):
         result.metrics.update({f"{prefix} {k}": v for k, v in scores.retrieval_scores(sim, rel).items()})
     return result
@@ -355,12 +355,12 @@ def linear_probe(pengi: Pengi, manifest: str | Path, *, train_manifest: str | Pa
 
 
 # ---------------------------------------------------------------------------- multiple choice
-def multiple_choice(pengi: Pengi, manifest: str | Path, *, method: str = "auto", prompt: str | None = None,
+def multiple_choice(pengi: Pengi, manifest: str | Path, *, scoring: str = "auto", prompt: str | None = None,
                     export_predictions: str | Path | None = None, on_error: str = "skip", limit: int | None = None,
                     batch_size: int = 32, **decoding: Any) -> Result:
     """Multiple-choice questions (rows that ``pengi-kit data prepare mmau|mmar|air-bench`` wrote),
     scored three ways (:mod:`~pengi_kit.evaluation.multiple_choice`): the generated answer by the
-    benchmark's ``official`` rule and by the ``strict`` one (``method="generate"``), and each
+    benchmark's ``official`` rule and by the ``strict`` one (``scoring="generate"``), and each
     choice's log-probability as the answer (``"likelihood"``: ``accuracy`` by the sum,
     ``accuracy_norm`` by the sum per UTF-8 byte of the choice); ``"auto"``: both.
 
@@ -372,8 +372,8 @@ def multiple_choice(pengi: Pengi, manifest: str | Path, *, method: str = "auto",
     from pengi_kit.data.benchmarks import item_from_row, render
     from pengi_kit.evaluation import multiple_choice as mc
 
-    if method not in ("auto", "generate", "likelihood"):
-        raise PengiKitError(f"unknown multiple-choice method {method!r} (use auto, generate or likelihood)")
+    if scoring not in ("auto", "generate", "likelihood"):
+        raise PengiKitError(f"unknown multiple-choice scoring {scoring!r} (use auto, generate or likelihood)")
     result = Result("multiple-choice")
     rows, bad = read_manifest(manifest, on_error="fail" if on_error == "fail" else "skip", require_text=False)
     result.problems += bad
@@ -405,14 +405,14 @@ def multiple_choice(pengi: Pengi, manifest: str | Path, *, method: str = "auto",
     clips = [Clip(str(ex.audio), ex.start, ex.end) for ex in rows]
     handle = _on_error(on_error, result)
     outputs: list[str | None] = [None] * len(items)
-    if method in ("auto", "generate"):
+    if scoring in ("auto", "generate"):
         outputs = pengi.generate(clips, prompts, batch_size=batch_size, progress=None, on_error=handle, **decoding)
         official, strict = mc.official(bench, items, outputs), mc.strict_scores(items, outputs)
         result.metrics.update(official.metrics | strict.metrics)
         result.info.update(counts=official.counts, strict_unparsed=strict.counts["unparsed"],
                            breakdowns=official.groups, official_report=mc.report_lines(bench, official))
     chosen: list[tuple[int | None, int | None]] = [(None, None)] * len(items)
-    if method in ("auto", "likelihood"):
+    if scoring in ("auto", "likelihood"):
         sums = pengi.log_likelihood(clips, prompts, [item.choices for item in items], batch_size=batch_size,
                                     on_error=handle, reduction="sum")
         scored = right = right_norm = 0
@@ -430,7 +430,7 @@ def multiple_choice(pengi: Pengi, manifest: str | Path, *, method: str = "auto",
                                "accuracy_norm (likelihood)": right_norm / answered if answered else 0.0})
         result.info["likelihood_scored"] = scored
     result.info.update(benchmark=bench.name, items=len(items), scorer_version=mc.SCORER_VERSION,
-                       template=prompt or bench.template, method=method,
+                       template=prompt or bench.template, scoring=scoring,
                        rule_source=bench.source)
     for n, (item, out) in enumerate(zip(items, outputs)):
         result.predictions.append({"id": item.id, "audio": str(clips[n].path), "prompt": prompts[n], "output": out,

@@ -89,7 +89,7 @@ def test_prepare_reads_each_benchmark_layout(tmp_path, mmau_root):
 
 def test_three_scorers_agree_with_the_model_and_hold_at_any_batch_size(pengi, tmp_path, mmau_root):
     prepare("mmau", mmau_root, tmp_path / "m.jsonl")
-    one = evaluate(pengi, "multiple-choice", tmp_path / "m.jsonl", batch_size=1, method="auto",
+    one = evaluate(pengi, "multiple-choice", tmp_path / "m.jsonl", batch_size=1, scoring="auto",
                    max_new_tokens=4, export_predictions=tmp_path / "exported.json")
     eight = evaluate(pengi, "multiple-choice", tmp_path / "m.jsonl", batch_size=8, max_new_tokens=4)
     assert [p["output"] for p in one.predictions] == [p["output"] for p in eight.predictions]
@@ -119,7 +119,7 @@ def test_a_prompt_the_model_would_cut_is_an_error_naming_the_item(pengi, tmp_pat
     prepare("mmau", mmau_root, tmp_path / "m.jsonl")
     with pytest.raises(PengiKitError, match=r"m.jsonl:1: item q0: the prompt has \d+ tokens and the model reads 192"):
         evaluate(pengi, "multiple-choice", tmp_path / "m.jsonl", prompt="{question} " + "padding " * 40)
-    result = evaluate(pengi, "multiple-choice", tmp_path / "m.jsonl", prompt="{question}", method="likelihood")
+    result = evaluate(pengi, "multiple-choice", tmp_path / "m.jsonl", prompt="{question}", scoring="likelihood")
     assert result.predictions[1]["prompt"] == "what? really" and "accuracy (official)" not in result.metrics
 
 
@@ -138,3 +138,14 @@ def test_the_command_scores_a_checkpoint_and_exports_for_the_leaderboard(untrain
     assert task["info"]["template"] == "{question}" and task["info"]["items"] == 2
     exported = json.loads((tmp_path / "up.json").read_text())
     assert [r["id"] for r in exported] == ["q0", "q1"] and all("model_output" in r for r in exported)
+    card = json.loads((tmp_path / "out" / "results.json").read_text())["card"]
+    assert card["decoding"]["method"] == "greedy" and card["batch_size"] == 32 and card["device"] == "cpu"
+    assert list(card["weights_sha256"]) == ["model.safetensors"] and card["versions"]["torch"]
+    assert task["manifest_sha256"]
+    # the card reruns the evaluation exactly; a changed manifest is a difference
+    run = CliRunner().invoke(main, ["evaluate", "--reproduce", str(tmp_path / "out" / "results.json")])
+    assert run.exit_code == 0 and "every figure is the same" in run.output, run.output
+    rows = (tmp_path / "m.jsonl").read_text().splitlines()
+    (tmp_path / "m.jsonl").write_text("\n".join([rows[1], rows[0], *rows[2:]]) + "\n")
+    run = CliRunner().invoke(main, ["evaluate", "--reproduce", str(tmp_path / "out" / "results.json")])
+    assert run.exit_code == 1 and "m.jsonl has changed (sha256)" in run.output, run.output

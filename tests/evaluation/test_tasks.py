@@ -57,7 +57,7 @@ def corpus(tmp_path):
 
 def test_bad_input_is_reported_and_left_out(pengi, corpus):
     for method in ("generate", "likelihood"):
-        result = evaluate(pengi, "classification", corpus / "cls.jsonl", method=method)
+        result = evaluate(pengi, "classification", corpus / "cls.jsonl", scoring=method)
         assert len(result.predictions) == 3, method
         assert len(result.problems) == 2, result.problems
         assert any("cls.jsonl:5: missing or empty 'text'" in p for p in result.problems)
@@ -65,7 +65,7 @@ def test_bad_input_is_reported_and_left_out(pengi, corpus):
         assert 0 <= result.metrics["accuracy"] <= 1
     assert result.info["classes"] == 2 and result.info["multi_label"] is False
     # scoring without generation: the broken clip's row, and its caption as a candidate, leave too
-    result = evaluate(pengi, "retrieval", corpus / "cls.jsonl", method="likelihood")
+    result = evaluate(pengi, "retrieval", corpus / "cls.jsonl", scoring="likelihood")
     assert (result.info["clips"], result.info["captions"], len(result.problems)) == (3, 3, 2)
     result = evaluate(pengi, "linear-probe", corpus / "cls.jsonl", train_manifest=corpus / "cls.jsonl")
     assert (result.info["train_clips"], result.info["test_clips"], len(result.problems)) == (3, 3, 4)
@@ -77,7 +77,7 @@ def test_text_encoder_paths(pengi, corpus):
     result = evaluate(pengi, "classification", corpus / "cls.jsonl", matcher="text-encoder")
     assert result.info["matcher"] == "text-encoder"
     result = evaluate(pengi, "retrieval", corpus / "cls.jsonl")  # auto: the model has a text encoder
-    assert result.info["method"] == "embedding" and result.info["clips"] == 3
+    assert result.info["scoring"] == "embedding" and result.info["clips"] == 3
     assert set(result.metrics) == {f"{d} {m}" for d in ("text-to-audio", "audio-to-text")
                                    for m in ("R@1", "R@5", "R@10", "mAP@10")}
     assert result.metrics["text-to-audio R@10"] == 1.0  # 3 clips: always in the top 10
@@ -89,4 +89,4 @@ def test_errors_name_the_fix(pengi, corpus):
     with pytest.raises(PengiKitError, match="needs --train-manifest"):
         evaluate(pengi, "linear-probe", corpus / "cls.jsonl")
     with pytest.raises(PengiKitError, match="label 'rain' .* is not among the 1 classes"):
-        evaluate(pengi, "classification", corpus / "cls.jsonl", classes=["dog"], method="likelihood")
+        evaluate(pengi, "classification", corpus / "cls.jsonl", classes=["dog"], scoring="likelihood")
