@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import re
 import string
+from collections import Counter
 from collections.abc import Sequence
 
 import torch
 
-__all__ = ["normalize_answer", "answer_correct", "word_similarity", "average_precision", "mean_average_precision",
+__all__ = ["normalize_answer", "answer_correct", "agreed_answers", "word_similarity", "average_precision", "mean_average_precision",
            "accuracy", "retrieval_scores"]
 
 _ARTICLES = {"a", "an", "the"}
@@ -37,6 +38,22 @@ def answer_correct(prediction: str, references: Sequence[str]) -> bool:
     if refs and refs <= {"yes", "no"}:
         pred = pred.split(" ", 1)[0]
     return pred in refs
+
+
+def agreed_answers(references: Sequence[str]) -> dict[str, list[str]]:
+    """The references a question is scored against under each agreement rule, as the Clotho-AQA
+    splits define them: ``any`` (every annotator's answer), ``majority`` (the answer more than
+    half gave; absent when none did) and ``unanimous`` (the answer all gave; absent otherwise).
+    Answers are compared after :func:`normalize_answer`."""
+    counts = Counter(normalize_answer(r) for r in references)
+    out = {"any": list(references)}
+    if references:
+        top, n = counts.most_common(1)[0]
+        if n * 2 > len(references):
+            out["majority"] = [next(r for r in references if normalize_answer(r) == top)]
+            if n == len(references):
+                out["unanimous"] = out["majority"]
+    return out
 
 
 def word_similarity(a: str, b: str) -> float:

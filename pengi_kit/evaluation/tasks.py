@@ -128,22 +128,33 @@ def aqa(pengi: Pengi, manifest: str | Path, *, on_error: str = "skip", limit: in
         batch_size: int = 32, prompt: str | None = None, **decoding: Any) -> Result:
     """Accuracy of the answer to each (clip, question), after :func:`~.scores.normalize_answer`;
     correct if it matches any of the rows' answers. Also by answer type (the rows'
-    ``answer_type``, else yes/no when every answer is yes or no, else open)."""
+    ``answer_type``, else yes/no when every answer is yes or no, else open). When questions have
+    several answers (Clotho-AQA keeps each annotator's), also against the majority answer and
+    over the questions whose annotators agree (:func:`~.scores.agreed_answers`), with counts."""
     result = Result("aqa")
     pairs = _generate(pengi, _read(manifest, result, on_error, limit, by_prompt=True), result, on_error,
                       decoding, batch_size, prompt)
     by_type: dict[str, list[bool]] = {}
+    by_rule: dict[str, list[bool]] = {"majority": [], "unanimous": []}
     for g, text in pairs:
         correct = scores.answer_correct(text, g.texts)
         kind = g.fields.get("answer_type") or (
             "yes/no" if {scores.normalize_answer(t) for t in g.texts} <= {"yes", "no"} else "open")
         by_type.setdefault(str(kind), []).append(correct)
+        for rule, refs in scores.agreed_answers(g.texts).items():
+            if rule != "any":
+                by_rule[rule].append(scores.answer_correct(text, refs))
         result.predictions.append({"audio": g.clip.path, "prompt": g.prompt, "output": text,
                                    "references": g.texts, "correct": correct, "answer_type": kind})
     every = [c for cs in by_type.values() for c in cs]
     result.metrics["accuracy"] = sum(every) / len(every)
     for kind in sorted(by_type):
         result.metrics[f"accuracy ({kind})"] = sum(by_type[kind]) / len(by_type[kind])
+    if any(len(g.texts) > 1 for g, _ in pairs):  # one answer per question: every rule gives the same figure
+        for rule, marks in by_rule.items():
+            if marks:
+                result.metrics[f"accuracy ({rule})"] = sum(marks) / len(marks)
+            result.info[f"questions ({rule})"] = len(marks)
     return result
 
 

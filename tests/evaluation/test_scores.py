@@ -63,3 +63,34 @@ def test_linear_probe_learns_a_separable_problem():
     x = centers[y] + torch.randn(90, 8, generator=g)
     predict = fit_logistic_regression(x[:60], torch.nn.functional.one_hot(y[:60], 3).float(), multi_label=False)
     assert accuracy(predict(x[60:]), y[60:]) >= 0.95
+
+
+def test_clotho_aqa_agreement_rules(tmp_path):
+    """any / majority / unanimous, by hand, and the aqa task reporting them with their counts."""
+    import json
+
+    import numpy as np
+    import soundfile as sf
+
+    from pengi_kit.evaluation.scores import agreed_answers
+    from pengi_kit.evaluation.tasks import evaluate
+
+    assert agreed_answers(["Yes", "yes.", "no"]) == {"any": ["Yes", "yes.", "no"], "majority": ["Yes"]}
+    assert agreed_answers(["two", "2", "Two"])["unanimous"] == ["two"]
+    assert set(agreed_answers(["rain", "wind", "water"])) == {"any"}  # no majority, no agreement
+    questions = {"q1": (["yes", "yes", "no"], "no"), "q2": (["dog", "dog", "dog"], "dog"),
+                 "q3": (["rain", "wind", "water"], "wind")}
+    rows = []
+    for n, (question, (answers, _)) in enumerate(questions.items()):
+        sf.write(tmp_path / f"{n}.wav", np.zeros(800), 16000)
+        rows += [{"audio": f"{n}.wav", "prompt": question, "text": a} for a in answers]
+    (tmp_path / "aqa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    class Said:  # answers as written above, whatever the clip
+        def generate(self, clips, prompts, **_):
+            return [questions[p][1] for p in prompts]
+
+    result = evaluate(Said(), "aqa", tmp_path / "aqa.jsonl")
+    assert result.metrics["accuracy"] == 1.0  # each answer is one annotator's
+    assert result.metrics["accuracy (majority)"] == 0.5  # q1 (majority yes) wrong, q2 right; q3 has none
+    assert result.metrics["accuracy (unanimous)"] == 1.0 and result.info["questions (unanimous)"] == 1
