@@ -160,7 +160,7 @@ def _fmt(value: float | None) -> str:
 def table(specs: list[TaskSpec], width: int = 40) -> str:
     """The results as an aligned text table; messages longer than ``width`` become notes below it."""
     notes: list[str] = []
-    rows = [("task", "metric", "ours", "Pengi (published)")]
+    rows = [("task", "metric", "ours", "published")]
     for label, metric, ours, published in _rows(specs):
         if len(ours) > width:
             if ours not in notes:
@@ -177,7 +177,7 @@ def table(specs: list[TaskSpec], width: int = 40) -> str:
 
 
 def markdown(name: str, specs: list[TaskSpec], checkpoint: str) -> str:
-    out = [f"# {name}: {checkpoint}", "", "| task | metric | ours | Pengi (published) |", "|---|---|---|---|"]
+    out = [f"# {name}: {checkpoint}", "", "| task | metric | ours | published |", "|---|---|---|---|"]
     out += [f"| {' | '.join(c.replace('|', '/') for c in r)} |" for r in _rows(specs)]
     problems = [(s.name, p) for s in specs if s.result for p in s.result.problems]
     if problems:

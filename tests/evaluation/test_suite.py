@@ -8,9 +8,16 @@ from pengi_kit.evaluation.suite import load_suite, run_suite, table, write_repor
 
 
 def test_shipped_suites_load():
-    for path in ("recipes/eval/pengi_paper.toml", "recipes/eval/demo.toml"):
-        name, specs = load_suite(path)
-        assert specs and all(s.manifest for s in specs), path
+    from pengi_kit.recipe import shipped_recipes
+
+    suites = [name for name in shipped_recipes() if name.startswith("eval/")]
+    assert {"eval/pengi_paper", "eval/demo", "eval/mmau_mini", "eval/mmar", "eval/air_bench_foundation"} <= set(suites)
+    for name in suites:
+        _, specs = load_suite(name)
+        assert specs and all(s.manifest and s.prepare or name == "eval/demo" for s in specs), name
+        # every metric a suite lists is one its task computes (a typo would show as "not computed")
+        for spec in specs:
+            assert set(spec.published) <= set(spec.metrics or spec.published), (name, spec.name)
     _, specs = load_suite("recipes/eval/pengi_paper.toml")
     assert {s.task for s in specs} == {"captioning", "aqa", "classification", "retrieval", "linear-probe"}
     assert any(s.published.get("SPIDEr") == 0.467 for s in specs)
