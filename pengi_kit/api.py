@@ -372,18 +372,22 @@ class Pengi:
                                                                 target["attention_mask"].sum(1))}
         out = [torch.full((len(c),), float("nan")) for c in candidates]
         handle = self._error_handler(on_error)
-        per_step = max(1, batch_size // max(1, max(map(len, candidates), default=1)))  # clips per step
         bar = progress_bar(sum(map(len, candidates)), "scoring texts", "pair", enabled=progress)
         cache: dict[str, torch.Tensor] = {}
         with ThreadPoolExecutor(max(1, self.num_workers)) as pool, torch.inference_mode():
-            for c0 in range(0, len(clips), per_step):
-                part = range(c0, min(c0 + per_step, len(clips)))
-                good, waves = self._load(pool, [clips[c] for c in part], sample_rate, handle)
+            for c0 in range(0, len(clips), batch_size):  # batch_size clips, then their candidates in groups
+                part = range(c0, min(c0 + batch_size, len(clips)))
+                keys = [self._key(clips[c], sample_rate) for c in part]  # a clip asked several times loads once
+                distinct = list(dict.fromkeys(keys))
+                loaded, waves = self._load(pool, [clips[c0 + keys.index(k)] for k in distinct], sample_rate, handle)
+                slot = {distinct[d]: n for n, d in enumerate(loaded)}
+                good = [g for g, k in enumerate(keys) if k in slot]
                 bar.update(sum(len(candidates[c0 + g]) for g in range(len(part)) if g not in good))
                 if not good:
                     continue
                 rows = [c0 + g for g in good]
-                prefix = self.model.join_prefix(self.model.audio_prefix(waves),
+                audio = self.model.audio_prefix(waves)[torch.tensor([slot[keys[g]] for g in good], device=self.device)]
+                prefix = self.model.join_prefix(audio,
                                                 self._prompt_prefix([prompts[c] for c in rows], "none", batch_size,
                                                                     cache))
                 # groups of at most batch_size candidates; a clip with more is scored in several

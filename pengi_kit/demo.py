@@ -76,11 +76,17 @@ def evaluate_synthetic(pengi: Any, corpus: SyntheticCorpus, batch_size: int = 64
 def write_eval_set(folder: str | Path, held_out: SyntheticCorpus, train: SyntheticCorpus,
                    probe_train_clips: int = 120) -> Path:
     """Held-out clips as WAV files and one manifest per task of ``recipes/eval/demo.toml``:
-    captions, classification, aqa (bare yes/no and count answers, as AQA corpora give them)
-    and, for the linear probe, ``probe_train`` over the first training clips."""
+    captions, classification, aqa (bare yes/no and count answers, as AQA corpora give them),
+    multiple choice (``mmau-demo.json``, the classification and aqa questions with their
+    choices in MMAU's layout, prepared as any MMAU file) and, for the linear probe,
+    ``probe_train`` over the first training clips."""
+    import json
+
     import soundfile as sf
 
+    from pengi_kit.data.adapters import prepare
     from pengi_kit.data.manifest import write_manifest
+    from pengi_kit.data.synthetic import KINDS, NUMBERS
 
     folder = Path(folder).resolve()  # manifests store clip paths relative to themselves
     (folder / "clips").mkdir(parents=True, exist_ok=True)
@@ -96,11 +102,20 @@ def write_eval_set(folder: str | Path, held_out: SyntheticCorpus, train: Synthet
             rows["captions"].append({"audio": audio, "task": "caption", "text": clip.caption})
             rows["classification"].append({"audio": audio, "task": "classification", "text": clip.primary})
             for task, prompt, target in clip.examples():
-                if task in ("yes/no", "count"):
-                    answer = target.split(",")[0] if task == "yes/no" else target
+                if task == "caption":
+                    continue
+                answer = target.split(",")[0] if task == "yes/no" else target
+                if task != "classification":
                     rows["aqa"].append({"audio": audio, "prompt": prompt, "text": answer, "answer_type": task})
+                choices = {"classification": list(KINDS), "yes/no": ["yes", "no"], "count": list(NUMBERS[1:])}[task]
+                rows["mmau"].append({"id": f"{i:04d}-{len(rows['mmau'])}", "audio_id": f"./clips/{audio.name}",
+                                     "question": prompt, "choices": choices, "answer": answer, "task": "sound",
+                                     "difficulty": "easy", "category": "Perception", "sub-category": task,
+                                     "dataset": "pengi-kit demo", "split": "test-mini"})
+    (folder / "mmau-demo.json").write_text(json.dumps(rows.pop("mmau"), indent=1) + "\n", encoding="utf-8")
     for name, items in rows.items():
         write_manifest(folder / f"{name}.jsonl", items)
+    prepare("mmau", folder, folder / "multiple_choice.jsonl")
     return folder
 
 

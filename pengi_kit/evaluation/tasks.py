@@ -440,8 +440,9 @@ def multiple_choice(pengi: Pengi, manifest: str | Path, *, scoring: str = "auto"
         result.metrics.update({"accuracy (likelihood)": right / answered if answered else 0.0,
                                "accuracy_norm (likelihood)": right_norm / answered if answered else 0.0})
         result.info["likelihood_scored"] = scored
-    result.info.update(benchmark=bench.name, items=len(items), scorer_version=mc.SCORER_VERSION,
-                       template=prompt or bench.template, scoring=scoring,
+    sources = sorted({str(ex.fields.get("source")) for ex in rows if ex.fields.get("source")})
+    result.info.update(benchmark=bench.name, benchmark_files=sources, items=len(items),
+                       scorer_version=mc.SCORER_VERSION, template=prompt or bench.template, scoring=scoring,
                        rule_source=bench.source)
     for n, (item, out) in enumerate(zip(items, outputs)):
         result.predictions.append({"id": item.id, "audio": str(clips[n].path), "prompt": prompts[n], "output": out,
