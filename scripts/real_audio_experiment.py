@@ -11,7 +11,8 @@ reverberation (half the clips) and background sound from the folder's other reco
 speech, humpback whale song, a trumpet) or white noise at 0-20 dB SNR, the backgrounds taken
 from the last 30% of each recording. The training clips get the same kinds of variation on
 the fly, from the data pipeline's augmentation (``[data.augment]``, docs/data.md: speed,
-shift, room reverberation, background from the first 70% of the recordings, gain), drawn
+shift, room reverberation, background from the first 70% of one of the recordings or white
+noise, at an SNR against the speech, gain), drawn
 afresh each epoch from the recordings themselves, with ``--variation pipeline``; the default,
 ``--variation offline``, synthesises a fixed training set of the same kinds of variation (the
 figures in docs/training.md; the pipeline path does not match them yet at the same epochs,
@@ -104,7 +105,7 @@ def make_corpus(audio_dir: Path, out: Path, sizes: dict[str, int], split_by: str
     Train rows have no prompt (the recipe's data table gives it); valid and test rows carry it, so
     that ``pengi-kit evaluate`` reads them as they are. With ``variation = "pipeline"`` the training
     rows are the clean recordings, centred in 1 s of silence (``[data.augment]`` varies them), and
-    ``<out>/backgrounds.jsonl`` names the first 70% of each background recording."""
+    ``<out>/background<n>.jsonl`` names the first 70% of each background recording."""
     import soundfile as sf
 
     from pengi_kit.data.manifest import write_manifest
@@ -118,10 +119,10 @@ def make_corpus(audio_dir: Path, out: Path, sizes: dict[str, int], split_by: str
     if variation == "pipeline":
         sizes = {split: n for split, n in sizes.items() if split != "train"}
         manifests["train"] = _clean_training_rows(recordings, speakers["train"], out, seed)
-        manifests["backgrounds"] = out / "backgrounds.jsonl"
-        write_manifest(manifests["backgrounds"], [
-            {"audio": audio_dir / name, "text": "background", "start": 0.0,
-             "end": round(0.7 * len(b) / RATE, 3)} for name, b in zip(BACKGROUNDS, backgrounds)])
+        for n, (name, b) in enumerate(zip(BACKGROUNDS, backgrounds)):  # one noise source each, as offline
+            manifests[f"background{n}"] = out / f"background{n}.jsonl"
+            write_manifest(manifests[f"background{n}"], [
+                {"audio": audio_dir / name, "text": "background", "start": 0.0, "end": round(0.7 * len(b) / RATE, 3)}])
     for i, (split, n) in enumerate(sizes.items(), start=1 if variation == "pipeline" else 0):
         rng = np.random.default_rng([seed, i])
         # training clips take their background from the first 70% of each recording, the others from the rest
@@ -174,8 +175,8 @@ shift = 0.3
 reverb = "room"
 reverb_prob = 0.5
 rt60 = [0.1, 0.5]
-noise = "{backgrounds}"
-noise_prob = 0.75
+noise = {noise}
+noise_prob = 1.0
 snr_db = [0.0, 20.0]
 gain_db = [-18.0, -1.0]
 """
@@ -300,7 +301,8 @@ def main() -> None:
     recordings = len(m["train"].read_text().splitlines())
     # the pipeline's rows are the recordings: drawn as often as the offline set has clips, in every epoch
     weight = round(args.train_clips / recordings, 3) if args.variation == "pipeline" else 1.0
-    augment = AUGMENT.format(backgrounds=m["backgrounds"]) if args.variation == "pipeline" else ""
+    sources = [str(m[f"background{n}"]) for n in range(len(BACKGROUNDS))] + ["white"]  # each clip draws one
+    augment = AUGMENT.format(noise=json.dumps(sources)) if args.variation == "pipeline" else ""
     print(f"corpus: {args.train_clips} training draws per epoch ({args.variation}), 200 valid, {args.test_clips} "
           f"test clips (held out by {args.split}) in {time.perf_counter() - t0:.0f} s", flush=True)
     seconds: dict[str, float] = {}

@@ -9,8 +9,8 @@ workers gives the same audio, and a resumed run sees exactly what the uninterrup
 
 In order: speed (resampling: tempo and pitch together), pitch (a phase vocoder keeps the
 duration), time shift, reverberation (an impulse response from a manifest or folder, or a
-synthetic room), background noise at a signal-to-noise ratio (clips from a manifest or folder,
-or white noise), gain; then the clip is cut or padded back to the encoder's length. Mixup
+synthetic room), background noise at a signal-to-noise ratio against the clip's active
+level (clips from manifests or folders, or white noise), gain; then the clip is cut or padded back to the encoder's length. Mixup
 (tagging) mixes whole clips and their labels within a batch (:func:`mix_batch`).
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ import numpy as np
 
 from pengi_kit.options import option
 
-__all__ = ["Augment", "augment", "mix_batch"]
+__all__ = ["Augment", "augment", "active_power", "mix_batch"]
 
 
 @dataclass(frozen=True)
@@ -39,10 +39,13 @@ class Augment:
                                              "(tempo and pitch change together), e.g. [0.9, 1.1].")
     pitch_semitones: list[float] = option([0.0, 0.0], "Pitch shift in semitones, drawn from [low, high]; the "
                                                        "duration is kept (phase vocoder).")
-    noise: str = option("", "Background noise: a manifest or folder of noise clips (a random stretch of one is "
-                             "added), or 'white'; '' for none.")
+    noise: str | list[str] = option("", "Background noise: a manifest or folder of noise clips (a random stretch "
+                                         "of one is added), or 'white'; a list of such sources, one drawn per clip "
+                                         "(e.g. [\"street/\", \"cafe/\", \"white\"]); '' for none.")
     snr_db: list[float] = option([5.0, 30.0], "Signal-to-noise ratio of the added noise in dB, drawn from "
-                                               "[low, high].")
+                                               "[low, high], against the clip's active level (its frames within "
+                                               "40 dB of the loudest), so silence around a short sound does not "
+                                               "count.")
     noise_prob: float = option(0.5, "Share of the clips that get noise.", "[0, 1]")
     reverb: str = option("", "Reverberation: a manifest or folder of impulse responses, or 'room' for synthetic "
                               "rooms (exponentially decaying noise); '' for none.")
@@ -52,6 +55,9 @@ class Augment:
                                 "from Beta(mixup, mixup) (PANNs: 1.0); 0 for none.", ">= 0")
 
     def __post_init__(self) -> None:
+        if isinstance(self.noise, list) and not all(isinstance(n, str) and n for n in self.noise):
+            raise ValueError(f"noise: give a source or a list of sources (manifests, folders, 'white'), "
+                             f"got {self.noise}")
         for name in ("gain_db", "speed", "pitch_semitones", "snr_db", "rt60"):
             low_high = getattr(self, name)
             if len(low_high) != 2 or low_high[0] > low_high[1]:
@@ -65,8 +71,10 @@ class Augment:
         return (self != Augment(mixup=self.mixup))
 
     @cached_property
-    def _noise_clips(self) -> list[Any]:
-        return _clips(self.noise, "data.augment.noise") if self.noise not in ("", "white") else []
+    def _noise_sources(self) -> list[list[Any] | None]:
+        """Each noise source's clips (None: white noise)."""
+        sources = self.noise if isinstance(self.noise, list) else [self.noise] if self.noise else []
+        return [None if source == "white" else _clips(source, "data.augment.noise") for source in sources]
 
     @cached_property
     def _impulse_responses(self) -> list[Any]:
@@ -74,7 +82,7 @@ class Augment:
 
     def check(self) -> None:
         """Read the noise and impulse-response sources now (a one-line error names a bad one)."""
-        _ = self._noise_clips, self._impulse_responses
+        _ = self._noise_sources, self._impulse_responses
 
 
 def _clips(source: str, where: str) -> list[Any]:
@@ -127,6 +135,16 @@ def _stretch(wave: np.ndarray, rate: float, n_fft: int = 512, hop: int = 128) ->
     return (result.ravel() / np.maximum(norm.ravel(), 1e-8)).astype(np.float32)
 
 
+def active_power(wave: np.ndarray, rate: int, floor_db: float = 40.0) -> float:
+    """Mean power over the clip's active frames (20 ms; those within ``floor_db`` of the loudest):
+    the level of a short sound in a longer clip, which the mean over the whole clip understates."""
+    size = max(1, rate // 50)
+    frames = np.mean(np.asarray(wave, dtype=np.float64)[: len(wave) // size * size].reshape(-1, size) ** 2, axis=1)
+    if not len(frames) or frames.max() <= 0:
+        return float(np.mean(np.asarray(wave, dtype=np.float64) ** 2))
+    return float(np.mean(frames[frames >= frames.max() * 10 ** (-floor_db / 10)]))
+
+
 def _room(rate: int, rt60: float, rng: np.random.Generator) -> np.ndarray:
     """A synthetic room's impulse response: the direct sound, then noise decaying by 60 dB in ``rt60``."""
     n = max(1, int(rt60 * rate))
@@ -174,11 +192,12 @@ def augment(wave: np.ndarray, rate: int, config: Augment, rng: np.random.Generat
         wave = np.fft.irfft(np.fft.rfft(wave, size) * np.fft.rfft(ir, size), size)[: len(wave)].astype(np.float32)
         wave *= level / (np.sqrt(np.mean(wave ** 2)) + 1e-8)
     if config.noise and rng.random() < config.noise_prob:
-        clips = config._noise_clips
+        sources = config._noise_sources
+        clips = sources[int(rng.integers(len(sources)))] if len(sources) > 1 else sources[0]
         seconds = len(wave) / rate
-        noise = (rng.standard_normal(len(wave)).astype(np.float32) if not clips else
+        noise = (rng.standard_normal(len(wave)).astype(np.float32) if clips is None else
                  _excerpt(clips[int(rng.integers(len(clips)))], rate, seconds, rng)[: len(wave)])
-        signal, background = np.mean(wave ** 2), np.mean(noise ** 2)
+        signal, background = active_power(wave, rate), np.mean(noise ** 2)
         if signal > 0 and background > 0:
             snr = _uniform(rng, config.snr_db)
             wave = wave + noise * math.sqrt(signal / (background * 10 ** (snr / 10)))

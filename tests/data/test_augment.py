@@ -57,6 +57,24 @@ def test_noise_gain_shift_and_reverberation():
     assert np.array_equal(augment(clean, RATE, Augment(), _rng()), clean)  # the defaults change nothing
 
 
+def test_snr_is_against_the_active_level_and_each_clip_draws_one_source(tmp_path):
+    """A 0.2 s tone in 1 s of silence at 10 dB SNR: 10 dB below the tone, not below the whole clip's
+    mean (7 dB quieter); with two sources, white noise and a hum, some clips get each."""
+    short = np.zeros(RATE, dtype=np.float32)
+    short[RATE // 2: RATE // 2 + RATE // 5] = _tone()[: RATE // 5]
+    noisy = augment(short, RATE, Augment(noise="white", snr_db=[10.0, 10.0], noise_prob=1.0), _rng())
+    tone_power = np.mean(short[RATE // 2: RATE // 2 + RATE // 5] ** 2)
+    assert 10 * np.log10(tone_power / np.mean((noisy - short) ** 2)) == pytest.approx(10.0, abs=0.3)
+    (tmp_path / "hum").mkdir()
+    sf.write(tmp_path / "hum" / "hum.wav", _tone(50.0, 2.0), RATE)
+    both = Augment(noise=[str(tmp_path / "hum"), "white"], noise_prob=1.0, snr_db=[0.0, 0.0])
+    added = [augment(np.zeros(RATE, np.float32) + short, RATE, both, _rng(seed)) - short for seed in range(12)]
+    hums = [_peak(a) < 120 for a in added]  # the hum's 50 Hz dominates; white noise has no peak there
+    assert 0 < sum(hums) < len(hums)
+    with pytest.raises(ValueError, match="a list of sources"):
+        Augment(noise=["white", ""])
+
+
 def test_noise_and_impulse_responses_from_folders_and_a_missing_source_is_named(tmp_path):
     noise, rooms = tmp_path / "noise", tmp_path / "rooms"
     noise.mkdir()
