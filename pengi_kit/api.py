@@ -206,7 +206,7 @@ class Pengi:
                 if good:
                     rows = [row for u in good for row in rows_of[u]]
                     with torch.inference_mode():  # not across the yield below: that is the caller's time
-                        audio_prefix = self.model.audio_prefix(self._stack(waves))
+                        audio_prefix = self._audio_prefix(waves)
                         slot = {u: i for i, u in enumerate(good)}
                         for start in range(0, len(rows), batch_size):
                             part = rows[start: start + batch_size]
@@ -300,9 +300,9 @@ class Pengi:
 
     # ------------------------------------------------------------------ embeddings
     def _load(self, pool: ThreadPoolExecutor, items: Sequence[AudioLike], sample_rate: int | None,
-              handle: Callable[[Any, Exception], None]) -> tuple[list[int], torch.Tensor | None]:
-        """Load ``items`` in ``pool``: the positions that loaded and their stacked waveforms;
-        each one that fails goes to ``handle``."""
+              handle: Callable[[Any, Exception], None]) -> tuple[list[int], list[torch.Tensor]]:
+        """Load ``items`` in ``pool``: the positions that loaded and their waveforms; each one
+        that fails goes to ``handle``."""
         futures = [pool.submit(self._waveform, item, sample_rate) for item in items]
         good, waves = [], []
         for i, (item, future) in enumerate(zip(items, futures)):
@@ -311,7 +311,15 @@ class Pengi:
                 good.append(i)
             except Exception as exc:  # noqa: BLE001 - reported or re-raised by the handler
                 handle(item, exc)
-        return good, (self._stack(waves) if waves else None)
+        return good, waves
+
+    def _audio_prefix(self, waves: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The audio half of the prefix of each clip (zero-padded together; a frame encoder keeps
+        each clip's own frames)."""
+        return self.model.audio_prefix(self._stack(waves), self._lengths(waves))
+
+    def _lengths(self, waves: Sequence[torch.Tensor]) -> torch.Tensor:
+        return torch.tensor([len(w) for w in waves], device=self.device)
 
     def embed_audio(self, audio: AudioLike | Sequence[AudioLike], *, sample_rate: int | None = None,
                     batch_size: int = 32, progress: bool | None = False, projected: bool = True,
@@ -323,14 +331,14 @@ class Pengi:
 
         clips = self._as_list(audio)
         handle = self._error_handler(on_error)
-        embed = self.model.embed_audio if projected else self.model.audio_encoder
+        embed = self.model.embed_audio if projected else self.model.encode_clips
         out = torch.full((len(clips), self._audio_width(projected)), float("nan"))
         bar = progress_bar(len(clips), "embedding audio", "clip", enabled=progress)
         with ThreadPoolExecutor(max(1, self.num_workers)) as pool, torch.inference_mode():
             for i in range(0, len(clips), batch_size):
                 good, waves = self._load(pool, clips[i:i + batch_size], sample_rate, handle)
                 if good:
-                    out[[i + g for g in good]] = embed(waves).float().cpu()
+                    out[[i + g for g in good]] = embed(self._stack(waves), self._lengths(waves)).float().cpu()
                 bar.update(len(clips[i:i + batch_size]))
         bar.close()
         return out
@@ -386,7 +394,7 @@ class Pengi:
                 if not good:
                     continue
                 rows = [c0 + g for g in good]
-                audio = self.model.audio_prefix(waves)[torch.tensor([slot[keys[g]] for g in good], device=self.device)]
+                audio = self._audio_prefix(waves)[torch.tensor([slot[keys[g]] for g in good], device=self.device)]
                 prefix = self.model.join_prefix(audio,
                                                 self._prompt_prefix([prompts[c] for c in rows], "none", batch_size,
                                                                     cache))
@@ -433,7 +441,7 @@ class Pengi:
             for i in range(0, len(clips), batch_size):
                 good, waves = self._load(pool, clips[i:i + batch_size], sample_rate, handle)
                 if good:
-                    for g, prefix in zip(good, self.model.audio_prefix(waves)):
+                    for g, prefix in zip(good, self._audio_prefix(waves)):
                         prefixes[i + g] = prefix
             if len(prefixes) < 2:
                 raise ValueError("the listening check needs two readable clips or more")

@@ -18,6 +18,11 @@ class AudioEncoder(Protocol):
 
     ``clip_seconds`` is the clip length the encoder was built for (the data pipeline
     crops or repeat-pads to it); None means any length.
+
+    An encoder with ``frames = True`` (Whisper) gives frames instead: ``forward(waveform,
+    lengths)`` -> ``(frames (B, F, embed_dim), mask (B, F))``, ``lengths`` being each clip's
+    samples in the zero-padded batch (None: all T). Plugins without the attribute are read as
+    one embedding per clip, as before.
     """
 
     sample_rate: int

@@ -45,12 +45,33 @@ def _assert_trains_and_freezes(module: nn.Module, loss_fn: Any) -> None:
 
 
 def check_audio_encoder(module: Any, batch: int = 2) -> None:
+    """One embedding per clip (B, embed_dim); or, for an encoder with ``frames = True``, frames
+    (B, F, embed_dim) and their mask (B, F) from ``forward(waveform, lengths)``, where a clip
+    shorter than the batch keeps fewer frames, the same frames as alone."""
     _assert_protocol(module, "audio_encoder")
     assert isinstance(module.sample_rate, int) and module.sample_rate > 0, "sample_rate must be a positive int"
     assert module.clip_seconds is None or module.clip_seconds > 0, "clip_seconds must be None or positive"
     seconds = module.clip_seconds or 1.0
     wave = torch.rand(batch, int(seconds * module.sample_rate)) * 2 - 1
     module.eval()
+    if getattr(module, "frames", False):
+        half = wave.shape[1] // 2
+        short = wave.clone()
+        short[0, half:] = 0
+        with torch.no_grad():
+            out, mask = module(short, torch.tensor([half] + [wave.shape[1]] * (batch - 1)))
+            alone, _ = module(short[:1, :half])
+        assert out.dim() == 3 and out.shape[0] == batch and out.shape[2] == module.embed_dim, \
+            f"expected frames (B, F, {module.embed_dim}), got {tuple(out.shape)}"
+        assert mask.shape == out.shape[:2] and bool(mask[:, 0].all()), "a mask (B, F) that keeps each clip's first frame"
+        assert int(mask[0].sum()) < int(mask[1].sum()), "a shorter clip keeps fewer frames"
+        kept = int(mask[0].sum())
+        torch.testing.assert_close(out[0, :kept], alone[0, :kept], atol=1e-5, rtol=1e-5,
+                                   msg="a clip's frames depend on the batch it is in")
+        assert torch.isfinite(out).all(), "non-finite frames"
+        module.train()
+        _assert_trains_and_freezes(module, lambda: module(wave)[0].pow(2).mean())
+        return
     out = module(wave)
     assert out.shape == (batch, module.embed_dim), f"expected {(batch, module.embed_dim)}, got {tuple(out.shape)}"
     assert torch.isfinite(out).all(), "non-finite embedding"
@@ -74,10 +95,20 @@ def check_mapper(module: Any, in_dim: int, out_dim: int, batch: int = 2) -> None
     _assert_protocol(module, "mapper")
     k = module.prefix_length
     x = torch.randn(batch, in_dim)
-    if module.accepts_sequence:
-        x = torch.randn(batch, k - 1, out_dim)
+    if module.accepts_sequence:  # at most k positions: the prompt mapper of Pengi's variant takes no more
+        x = torch.randn(batch, k - 1, in_dim)
         mask = torch.ones(batch, k - 1, dtype=torch.long)
         out = module(x, mask)
+        if getattr(module, "mask_padding", True) and k > 2:  # what the mask hides changes nothing
+            mask[:, -1] = 0
+            changed = x.clone()
+            changed[:, -1] = 100.0
+            module.eval()
+            with torch.no_grad():
+                torch.testing.assert_close(module(changed, mask), module(x, mask), atol=1e-5, rtol=1e-5,
+                                           msg="masked positions change the prefix")
+            module.train()
+            mask[:, -1] = 1
     else:
         out = module(x)
     assert out.shape == (batch, k, out_dim), f"expected {(batch, k, out_dim)}, got {tuple(out.shape)}"

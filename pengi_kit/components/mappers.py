@@ -1,4 +1,5 @@
-"""Mapping networks: an embedding (or a token sequence) -> k prefix vectors for the LM.
+"""Mapping networks: an embedding (or a token sequence, or an audio encoder's frames) -> k
+prefix vectors for the LM.
 
 Module and parameter names follow the Pengi/ClipCap reference (``linear``,
 ``prefix_const``, ``transformer.layers.N.{norm1,attn.to_queries,attn.to_keys_values,
@@ -125,6 +126,50 @@ class MLPMapper(nn.Module):
         return self.model(x).view(x.shape[0], self.prefix_length, self.out_dim)
 
 
+class QFormerLayer(nn.Module):
+    """Pre-norm: the queries attend to each other, then to the frames, then an MLP."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.norm1, self.norm2, self.norm3 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.self_attn = nn.MultiheadAttention(dim, num_heads, batch_first=True)
+        self.cross_attn = nn.MultiheadAttention(dim, num_heads, batch_first=True)
+        self.mlp = MLPBlock(dim, int(dim * mlp_ratio))
+
+    def forward(self, q: torch.Tensor, frames: torch.Tensor, ignore: torch.Tensor | None) -> torch.Tensor:
+        x = self.norm1(q)
+        q = q + self.self_attn(x, x, x, need_weights=False)[0]
+        q = q + self.cross_attn(self.norm2(q), frames, frames, key_padding_mask=ignore, need_weights=False)[0]
+        return q + self.mlp(self.norm3(q))
+
+
+class QFormerMapper(nn.Module):
+    """k learned queries read a sequence (an audio encoder's frames, with its mask) through
+    cross-attention layers, as BLIP-2's and SALMONN's Q-Former do: a fixed k tokens however long
+    the clip. One embedding (B, in_dim) is read as a sequence of one."""
+
+    accepts_sequence = True
+
+    def __init__(self, in_dim: int, out_dim: int, prefix_length: int = 32, num_layers: int = 2,
+                 num_heads: int = 8, mlp_ratio: float = 2.0) -> None:
+        super().__init__()
+        if out_dim % num_heads:
+            raise ValueError(f"qformer width {out_dim} is not divisible by num_heads={num_heads}")
+        self.prefix_length, self.out_dim = prefix_length, out_dim
+        self.input = nn.Linear(in_dim, out_dim)
+        self.queries = nn.Parameter(torch.randn(prefix_length, out_dim) * 0.02)
+        self.layers = nn.ModuleList(QFormerLayer(out_dim, num_heads, mlp_ratio) for _ in range(num_layers))
+        self.norm = nn.LayerNorm(out_dim)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        frames = self.input(x if x.dim() == 3 else x[:, None])
+        ignore = None if mask is None or x.dim() == 2 else mask == 0
+        q = self.queries.expand(len(frames), -1, -1)
+        for layer in self.layers:
+            q = layer(q, frames, ignore)
+        return self.norm(q)
+
+
 def transformer(in_dim: int, out_dim: int, prefix_length: int = 40, num_layers: int = 4,
                 num_heads: int = 8, mlp_ratio: float = 2.0, sequence: bool = False,
                 mask_padding: bool = True) -> TransformerMapper:
@@ -136,3 +181,9 @@ def transformer(in_dim: int, out_dim: int, prefix_length: int = 40, num_layers: 
 def mlp(in_dim: int, out_dim: int, prefix_length: int = 40) -> MLPMapper:
     """ClipCap's MLP mapper (the paper's MLP ablation)."""
     return MLPMapper(in_dim, out_dim, prefix_length)
+
+
+def qformer(in_dim: int, out_dim: int, prefix_length: int = 32, num_layers: int = 2, num_heads: int = 8,
+            mlp_ratio: float = 2.0) -> QFormerMapper:
+    """A Q-Former: ``prefix_length`` learned queries over a frame encoder's output (Whisper)."""
+    return QFormerMapper(in_dim, out_dim, prefix_length, num_layers, num_heads, mlp_ratio)

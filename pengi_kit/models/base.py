@@ -112,6 +112,20 @@ class Composite(nn.Module):
             getattr(self, slot).eval()
         return self
 
+    @property
+    def frames(self) -> bool:
+        """Whether the audio encoder gives frames and a mask (Whisper), not one embedding per clip."""
+        return bool(getattr(self.audio_encoder, "frames", False))
+
+    def encode_clips(self, audio: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """One embedding per clip (B, embed_dim): the encoder's, or the mean of its frames over
+        each clip's mask (``lengths``: each clip's samples in the zero-padded batch)."""
+        if not self.frames:
+            return self.audio_encoder(audio)
+        frames, mask = self.audio_encoder(audio, lengths)
+        weight = mask.to(frames.dtype)[..., None]
+        return (frames * weight).sum(1) / weight.sum(1).clamp(min=1)
+
     def silent_clips(self, n: int) -> torch.Tensor:
         """``n`` silent clips on the model's device, at its ``sample_rate`` and ``clip_seconds``
         (10 s where the encoder takes any length): made-up inputs for ``example_inputs``."""

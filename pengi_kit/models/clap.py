@@ -97,9 +97,9 @@ class ClapModel(Composite):
             self.audio_transform, self.text_transform = MLPHead(projection_dim), MLPHead(projection_dim)
 
     # -------------------------------------------------------------- embeddings
-    def embed_audio(self, audio: torch.Tensor) -> torch.Tensor:
+    def embed_audio(self, audio: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """Waveforms (B, T) at ``sample_rate`` -> L2-normalised joint-space embeddings (B, projection_dim)."""
-        return F.normalize(self.audio_projection(self.audio_encoder(audio)).float(), dim=-1)
+        return F.normalize(self.audio_projection(self.encode_clips(audio, lengths)).float(), dim=-1)
 
     def embed_tokens(self, text_ids: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.text_projection(self.text_encoder(text_ids, text_mask)).float(), dim=-1)

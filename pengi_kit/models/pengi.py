@@ -30,7 +30,10 @@ class PengiModel(Composite):
                  projection_dropout: float = 0.5) -> None:
         super().__init__(audio_encoder)
         self.text_encoder, self.lm = text_encoder, lm
-        self.audio_projection = Projection(audio_encoder.embed_dim, projection_dim, projection_dropout)
+        # a frame encoder's frames are projected one by one, without dropout (dropping half of each
+        # frame's features, as Pengi's 0.5 does to its one embedding, keeps the mapper from learning)
+        self.audio_projection = Projection(audio_encoder.embed_dim, projection_dim,
+                                           0.0 if self.frames else projection_dropout)
         self.text_projection = (Projection(text_encoder.embed_dim, projection_dim, projection_dropout)
                                 if text_encoder else None)
         self.audio_mapper, self.text_mapper = audio_mapper, text_mapper
@@ -72,9 +75,10 @@ class PengiModel(Composite):
     def _maybe_normalize(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(x, dim=-1) if self.normalize else x
 
-    def embed_audio(self, audio: torch.Tensor) -> torch.Tensor:
-        """Projected audio embedding (B, d_proj), normalised if the recipe says so."""
-        return self._maybe_normalize(self.audio_projection(self.audio_encoder(audio)))
+    def embed_audio(self, audio: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Projected audio embedding (B, d_proj), normalised if the recipe says so (a frame
+        encoder's frames are averaged over each clip's mask first)."""
+        return self._maybe_normalize(self.audio_projection(self.encode_clips(audio, lengths)))
 
     def embed_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                    normalize: bool | None = None) -> torch.Tensor:
@@ -85,8 +89,13 @@ class PengiModel(Composite):
         normalize = self.normalize if normalize is None else normalize
         return F.normalize(embedding, dim=-1) if normalize else embedding
 
-    def audio_prefix(self, audio: torch.Tensor) -> torch.Tensor:
-        """(B, T) audio -> the audio half of the prefix (B, k, D_lm)."""
+    def audio_prefix(self, audio: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T) audio -> the audio half of the prefix (B, k, D_lm). A frame encoder's frames are
+        projected one by one and read by a sequence mapper (``qformer``) with their mask;
+        ``lengths``: each clip's samples in the zero-padded batch (None: all T)."""
+        if self.frames:
+            frames, mask = self.audio_encoder(audio, lengths)
+            return self.audio_mapper(self.audio_projection(frames), mask)
         return self.audio_mapper(self.embed_audio(audio))
 
     def text_prefix(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
@@ -126,12 +135,12 @@ class PengiModel(Composite):
         return torch.cat(parts, dim=1) if len(parts) > 1 else audio_prefix
 
     def prefix(self, audio: torch.Tensor, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
-               compat: str = "none") -> torch.Tensor:
+               compat: str = "none", lengths: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T) audio and tokenised prompts -> the LM prefix (B, 2k, D_lm).
 
         ``compat="pengi"`` computes it as the reference wrapper does at inference (see
         :meth:`text_prefix`); training always uses the default."""
-        return self.join_prefix(self.audio_prefix(audio), self.text_prefix(prompt_ids, prompt_mask, compat))
+        return self.join_prefix(self.audio_prefix(audio, lengths), self.text_prefix(prompt_ids, prompt_mask, compat))
 
     # -------------------------------------------------------------- scoring and training
     def target_logprobs(self, prefix: torch.Tensor, target_ids: torch.Tensor,
@@ -149,11 +158,12 @@ class PengiModel(Composite):
         return -nll.view_as(labels)
 
     def forward(self, audio: torch.Tensor, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
-                target_ids: torch.Tensor, target_mask: torch.Tensor,
-                clip_key: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                target_ids: torch.Tensor, target_mask: torch.Tensor, clip_key: torch.Tensor | None = None,
+                audio_lengths: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Summed cross-entropy over target tokens and their count (the trainer normalises);
-        ``clip_key`` serves the listening check only."""
-        logp = self.target_logprobs(self.prefix(audio, prompt_ids, prompt_mask), target_ids, target_mask)
+        ``clip_key`` serves the listening check only; ``audio_lengths`` a frame encoder."""
+        logp = self.target_logprobs(self.prefix(audio, prompt_ids, prompt_mask, lengths=audio_lengths), target_ids,
+                                    target_mask)
         return {"loss_sum": -logp.sum(), "tokens": target_mask.sum()}
 
     # -------------------------------------------------------------- the engine's protocol
@@ -161,9 +171,13 @@ class PengiModel(Composite):
         """A collated batch (:mod:`pengi_kit.data.collate`) -> forward's inputs (CPU tensors,
         batch-first); ``clip_key`` names each row's clip for the listening check."""
         prompts, targets = self.tokenize_prompts(batch["prompts"]), self.tokenize_targets(batch["texts"])
-        return {"audio": batch["audio"], "prompt_ids": prompts["input_ids"], "prompt_mask": prompts["attention_mask"],
-                "target_ids": targets["input_ids"], "target_mask": targets["attention_mask"],
-                "clip_key": string_keys(batch.get("clips") or [f"row:{i}" for i in range(len(batch["texts"]))])}
+        inputs = {"audio": batch["audio"], "prompt_ids": prompts["input_ids"],
+                  "prompt_mask": prompts["attention_mask"], "target_ids": targets["input_ids"],
+                  "target_mask": targets["attention_mask"],
+                  "clip_key": string_keys(batch.get("clips") or [f"row:{i}" for i in range(len(batch["texts"]))])}
+        if self.frames and "audio_lengths" in batch:  # a frame encoder keeps each clip's own frames
+            inputs["audio_lengths"] = batch["audio_lengths"]
+        return inputs
 
     @staticmethod
     def loss_units(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -210,7 +224,7 @@ class PengiModel(Composite):
         a row of another clip, :func:`~pengi_kit.models.listening.partners` of ``clip_key``, as
         well as its own; the audio prefixes are computed once). The trainer visits validation
         rows in a seeded random order, so a row's partner is a random row of another clip."""
-        audio = self.audio_prefix(inputs["audio"])
+        audio = self.audio_prefix(inputs["audio"], inputs.get("audio_lengths"))
         text = self.text_prefix(inputs["prompt_ids"], inputs["prompt_mask"])
         ids, mask = inputs["target_ids"], inputs["target_mask"]
         nll, tokens = self.reference_nll(audio, text, ids, mask)
@@ -254,7 +268,13 @@ def build_pengi(recipe: dict[str, Any], registry: Any | None = None) -> PengiMod
     lm = build("lm")
     text_encoder = build("text_encoder") if "text_encoder" in cfg else None
     d_proj, d_lm = cfg["projection_dim"], lm.hidden_size
+    frames = getattr(audio_encoder, "frames", False)
     audio_mapper = build("audio_mapper", in_dim=d_proj, out_dim=d_lm)
+    if frames and not audio_mapper.accepts_sequence:
+        from pengi_kit.errors import RecipeError
+
+        raise RecipeError(f"model.audio_mapper: '{cfg['audio_mapper']['name']}' maps one embedding, and "
+                          f"'{cfg['audio_encoder']['name']}' gives a sequence of frames; use name = \"qformer\"")
     if not slot_enabled(cfg, "text_mapper"):
         text_mapper = None
     elif text_encoder is not None:

@@ -86,7 +86,7 @@ class TaggingModel(Composite):
 
     def logits(self, audio: torch.Tensor) -> torch.Tensor:
         """Class logits (B, classes), float32."""
-        return self.head(self.audio_encoder(audio)).float()
+        return self.head(self.encode_clips(audio)).float()
 
     def _losses(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.multi_label:
@@ -129,6 +129,7 @@ class TaggingModel(Composite):
 
         out = Path(folder).resolve()  # usage.toml names it absolutely
         name, table = component_table(self._recipe(), "audio_encoder")
+        table.update(getattr(self.audio_encoder, "build_args", {}))  # an encoder's own sizes (a hub model's)
         with staged(out, force=True) as tmp:
             write_encoder_folder(tmp, name, table, self.audio_encoder.state_dict(), self._source())
             save_file(cpu_state(self.head.state_dict()), str(tmp / HEAD_FILE))

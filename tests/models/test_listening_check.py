@@ -34,7 +34,7 @@ def _zero_audio_prefix(model):
     """Every clip's audio prefix is zeros: the model cannot depend on its audio."""
     width = model.lm.embed(torch.zeros(1, 1, dtype=torch.long)).shape[-1]
     k = model.audio_mapper.prefix_length
-    model.audio_prefix = lambda audio: torch.zeros(len(audio), k, width, device=audio.device)
+    model.audio_prefix = lambda audio, lengths=None: torch.zeros(len(audio), k, width, device=audio.device)
 
 
 def _oracle(model, deaf=False, error=0.02):
@@ -42,7 +42,7 @@ def _oracle(model, deaf=False, error=0.02):
     (class + 1) / 10) and gives the right answer probability 1 - error, each other 1/(K-1) of
     error; ``deaf``: the same answer probabilities whatever the audio (1 / K each)."""
     first = {model.tokenize_targets([c])["input_ids"][0, 0].item(): i for i, c in enumerate(CLASSES)}
-    model.audio_prefix = lambda audio: (audio.mean(1) * 10 - 1).round()[:, None, None].expand(-1, 2, 4)
+    model.audio_prefix = lambda audio, lengths=None: (audio.mean(1) * 10 - 1).round()[:, None, None].expand(-1, 2, 4)
 
     def reference_nll(audio_prefix, text_prefix, ids, mask):
         heard = audio_prefix[:, 0, 0].long()
