@@ -301,8 +301,10 @@ def main() -> None:
     recordings = len(m["train"].read_text().splitlines())
     # the pipeline's rows are the recordings: drawn as often as the offline set has clips, in every epoch
     weight = round(args.train_clips / recordings, 3) if args.variation == "pipeline" else 1.0
-    sources = [str(m[f"background{n}"]) for n in range(len(BACKGROUNDS))] + ["white"]  # each clip draws one
-    augment = AUGMENT.format(noise=json.dumps(sources)) if args.variation == "pipeline" else ""
+    augment = ""
+    if args.variation == "pipeline":  # each clip draws one noise source: a background recording or white noise
+        augment = AUGMENT.format(noise=json.dumps([str(m[f"background{n}"]) for n in range(len(BACKGROUNDS))]
+                                                  + ["white"]))
     print(f"corpus: {args.train_clips} training draws per epoch ({args.variation}), 200 valid, {args.test_clips} "
           f"test clips (held out by {args.split}) in {time.perf_counter() - t0:.0f} s", flush=True)
     seconds: dict[str, float] = {}
