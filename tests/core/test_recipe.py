@@ -76,6 +76,9 @@ def test_shipped_recipes_validate():
     assert lms.pop("smollm2_135m")["pretrained"] == "HuggingFaceTB/SmolLM2-135M"
     qwen = lms.pop("qwen_lora")
     assert qwen["name"] == "causal-lm" and qwen["lora"]["rank"] > 0 and not qwen["trainable"]
+    small = recipes["whisper_smollm2"]["model"]
+    assert lms.pop("whisper_smollm2")["lora"]["rank"] > 0 and small["audio_mapper"]["name"] == "qformer"
+    assert small["audio_encoder"] == {"name": "whisper", "pretrained": "openai/whisper-base", "trainable": False}
     assert all(lm["name"] == "gpt2" for lm in lms.values())
     ablation = {stem: r for stem, r in recipes.items() if r["name"].startswith("ablation_")}
     assert all(r["model"]["projection_dim"] == 1024 for r in ablation.values())  # the rest is pengi_base
