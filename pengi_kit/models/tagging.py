@@ -76,7 +76,10 @@ class TaggingModel(Composite):
             hard = target if self.multi_label else F.one_hot(target, len(self.classes)).float()
             weight = torch.tensor(mix["weight"])[:, None]
             target = weight * hard + (1 - weight) * hard[torch.tensor(mix["partner"])]
-        return {"audio": batch["audio"], "labels": target}
+        inputs = {"audio": batch["audio"], "labels": target}
+        if self.frames and "audio_lengths" in batch:  # each clip's own frames, not the batch's padding
+            inputs["audio_lengths"] = batch["audio_lengths"]
+        return inputs
 
     def example_inputs(self, n: int = 1) -> dict[str, torch.Tensor]:
         device = next(self.parameters()).device
@@ -84,17 +87,18 @@ class TaggingModel(Composite):
                   else torch.zeros(n, dtype=torch.long, device=device))
         return {"audio": self.silent_clips(n), "labels": labels}
 
-    def logits(self, audio: torch.Tensor) -> torch.Tensor:
+    def logits(self, audio: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """Class logits (B, classes), float32."""
-        return self.head(self.encode_clips(audio)).float()
+        return self.head(self.encode_clips(audio, lengths)).float()
 
     def _losses(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.multi_label:
             return F.binary_cross_entropy_with_logits(logits, labels.float(), reduction="none").mean(1)
         return F.cross_entropy(logits, labels, reduction="none")
 
-    def forward(self, audio: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"loss_sum": self._losses(self.logits(audio), labels).sum()}
+    def forward(self, audio: torch.Tensor, labels: torch.Tensor,
+                audio_lengths: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        return {"loss_sum": self._losses(self.logits(audio, audio_lengths), labels).sum()}
 
     @torch.no_grad()
     def validation_sums(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -105,7 +109,7 @@ class TaggingModel(Composite):
         and processes gives the exact F1 of the whole validation set; mAP, the AudioSet
         metric, ranks every clip of a class against all others and cannot be summed batch by
         batch (``pengi-kit evaluate --task linear-probe`` or ``classification`` reports it)."""
-        logits, labels = self.logits(inputs["audio"]), inputs["labels"]
+        logits, labels = self.logits(inputs["audio"], inputs.get("audio_lengths")), inputs["labels"]
         clips = torch.tensor(float(len(logits)), dtype=torch.float64, device=logits.device)
         sums = {"valid_loss": torch.stack([self._losses(logits, labels).double().sum(), clips])}
         if not self.multi_label:
