@@ -23,7 +23,7 @@ from pengi_kit.errors import PengiKitError
 from pengi_kit.generation import Decoding, cut_at_stop, generate as decode, reference_text, score
 from pengi_kit.models import load_model
 from pengi_kit.models.listening import listening_sums, partners
-from pengi_kit.models.pengi import PengiModel
+from pengi_kit.models.pengi import PengiModel, Prefix, prefix_rows, split_prefix, stack_rows, take_rows
 
 AudioLike = Union[str, Path, Clip, np.ndarray, torch.Tensor, tuple]
 OnError = Union[str, Callable[[Any, Exception], None]]
@@ -213,7 +213,7 @@ class Pengi:
                             index = torch.tensor([slot[clip_of[r]] for r in part], device=self.device)
                             prompt_prefix = self._prompt_prefix([pairs[r][1] for r in part], cfg.compat, batch_size,
                                                                prompt_cache)
-                            prefix = self.model.join_prefix(audio_prefix[index], prompt_prefix)
+                            prefix = self.model.join_prefix(take_rows(audio_prefix, index), prompt_prefix)
                             for r, text in zip(part, self._decode(prefix, cfg)):
                                 results[r] = text
                             bar.update(len(part))
@@ -248,15 +248,16 @@ class Pengi:
             cache.update(zip(part, self.model.prompt_prefix(part, compat)))
         return torch.stack([cache[p] for p in prompts])
 
-    def _decode(self, prefix: torch.Tensor, cfg: Decoding) -> list[str]:
+    def _decode(self, prefix: Prefix, cfg: Decoding) -> list[str]:
         """Generated texts: tidied (special tokens dropped, ends stripped), or with
         ``compat="pengi"`` exactly the reference wrapper's strings (:func:`reference_text`)."""
         tok = self.model.lm.tokenizer
+        embeds, mask = split_prefix(prefix)
         if cfg.compat == "pengi":  # the reference keeps the stop id (GPT-2: a trailing space) in its text
-            rows = decode(self.model.lm, prefix, cfg, keep_stop=not cfg.stop)
+            rows = decode(self.model.lm, embeds, cfg, prefix_mask=mask, keep_stop=not cfg.stop)
             texts = [cut_at_stop(reference_text(tok, row), cfg.stop) for row in rows]
         else:
-            texts = tok.batch_decode(decode(self.model.lm, prefix, cfg), skip_special_tokens=True)
+            texts = tok.batch_decode(decode(self.model.lm, embeds, cfg, prefix_mask=mask), skip_special_tokens=True)
             texts = [cut_at_stop(t, cfg.stop).strip() for t in texts]
         return [t.capitalize() for t in texts] if cfg.capitalize else texts
 
@@ -313,7 +314,7 @@ class Pengi:
                 handle(item, exc)
         return good, waves
 
-    def _audio_prefix(self, waves: Sequence[torch.Tensor]) -> torch.Tensor:
+    def _audio_prefix(self, waves: Sequence[torch.Tensor]) -> Prefix:
         """The audio half of the prefix of each clip (zero-padded together; a frame encoder keeps
         each clip's own frames)."""
         return self.model.audio_prefix(self._stack(waves), self._lengths(waves))
@@ -394,7 +395,8 @@ class Pengi:
                 if not good:
                     continue
                 rows = [c0 + g for g in good]
-                audio = self._audio_prefix(waves)[torch.tensor([slot[keys[g]] for g in good], device=self.device)]
+                audio = take_rows(self._audio_prefix(waves),
+                                  torch.tensor([slot[keys[g]] for g in good], device=self.device))
                 prefix = self.model.join_prefix(audio,
                                                 self._prompt_prefix([prompts[c] for c in rows], "none", batch_size,
                                                                     cache))
@@ -413,7 +415,8 @@ class Pengi:
                 for group in groups:
                     index = torch.tensor([i for i, _ in group], device=self.device)
                     seqs = [[ids[t] for t in candidates[rows[i]][t0:t0 + batch_size]] for i, t0 in group]
-                    for (i, t0), sums, seq in zip(group, score(self.model.lm, prefix[index], seqs), seqs):
+                    embeds, mask = split_prefix(take_rows(prefix, index))
+                    for (i, t0), sums, seq in zip(group, score(self.model.lm, embeds, seqs, prefix_mask=mask), seqs):
                         lengths = torch.tensor([len(x) if reduction == "mean" else 1 for x in seq],
                                                dtype=torch.float64)
                         out[rows[i]][t0:t0 + len(seq)] = (sums / lengths).float()
@@ -441,7 +444,7 @@ class Pengi:
             for i in range(0, len(clips), batch_size):
                 good, waves = self._load(pool, clips[i:i + batch_size], sample_rate, handle)
                 if good:
-                    for g, prefix in zip(good, self._audio_prefix(waves)):
+                    for g, prefix in zip(good, prefix_rows(self._audio_prefix(waves))):
                         prefixes[i + g] = prefix
             if len(prefixes) < 2:
                 raise ValueError("the listening check needs two readable clips or more")
@@ -456,9 +459,9 @@ class Pengi:
                 target = self.model.tokenize_targets([text for _, _, text in chunk])
                 ids, mask = target["input_ids"].to(self.device), target["attention_mask"].to(self.device)
                 text_prefix = self.model.prompt_prefix([prompt for _, prompt, _ in chunk])
-                own, tokens = self.model.reference_nll(torch.stack([prefixes[c] for c, _, _ in chunk]), text_prefix,
+                own, tokens = self.model.reference_nll(stack_rows([prefixes[c] for c, _, _ in chunk]), text_prefix,
                                                        ids, mask)
-                swapped, _ = self.model.reference_nll(torch.stack([prefixes[c] for c, _, _ in others]), text_prefix,
+                swapped, _ = self.model.reference_nll(stack_rows([prefixes[c] for c, _, _ in others]), text_prefix,
                                                       ids, mask)
                 differ = torch.tensor([text != other for (_, _, text), (_, _, other) in zip(chunk, others)],
                                       device=own.device)

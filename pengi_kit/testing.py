@@ -63,7 +63,8 @@ def check_audio_encoder(module: Any, batch: int = 2) -> None:
             alone, _ = module(short[:1, :half])
         assert out.dim() == 3 and out.shape[0] == batch and out.shape[2] == module.embed_dim, \
             f"expected frames (B, F, {module.embed_dim}), got {tuple(out.shape)}"
-        assert mask.shape == out.shape[:2] and bool(mask[:, 0].all()), "a mask (B, F) that keeps each clip's first frame"
+        assert mask.shape == out.shape[:2] and bool(mask[:, 0].all()), \
+            "a mask (B, F) that keeps each clip's first frame"
         assert int(mask[0].sum()) < int(mask[1].sum()), "a shorter clip keeps fewer frames"
         kept = int(mask[0].sum())
         torch.testing.assert_close(out[0, :kept], alone[0, :kept], atol=1e-5, rtol=1e-5,
@@ -93,6 +94,20 @@ def check_text_encoder(module: Any, batch: int = 2, max_length: int = 12) -> Non
 
 def check_mapper(module: Any, in_dim: int, out_dim: int, batch: int = 2) -> None:
     _assert_protocol(module, "mapper")
+    if getattr(module, "variable_length", False):  # frames -> tokens and their mask
+        x, mask = torch.randn(batch, 7, in_dim), torch.ones(batch, 7, dtype=torch.long)
+        mask[0, 3:] = 0
+        tokens, kept = module(x, mask)
+        assert tokens.dim() == 3 and tokens.shape[0] == batch and tokens.shape[2] == out_dim, tuple(tokens.shape)
+        assert kept.shape == tokens.shape[:2] and int(kept[0].sum()) < int(kept[1].sum()), "the tokens' mask"
+        module.eval()
+        with torch.no_grad():  # a clip's tokens are those it gets alone
+            alone, _ = module(x[:1, :3], mask[:1, :3])
+            torch.testing.assert_close(tokens[0, :alone.shape[1]], alone[0], atol=1e-5, rtol=1e-5,
+                                       msg="a clip's tokens depend on its batch")
+        module.train()
+        _assert_trains_and_freezes(module, lambda: module(x, mask)[0].pow(2).mean())
+        return
     k = module.prefix_length
     x = torch.randn(batch, in_dim)
     if module.accepts_sequence:  # at most k positions: the prompt mapper of Pengi's variant takes no more

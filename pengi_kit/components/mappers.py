@@ -170,6 +170,34 @@ class QFormerMapper(nn.Module):
         return self.norm(q)
 
 
+class DownsampleMapper(nn.Module):
+    """Frames (B, T, in_dim) with their mask -> one token per ``factor`` frames (B, ceil(T/factor),
+    out_dim) and the tokens' mask: each group of frames stacked, then an MLP to the LM's width
+    (SLAM-LLM's projector; Qwen2-Audio pools by 2). The number of audio tokens follows the clip's
+    length. Masked frames are zeroed first, so a clip's tokens do not depend on its batch."""
+
+    accepts_sequence = True
+    variable_length = True
+    prefix_length = 0  # no fixed number of tokens
+
+    def __init__(self, in_dim: int, out_dim: int, factor: int = 4, hidden: int = 2048) -> None:
+        super().__init__()
+        if factor < 1:
+            raise ValueError(f"downsample: factor must be a positive integer, got {factor}")
+        self.factor, self.out_dim = factor, out_dim
+        self.mlp = nn.Sequential(nn.Linear(factor * in_dim, hidden), nn.GELU(), nn.Linear(hidden, out_dim))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        x = x if x.dim() == 3 else x[:, None]
+        mask = torch.ones(x.shape[:2], dtype=torch.long, device=x.device) if mask is None else mask.long()
+        pad = -x.shape[1] % self.factor
+        x = F.pad(x * mask[..., None].to(x.dtype), (0, 0, 0, pad))
+        mask = F.pad(mask, (0, pad))
+        b, t, d = x.shape
+        tokens = self.mlp(x.reshape(b, t // self.factor, self.factor * d))
+        return tokens, mask.reshape(b, t // self.factor, self.factor).amax(-1)
+
+
 def transformer(in_dim: int, out_dim: int, prefix_length: int = 40, num_layers: int = 4,
                 num_heads: int = 8, mlp_ratio: float = 2.0, sequence: bool = False,
                 mask_padding: bool = True) -> TransformerMapper:
@@ -187,3 +215,8 @@ def qformer(in_dim: int, out_dim: int, prefix_length: int = 32, num_layers: int 
             mlp_ratio: float = 2.0) -> QFormerMapper:
     """A Q-Former: ``prefix_length`` learned queries over a frame encoder's output (Whisper)."""
     return QFormerMapper(in_dim, out_dim, prefix_length, num_layers, num_heads, mlp_ratio)
+
+
+def downsample(in_dim: int, out_dim: int, factor: int = 4, hidden: int = 2048) -> DownsampleMapper:
+    """Stack ``factor`` frames, MLP to the LM's width: as many audio tokens as the clip needs."""
+    return DownsampleMapper(in_dim, out_dim, factor, hidden)

@@ -128,9 +128,11 @@ class Composite(nn.Module):
 
     def silent_clips(self, n: int) -> torch.Tensor:
         """``n`` silent clips on the model's device, at its ``sample_rate`` and ``clip_seconds``
-        (10 s where the encoder takes any length): made-up inputs for ``example_inputs``."""
+        (where the encoder takes any length: 10 s, or 1 s for a frame encoder, whose clips become
+        as many LM positions as they need): made-up inputs for ``example_inputs``."""
         device = next(self.parameters()).device
-        return torch.zeros(n, int(self.sample_rate * (self.clip_seconds or 10.0)), device=device)
+        seconds = self.clip_seconds or (1.0 if self.frames else 10.0)
+        return torch.zeros(n, int(self.sample_rate * seconds), device=device)
 
     # -------------------------------------------------------------- the engine's protocol
     @staticmethod

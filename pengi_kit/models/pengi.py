@@ -12,7 +12,40 @@ from pengi_kit.models.base import Composite, Projection, build_component, string
 from pengi_kit.models.listening import listening_sums, listening_warning, partners
 from pengi_kit.recipe import COMPONENT_SLOTS, slot_enabled
 
-__all__ = ["PengiModel", "build_pengi"]
+__all__ = ["PengiModel", "build_pengi", "Prefix", "take_rows", "split_prefix", "prefix_rows", "stack_rows"]
+
+#: a prefix: (B, P, D) embeddings, or (B, P, D) with a (B, P) mask where rows differ in length (audio
+#: tokens that follow the clip's length: the right-padded audio half, or the left-padded LM prefix)
+Prefix = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+
+
+def take_rows(prefix: Prefix, index: torch.Tensor) -> Prefix:
+    """Some rows of a prefix (with their mask)."""
+    return (prefix[0][index], prefix[1][index]) if isinstance(prefix, tuple) else prefix[index]
+
+
+def split_prefix(prefix: Prefix) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(embeddings, mask or None)."""
+    return prefix if isinstance(prefix, tuple) else (prefix, None)
+
+
+def prefix_rows(prefix: Prefix) -> list[torch.Tensor]:
+    """Each row's own vectors (P_i, D), padding dropped."""
+    embeds, mask = split_prefix(prefix)
+    return list(embeds) if mask is None else [row[m.bool()] for row, m in zip(embeds, mask)]
+
+
+def stack_rows(rows: list[torch.Tensor]) -> Prefix:
+    """Rows (P_i, D) back into a prefix: a tensor when they are of one length, else right-padded
+    with a mask (the audio half's layout)."""
+    if all(len(r) == len(rows[0]) for r in rows):
+        return torch.stack(rows)
+    width = max(len(r) for r in rows)
+    embeds = rows[0].new_zeros(len(rows), width, rows[0].shape[-1])
+    mask = torch.zeros(len(rows), width, dtype=torch.long, device=rows[0].device)
+    for i, r in enumerate(rows):
+        embeds[i, :len(r)], mask[i, :len(r)] = r, 1
+    return embeds, mask
 
 
 class PengiModel(Composite):
@@ -120,19 +153,29 @@ class PengiModel(Composite):
         device = next(self.parameters()).device
         return self.text_prefix(tokens["input_ids"].to(device), tokens["attention_mask"].to(device), compat)
 
-    def join_prefix(self, audio_prefix: torch.Tensor, text_prefix: torch.Tensor | None) -> torch.Tensor:
+    def join_prefix(self, audio_prefix: Prefix, text_prefix: torch.Tensor | None) -> Prefix:
         """The LM prefix: audio half then prompt half (B, 2k, D_lm). A single prompt half
         (1, k, D_lm) serves every row; without a prompt branch the audio half is the prefix.
         With a chat template (``lm.chat_ids``), the template's tokens of a user turn and of the
-        assistant's turn go before and after it (B, head + 2k + tail, D_lm)."""
-        parts = [audio_prefix] if text_prefix is None else [audio_prefix,
-                                                            text_prefix.expand(len(audio_prefix), -1, -1)]
+        assistant's turn go before and after it (B, head + 2k + tail, D_lm). Audio halves of
+        different lengths (a ``downsample`` mapper) give rows padded on the left and their mask."""
+        audio, audio_mask = split_prefix(audio_prefix)
+        parts = [audio] if text_prefix is None else [audio, text_prefix.expand(len(audio), -1, -1)]
         head, tail = getattr(self.lm, "chat_ids", ([], []))
         if head or tail:
-            ids = torch.tensor(head + tail, dtype=torch.long, device=audio_prefix.device)
-            chat = self.lm.embed(ids).to(audio_prefix.dtype).expand(len(audio_prefix), -1, -1)
+            ids = torch.tensor(head + tail, dtype=torch.long, device=audio.device)
+            chat = self.lm.embed(ids).to(audio.dtype).expand(len(audio), -1, -1)
             parts = [chat[:, :len(head)], *parts, chat[:, len(head):]]
-        return torch.cat(parts, dim=1) if len(parts) > 1 else audio_prefix
+        if audio_mask is not None:  # each row: its own audio tokens, then the rest; padded on the left
+            from pengi_kit.generation import pad_prefixes
+
+            rest = [p for p in parts if p is not audio]
+            at = next(i for i, p in enumerate(parts) if p is audio)
+            rows = [torch.cat([p[i] for p in rest[:at]] + [audio[i, m.bool()]] + [p[i] for p in rest[at:]])
+                    for i, m in enumerate(audio_mask)]
+            embeds, mask = pad_prefixes(rows)
+            return embeds if mask is None else (embeds, mask)
+        return torch.cat(parts, dim=1) if len(parts) > 1 else audio
 
     def prefix(self, audio: torch.Tensor, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
                compat: str = "none", lengths: torch.Tensor | None = None) -> torch.Tensor:
@@ -143,14 +186,15 @@ class PengiModel(Composite):
         return self.join_prefix(self.audio_prefix(audio, lengths), self.text_prefix(prompt_ids, prompt_mask, compat))
 
     # -------------------------------------------------------------- scoring and training
-    def target_logprobs(self, prefix: torch.Tensor, target_ids: torch.Tensor,
+    def target_logprobs(self, prefix: Prefix, target_ids: torch.Tensor,
                         target_mask: torch.Tensor) -> torch.Tensor:
         """Log-probability (float32) of each target token given the prefix and the targets
         before it (B, L); 0 where ``target_mask`` is 0. Training's loss and
         :meth:`pengi_kit.api.Pengi.log_likelihood` are both sums of it."""
+        prefix, prefix_mask = split_prefix(prefix)
         embeds = torch.cat([prefix, self.lm.embed(target_ids).to(prefix.dtype)], dim=1)
-        mask = torch.cat([target_mask.new_ones(prefix.shape[:2]), target_mask], dim=1)
-        logits, _ = self.lm(embeds, mask)
+        before = target_mask.new_ones(prefix.shape[:2]) if prefix_mask is None else prefix_mask.to(target_mask.dtype)
+        logits, _ = self.lm(embeds, torch.cat([before, target_mask], dim=1))
         k = prefix.shape[1]
         logits = logits[:, k - 1: -1].float()  # position t predicts target token t
         labels = target_ids.masked_fill(target_mask == 0, -100)  # cross_entropy's ignore_index: 0 there
@@ -210,7 +254,7 @@ class PengiModel(Composite):
         return {"audio": self.silent_clips(n), "prompt_ids": prompts["input_ids"].to(dev),
                 "prompt_mask": prompts["attention_mask"].to(dev), "target_ids": ids, "target_mask": torch.ones_like(ids)}
 
-    def reference_nll(self, audio_prefix: torch.Tensor, text_prefix: torch.Tensor | None, target_ids: torch.Tensor,
+    def reference_nll(self, audio_prefix: Prefix, text_prefix: torch.Tensor | None, target_ids: torch.Tensor,
                       target_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Each row's negative log-likelihood of its target, summed over its tokens (B,), and its
         token count (B,), given its audio prefix and prompt prefix."""
@@ -229,13 +273,13 @@ class PengiModel(Composite):
         ids, mask = inputs["target_ids"], inputs["target_mask"]
         nll, tokens = self.reference_nll(audio, text, ids, mask)
         sums = {"valid_loss": torch.stack([nll.double().sum(), tokens.double().sum()])}
-        keys = inputs.get("clip_key", torch.arange(len(audio)))
-        index = torch.tensor(partners(keys.tolist()), device=audio.device)
+        keys = inputs.get("clip_key", torch.arange(len(ids)))
+        index = torch.tensor(partners(keys.tolist()), device=ids.device)
         keep = index >= 0
         if not bool(keep.any()):
             return sums
         other = index.clamp(min=0)
-        swapped, _ = self.reference_nll(audio[other], text, ids, mask)
+        swapped, _ = self.reference_nll(take_rows(audio, other), text, ids, mask)
         differ = ((ids * mask) != (ids * mask)[other]).any(1)  # padding aside: the answers' tokens
         return {**sums, **listening_sums(nll, swapped, tokens, keep, differ)}
 

@@ -67,9 +67,10 @@ def test_a_saved_whisper_checkpoint_loads_and_wrong_sizes_are_named(tmp_path):
 
 @pytest.mark.slow
 def test_whisper_two_stage_learns_and_answers_a_clip_alike_in_any_batch(tmp_path):
-    """A tiny Whisper pretrained as a tagger of the synthetic sounds, then frozen under a Q-Former and
-    a tiny LM: the held-out clips' kinds are named well above chance (1/6), and a clip's answer and
-    likelihoods do not depend on the lengths of the clips batched with it."""
+    """A tiny Whisper pretrained as a tagger of the synthetic sounds, then frozen under a mapper
+    (a Q-Former: 4 tokens per clip; downsample: one token per 10 frames, as many as the clip needs)
+    and a tiny LM: the held-out clips' kinds are named well above chance (1/6), and a clip's answer
+    and likelihoods do not depend on the lengths of the clips batched with it."""
     import pengi_kit
     from pengi_kit.data.synthetic import SyntheticCorpus
     from pengi_kit.engine.trainer import Trainer
@@ -85,22 +86,28 @@ def test_whisper_two_stage_learns_and_answers_a_clip_alike_in_any_batch(tmp_path
                         "output_dir": str(tmp_path / "tagger")}}
     torch.manual_seed(0)
     Trainer(from_dict(tagger), progress=False).fit()
-    raw = tiny_recipe(tmp_path / "pengi", audio_encoder={"name": "whisper", "trainable": False,
-                                                         "pretrained": str(tmp_path / "tagger" / "encoder")},
-                      audio_mapper={"name": "qformer", "prefix_length": 4, "num_layers": 1, "num_heads": 2},
-                      train={"max_steps": 400, "batch_size": 16, "log_every": 50})
-    raw["data"] = {"synthetic_train_size": 480, "synthetic_valid_size": 16}
-    raw["optim"] = {"lr": 3e-3, "warmup_steps": 10}
-    pengi = pengi_kit.load(Trainer(from_dict(raw), progress=False).fit())
     test = SyntheticCorpus(60, 12345, 16000, 2.0)
     clips = [test.clip(i) for i in range(60)]
-    said = pengi.generate([(c.audio, 16000) for c in clips], "this is a sound of", method="greedy", max_new_tokens=4)
-    accuracy = sum(s == c.primary for s, c in zip(said, clips)) / len(clips)
-    assert accuracy >= 0.5, (accuracy, said[:6])
     varied = [(c.audio[: 16000 + 1600 * (i % 10)], 16000) for i, c in enumerate(clips[:16])]  # 1.0 to 1.9 s
-    alone = pengi.generate(varied, "this is a sound of", method="greedy", max_new_tokens=4, batch_size=1)
-    assert pengi.generate(varied, "this is a sound of", method="greedy", max_new_tokens=4, batch_size=8) == alone
     kinds = sorted({c.primary for c in clips})
-    one = pengi.log_likelihood(varied, "this is a sound of", kinds, batch_size=1)
-    torch.testing.assert_close(pengi.log_likelihood(varied, "this is a sound of", kinds, batch_size=16), one,
-                               atol=1e-5, rtol=0)
+    for mapper in ({"name": "qformer", "prefix_length": 4, "num_layers": 1, "num_heads": 2},
+                   {"name": "downsample", "factor": 10, "hidden": 64}):
+        raw = tiny_recipe(tmp_path / mapper["name"], audio_mapper=mapper,
+                          audio_encoder={"name": "whisper", "trainable": False,
+                                         "pretrained": str(tmp_path / "tagger" / "encoder")},
+                          train={"max_steps": 400, "batch_size": 16, "log_every": 50})
+        raw["data"] = {"synthetic_train_size": 480, "synthetic_valid_size": 16}
+        raw["optim"] = {"lr": 3e-3, "warmup_steps": 10}
+        pengi = pengi_kit.load(Trainer(from_dict(raw), progress=False).fit())
+        said = pengi.generate([(c.audio, 16000) for c in clips], "this is a sound of", method="greedy",
+                              max_new_tokens=4)
+        accuracy = sum(s == c.primary for s, c in zip(said, clips)) / len(clips)
+        assert accuracy >= 0.5, (mapper["name"], accuracy, said[:6])
+        alone = pengi.generate(varied, "this is a sound of", method="greedy", max_new_tokens=4, batch_size=1)
+        together = pengi.generate(varied, "this is a sound of", method="greedy", max_new_tokens=4, batch_size=8)
+        assert together == alone, mapper["name"]
+        one = pengi.log_likelihood(varied, "this is a sound of", kinds, batch_size=1)
+        torch.testing.assert_close(pengi.log_likelihood(varied, "this is a sound of", kinds, batch_size=16), one,
+                                   atol=1e-5, rtol=0)
+        heard = pengi.listening(varied, [(i, "this is a sound of", clips[i].primary) for i in range(16)], batch_size=4)
+        assert heard["listening"] > 0.5, (mapper["name"], heard)  # the answers hang on the audio
