@@ -95,7 +95,7 @@ def test_whisper_two_stage_learns_and_answers_a_clip_alike_in_any_batch(tmp_path
         raw = tiny_recipe(tmp_path / mapper["name"], audio_mapper=mapper,
                           audio_encoder={"name": "whisper", "trainable": False,
                                          "pretrained": str(tmp_path / "tagger" / "encoder")},
-                          train={"max_steps": 400, "batch_size": 16, "log_every": 50})
+                          train={"max_steps": 600, "batch_size": 16, "log_every": 50})  # seeds 0-2: >= 0.72
         raw["data"] = {"synthetic_train_size": 480, "synthetic_valid_size": 16}
         raw["optim"] = {"lr": 3e-3, "warmup_steps": 10}
         pengi = pengi_kit.load(Trainer(from_dict(raw), progress=False).fit())
