@@ -118,11 +118,14 @@ class Composite(nn.Module):
         return bool(getattr(self.audio_encoder, "frames", False))
 
     def encode_clips(self, audio: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        """One embedding per clip (B, embed_dim): the encoder's, or the mean of its frames over
-        each clip's mask (``lengths``: each clip's samples in the zero-padded batch)."""
+        """One embedding per clip (B, embed_dim): the encoder's, or its frames pooled by its own
+        ``pool(frames, mask)``, else averaged over each clip's mask (``lengths``: each clip's
+        samples in the zero-padded batch)."""
         if not self.frames:
             return self.audio_encoder(audio)
         frames, mask = self.audio_encoder(audio, lengths)
+        if hasattr(self.audio_encoder, "pool"):
+            return self.audio_encoder.pool(frames, mask)
         weight = mask.to(frames.dtype)[..., None]
         return (frames * weight).sum(1) / weight.sum(1).clamp(min=1)
 

@@ -35,7 +35,7 @@ def test_list_components_by_kind_and_plugins():
     out = runner.invoke(main, ["list-components", "--kind", "audio_encoder"]).output
     rows = [line.split() for line in out.strip().splitlines()]
     assert {row[0] for row in rows} == {"audio_encoder"}
-    assert {row[1] for row in rows if row[2] == "builtin"} == {"cnn14", "htsat", "whisper"}  # plus any plugin's
+    assert {row[1] for row in rows if row[2] == "builtin"} == {"cnn14", "htsat", "whisper", "hf-audio"}
     bad = runner.invoke(main, ["list-components", "--kind", "vocoder"])
     assert bad.exit_code == 2 and "use one of" in bad.output
     plugins = json.loads(runner.invoke(main, ["plugins", "--json"]).output)
