@@ -15,6 +15,7 @@ DATA = ["-s", "data.train=synthetic", "-s", "data.valid=synthetic"]  # the recip
     ("recipes/ablations/smollm2_135m.toml", "HuggingFaceTB/SmolLM2-135M"),
     ("recipes/qwen_lora.toml", "Qwen/Qwen2.5-0.5B-Instruct"),
     ("recipes/whisper_smollm2.toml", "openai/whisper-base"),  # the encoder is built first
+    ("recipes/whisper_qwen_lora.toml", "openai/whisper-small"),
 ])
 def test_lm_recipe_validates_and_offline_training_names_the_missing_weights(recipe, weights, tmp_path, monkeypatch):
     from huggingface_hub import constants

@@ -76,6 +76,8 @@ def test_shipped_recipes_validate():
     assert lms.pop("smollm2_135m")["pretrained"] == "HuggingFaceTB/SmolLM2-135M"
     qwen = lms.pop("qwen_lora")
     assert qwen["name"] == "causal-lm" and qwen["lora"]["rank"] > 0 and not qwen["trainable"]
+    assert lms.pop("whisper_qwen_lora") == qwen
+    assert recipes["whisper_qwen_lora"]["model"]["audio_mapper"]["name"] == "downsample"
     small = recipes["whisper_smollm2"]["model"]
     assert lms.pop("whisper_smollm2")["lora"]["rank"] > 0 and small["audio_mapper"]["name"] == "qformer"
     assert small["audio_encoder"] == {"name": "whisper", "pretrained": "openai/whisper-base", "trainable": False}
