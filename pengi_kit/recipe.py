@@ -171,6 +171,9 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "max_nonfinite_steps": Field(int, 20, "Stop (with a checkpoint) after this many non-finite steps "
                                      "in a row.", range=">= 1"),
         "save_frozen": Field(bool, False, "Also copy frozen pretrained components into checkpoints."),
+        "encoder_cache": Field(str, "", "A folder where a frozen audio encoder's outputs are kept, one file per "
+                               "clip (keyed by its samples and the encoder's weights), so that later epochs and "
+                               "validations do not run it again; '' for none. Not with [data.augment]."),
         "output_dir": Field(str, "", "Where checkpoints and logs go; default runs/<name>."),
         "strategy": Field(str, "ddp", "How several processes share the model: 'ddp' replicates it; 'fsdp' shards "
                           "the trainable parameters, gradients and optimiser state (FSDP2), for LMs that do not fit "
@@ -482,6 +485,13 @@ def _check_consistency(recipe: dict[str, Any]) -> None:
     from pengi_kit.data.augment import Augment
 
     recipe["data"]["augment"] = _check_settings("data.augment", recipe["data"]["augment"], Augment)
+    if train["encoder_cache"]:
+        if Augment(**recipe["data"]["augment"]).active:
+            raise RecipeError("train.encoder_cache: [data.augment] varies the clips every epoch, so no kept output "
+                              "would be read again; use one or the other")
+        if recipe["model"]["audio_encoder"].get("trainable", True):
+            raise RecipeError("train.encoder_cache keeps a frozen encoder's outputs; set [model.audio_encoder] "
+                              "trainable = false, or leave encoder_cache unset")
     if recipe["data"]["augment"]["mixup"] and recipe["task"] != "tagging":
         raise RecipeError(f"data.augment.mixup: mixes labels, which task '{recipe['task']}' does not have; "
                           "use it for task = 'tagging', or set it to 0")

@@ -128,6 +128,8 @@ class Trainer:
         recipe, train = self.recipe, self.recipe["train"]
         seed_everything(recipe["seed"])  # the same initial weights on every rank
         self.model = build_model(recipe).to(self.dist.device)
+        if train["encoder_cache"]:
+            self.model.use_encoder_cache(train["encoder_cache"])
         self._freeze_unused()  # on one process too: checkpoints resume on any number of processes
         if not any(p.requires_grad for p in self.model.parameters()):
             raise TrainingError("every component is frozen: set trainable = true on at least one [model.*] table")

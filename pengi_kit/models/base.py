@@ -97,6 +97,7 @@ class Composite(nn.Module):
         self.origin: dict[str, Any] = {}  # which checkpoint (step, best metric) the weights are from
         self.frozen = []
         self._flops: dict[Any, float] = {}
+        self.encoder_cache: Any = None  # an EncoderCache of the frozen audio encoder (train.encoder_cache)
 
     def set_trainable(self, flags: dict[str, bool]) -> None:
         """Freeze or unfreeze each slot's component; everything else (heads, projections) trains."""
@@ -117,13 +118,27 @@ class Composite(nn.Module):
         """Whether the audio encoder gives frames and a mask (Whisper), not one embedding per clip."""
         return bool(getattr(self.audio_encoder, "frames", False))
 
+    def use_encoder_cache(self, folder: str | Path) -> None:
+        """Keep the frozen audio encoder's outputs in ``folder`` (:mod:`pengi_kit.models.encoder_cache`)."""
+        from pengi_kit.models.encoder_cache import EncoderCache
+
+        self.encoder_cache = EncoderCache(folder, self.audio_encoder)
+
+    def run_audio_encoder(self, audio: torch.Tensor, lengths: torch.Tensor | None = None
+                          ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """The audio encoder's output (an embedding per clip, or frames and their mask), read from
+        the encoder cache where one is set and the encoder is frozen."""
+        if self.encoder_cache is not None and "audio_encoder" in self.frozen:
+            return self.encoder_cache(audio, lengths)
+        return self.audio_encoder(audio, lengths) if self.frames else self.audio_encoder(audio)
+
     def encode_clips(self, audio: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """One embedding per clip (B, embed_dim): the encoder's, or its frames pooled by its own
         ``pool(frames, mask)``, else averaged over each clip's mask (``lengths``: each clip's
         samples in the zero-padded batch)."""
         if not self.frames:
-            return self.audio_encoder(audio)
-        frames, mask = self.audio_encoder(audio, lengths)
+            return self.run_audio_encoder(audio)
+        frames, mask = self.run_audio_encoder(audio, lengths)
         if hasattr(self.audio_encoder, "pool"):
             return self.audio_encoder.pool(frames, mask)
         weight = mask.to(frames.dtype)[..., None]

@@ -127,7 +127,7 @@ class PengiModel(Composite):
         projected one by one and read by a sequence mapper (``qformer``) with their mask;
         ``lengths``: each clip's samples in the zero-padded batch (None: all T)."""
         if self.frames:
-            frames, mask = self.audio_encoder(audio, lengths)
+            frames, mask = self.run_audio_encoder(audio, lengths)
             return self.audio_mapper(self.audio_projection(frames), mask)
         return self.audio_mapper(self.embed_audio(audio))
 
