@@ -84,13 +84,13 @@ BASE = {"num_mel_bins": 80, "d_model": 512, "encoder_layers": 6, "encoder_attent
         "max_source_positions": 1500}  # whisper-base
 
 
-def whisper(pretrained: str = "openai/whisper-base", num_mel_bins: int | None = None, d_model: int | None = None,
+def whisper(pretrained: str = "", num_mel_bins: int | None = None, d_model: int | None = None,
             encoder_layers: int | None = None, encoder_attention_heads: int | None = None,
             encoder_ffn_dim: int | None = None, max_source_positions: int | None = None) -> WhisperAudioEncoder:
     """The encoder of a Whisper checkpoint (``pretrained``: a hub id such as ``openai/whisper-tiny``
     ... ``openai/whisper-large-v3`` (128 mel bins), or a local folder saved by transformers), an
     encoder folder that pengi-kit wrote (a pretrained tagger's export: its sizes are recorded
-    there), or with ``pretrained = ""`` a fresh encoder (whisper-base's sizes unless given;
+    there), or with ``pretrained = ""`` (the default) a fresh encoder (whisper-base's sizes unless given;
     ``max_source_positions`` frames of 20 ms per window: 1500 is Whisper's 30 s, tests use
     shorter windows). Sizes given beside a checkpoint must be the checkpoint's."""
     from transformers import WhisperConfig, WhisperModel
