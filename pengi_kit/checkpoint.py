@@ -70,11 +70,8 @@ def weights_to_save(model: torch.nn.Module, recipe: dict[str, Any],
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def rng_state() -> dict[str, Any]:

@@ -88,11 +88,8 @@ def find(fmt: str, tag: str) -> Published | None:
 
 
 def _digest(path: Path, algorithm: str) -> str:
-    digest = hashlib.new(algorithm)
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, algorithm).hexdigest()
 
 
 def fetch(entry: Published, *, cache: Path | None = None, progress: bool | None = None,

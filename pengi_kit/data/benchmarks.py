@@ -184,7 +184,8 @@ def _rows(name: str, root: Path, pattern: str, audio_root: Path | None = None) -
         if bench.name != name:
             continue
         found = True
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        with open(path, "rb") as f:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
         for item in items:
             split = str(item.record.get("split", "test"))
             yield {"audio": (audio_root or path.parent) / item.audio, "prompt": render(bench.template, item),

@@ -143,9 +143,8 @@ def official(bench: Benchmark, items: Sequence[Item], predictions: Sequence[str 
             cell[0] += match
             cell[1] += 1
         out.items.append({**record, "match": int(match), "parsed": parsed})
-    out.counts = {"items": counted + missing + unparsed, "scored": counted, "missing": missing,
-                  "unparsed": unparsed}
     everyone = counted + missing + unparsed
+    out.counts = {"items": everyone, "scored": counted, "missing": missing, "unparsed": unparsed}
     if bench.rule == "letter":
         tasks = [c / n for c, n in out.groups["task_dataset"].values() if n]
         out.metrics = {"accuracy (official, unparsed dropped)": correct / counted if counted else 0.0,

@@ -190,11 +190,8 @@ def markdown(name: str, specs: list[TaskSpec], checkpoint: str) -> str:
 
 
 def _sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def evaluation_card(pengi: Any, checkpoint: str, **common: Any) -> dict[str, Any]:
