@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import io
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -66,6 +67,8 @@ class Pengi:
             clip = item if isinstance(item, Clip) else Clip(item)
             return torch.from_numpy(load_audio(clip.path, target, start=clip.start, end=clip.end,
                                                clip_seconds=seconds, crop=self.crop))
+        if isinstance(item, io.IOBase):  # a file's bytes (a chat message's input_audio)
+            return torch.from_numpy(load_audio(item, target, clip_seconds=seconds, crop=self.crop, name="input_audio"))
         if isinstance(item, tuple):
             if len(item) != 2:
                 raise ValueError("audio given as a tuple must be (array, sample_rate)")
@@ -236,9 +239,10 @@ class Pengi:
 
     def _prompt_prefix(self, prompts: list[str], compat: str, batch_size: int,
                        cache: dict[str, torch.Tensor]) -> torch.Tensor | None:
-        """Prompt prefixes (B, k, D), each distinct prompt computed once and kept in ``cache``."""
+        """Prompt prefixes (B, k, D), each distinct prompt computed once and kept in ``cache``; without a
+        prompt branch, the model's own (None, or the chat layout's prompts)."""
         if self.model.text_mapper is None:
-            return None
+            return self.model.prompt_prefix(prompts, compat)
         missing = list(dict.fromkeys(p for p in prompts if p not in cache))
         if len(cache) + len(missing) > _TEXT_PREFIX_CACHE:
             cache.clear()
@@ -260,6 +264,39 @@ class Pengi:
             texts = tok.batch_decode(decode(self.model.lm, embeds, cfg, prefix_mask=mask), skip_special_tokens=True)
             texts = [cut_at_stop(t, cfg.stop).strip() for t in texts]
         return [t.capitalize() for t in texts] if cfg.capitalize else texts
+
+    def chat(self, conversation: Sequence[dict[str, Any]] | Sequence[Sequence[dict[str, Any]]], *,
+             sample_rate: int | None = None, batch_size: int = 32, **decoding: Any) -> str | list[str]:
+        """The assistant's next answer to a conversation, or to each of a list of them, from a
+        model of the chat layout (``model.layout = "chat"``).
+
+        A conversation is a list of messages ``{"role": "system" | "user" | "assistant",
+        "content": ...}``; a content is a string, or a list of parts: ``{"type": "text", "text":
+        ...}``, ``{"type": "audio", "audio": <path, Clip, array or (array, rate)>}`` and OpenAI's
+        ``{"type": "input_audio", "input_audio": {"data": <base64>, "format": "wav"}}``. Clips go
+        where their parts stand, as many as a turn holds. ``decoding`` as for :meth:`generate`;
+        rows of different lengths decode together (``batch_size`` conversations at a time)::
+
+            pengi.chat([{"role": "user", "content": [{"type": "audio", "audio": "a.wav"},
+                                                      {"type": "audio", "audio": "b.wav"},
+                                                      {"type": "text", "text": "which one is louder?"}]}])
+        """
+        if getattr(self.model, "layout", "prefix") != "chat":
+            raise PengiKitError("this model answers a clip and a prompt (Pengi's prefix layout), not a conversation: "
+                                "use generate(), or train a model with model.layout = \"chat\"")
+        single = bool(conversation) and isinstance(conversation[0], dict)
+        conversations = [conversation] if single else list(conversation)
+        cfg = self.decoding(**decoding)
+        texts: list[str] = []
+        with ThreadPoolExecutor(max(1, self.num_workers)) as pool:
+            for start in range(0, len(conversations), batch_size):
+                chunk = [_chat_messages(c) for c in conversations[start:start + batch_size]]
+                clips = [clip for _, conv_clips in chunk for clip in conv_clips]
+                waves = list(pool.map(lambda item: self._waveform(item, sample_rate), clips))
+                with torch.inference_mode():
+                    tokens = self._audio_prefix(waves) if waves else torch.zeros(0, 1, 1, device=self.device)
+                    texts += self._decode(self.model.chat_prefix(tokens, [m for m, _ in chunk]), cfg)
+        return texts[0] if single else texts
 
     def describe(self, audio: AudioLike | Sequence[AudioLike], **kwargs: Any) -> Any:
         """Caption, metadata and sound events, asked with the reference ``describe`` prompts.
@@ -525,6 +562,48 @@ class Clap(Pengi):
 
     def listening(self, *args: Any, **kwargs: Any) -> Any:
         return self._refuse("the listening check (of a model that answers from audio and a prompt)")
+
+
+def _chat_messages(conversation: Sequence[dict[str, Any]]) -> tuple[list[dict[str, str]], list[Any]]:
+    """A conversation of :meth:`Pengi.chat` as the chat layout reads it: each message's content one
+    string with ``<audio>`` where a clip goes, and the clips in order."""
+    import base64
+
+    from pengi_kit.data.conversations import AUDIO, check_messages
+
+    messages: list[dict[str, str]] = []
+    clips: list[Any] = []
+    for n, message in enumerate(conversation, start=1):
+        if not isinstance(message, dict) or "role" not in message or "content" not in message:
+            raise ValueError(f"message {n}: expected {{'role': ..., 'content': ...}}, got {message!r}")
+        content = message["content"]
+        if isinstance(content, str):
+            if AUDIO in content:
+                raise ValueError(f"message {n}: {AUDIO} in a text; give the clip as a part: "
+                                 "{'type': 'audio', 'audio': 'clip.wav'}")
+            messages.append({"role": message["role"], "content": content})
+            continue
+        text = ""
+        for part in content:
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind == "text":
+                text += part["text"]
+            elif kind == "audio":
+                clips.append(part["audio"])
+                text += AUDIO
+            elif kind == "input_audio":
+                clips.append(io.BytesIO(base64.b64decode(part["input_audio"]["data"])))
+                text += AUDIO
+            else:
+                raise ValueError(f"message {n}: unknown content part {part!r}; use 'text', 'audio' or 'input_audio'")
+        messages.append({"role": message["role"], "content": text})
+    if messages and messages[-1]["role"] == "assistant":
+        raise ValueError("the conversation ends with an assistant turn: end it with the user's turn to answer")
+    try:
+        check_messages([(m["role"], m["content"]) for m in messages], len(clips), need_answer=False)
+    except Exception as exc:  # noqa: BLE001 - the format checks' one line
+        raise ValueError(str(exc)) from None
+    return messages, clips
 
 
 def load(path: str | Path, device: str | torch.device = "cpu", num_workers: int | None = None) -> Pengi:

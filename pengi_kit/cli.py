@@ -386,6 +386,45 @@ def generate_cmd(checkpoint: str, inputs: tuple[str, ...], prompts: tuple[str, .
                    _given(**decoding), describe=False)
 
 
+@main.command("chat")
+@click.argument("checkpoint")
+@click.argument("prompt")
+@click.option("--audio", "audios", multiple=True, type=click.Path(dir_okay=False),
+              help="A clip; repeatable, in order. The clips go where PROMPT says <audio>, else before its text.")
+@click.option("--system", help="A system prompt before the user's turn.")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1 ... or auto.")
+@_decoding_options
+def chat_cmd(checkpoint: str, prompt: str, audios: tuple[str, ...], system: str | None, device: str,
+             **decoding: Any) -> None:
+    """Ask a model of the chat layout (model.layout = "chat") PROMPT about one or more clips, and
+    print its answer:
+
+        pengi-kit chat runs/chat --audio a.wav --audio b.wav "which one is louder?"
+    """
+    import pengi_kit
+
+    pieces = prompt.split("<audio>")
+    if len(pieces) == 1:
+        pieces = [""] * len(audios) + pieces
+    elif len(pieces) - 1 != len(audios):
+        raise PengiKitError(f"PROMPT places {len(pieces) - 1} clips with <audio> but {len(audios)} --audio are "
+                            "given; give one --audio per <audio>")
+    parts: list[dict[str, Any]] = []
+    for n, text in enumerate(pieces):
+        if n:
+            parts.append({"type": "audio", "audio": audios[n - 1]})
+        if text:
+            parts.append({"type": "text", "text": text})
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": parts}]
+    pengi_kit.checkpoint_folder(checkpoint)  # before the model loads
+    pengi = pengi_kit.load(checkpoint, device=device)
+    try:
+        answer = pengi.chat(messages, **_given(**decoding))
+    except ValueError as exc:
+        raise PengiKitError(str(exc)) from None
+    click.echo(answer)
+
+
 @main.command("describe")
 @click.argument("checkpoint")
 @click.argument("inputs", nargs=-1, required=True)

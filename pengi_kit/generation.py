@@ -50,11 +50,13 @@ PENGI_STOP_TOKEN = " <|endoftext|>"  # the reference encodes this and stops on i
 
 
 def stop_token_id(lm: Any, cfg: Decoding) -> int:
-    """The id that ends a row: end-of-text, or with ``compat="pengi"`` the reference's
-    first id of ``' <|endoftext|>'`` (GPT-2: 220, a bare space)."""
+    """The id that ends a row: end-of-text (in the chat layout, the template's end of an answer:
+    ``lm.end_of_turn_id``), or with ``compat="pengi"`` the reference's first id of
+    ``' <|endoftext|>'`` (GPT-2: 220, a bare space)."""
     if cfg.compat == "pengi":
         return int(lm.tokenizer.encode(PENGI_STOP_TOKEN)[0])
-    return int(lm.eos_token_id)
+    end = getattr(lm, "end_of_turn_id", None)
+    return int(lm.eos_token_id if end is None else end)
 
 
 def cut_at_stop(text: str, stop: list[str]) -> str:

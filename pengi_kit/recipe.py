@@ -115,6 +115,10 @@ SCHEMA: dict[str, dict[str, Field]] = {
                       "encoders in a joint space). See docs/pretraining.md.", TASKS),
     },
     "model": {
+        "layout": Field(str, "prefix", "How audio and text reach the LM: 'prefix' (Pengi: audio prefix, prompt prefix, "
+                        "answer) or 'chat' (conversations in the LM's chat template, each clip's audio tokens where "
+                        "its <audio> stands, the loss on the assistant turns; no text encoder or text mapper). See "
+                        "docs/training.md, 'Conversations'.", ("prefix", "chat")),
         "projection_dim": Field(int, 1024, "Width of the shared audio/text projection space (d_proj).", range=">= 1"),
         "normalize": Field(bool, True, "L2-normalise projected embeddings before the mappers."),
         "projection_dropout": Field(float, 0.5, "Dropout inside the audio and text projections (Pengi: 0.5).",
@@ -452,7 +456,17 @@ def validate(raw: dict[str, Any], registry: Any | None = None) -> dict[str, Any]
                 if slot in needed:
                     out[slot] = _validate_component(slot, given[slot], registry)
         elif section == "model":
+            chat = out["layout"] == "chat"
+            for slot in ("text_encoder", "text_mapper") if chat else ():
+                if slot_enabled(given, slot):
+                    raise RecipeError(f"model.{slot}: the chat layout has no prompt branch (the conversation's "
+                                      f"text goes through the LM's own embeddings); remove [model.{slot}], or set its "
+                                      "name = \"none\"")
             for slot, (_, required, _, _) in COMPONENT_SLOTS.items():
+                if chat and slot in SWITCHABLE_SLOTS:
+                    if required:
+                        out[slot] = {"name": "none", "trainable": False}
+                    continue
                 if slot in SWITCHABLE_SLOTS and isinstance(given.get(slot), dict) and given[slot].get("name") == "none":
                     if required:
                         out[slot] = {"name": "none", "trainable": False}
@@ -514,7 +528,7 @@ def _check_consistency(recipe: dict[str, Any]) -> None:
                           "tokens are the mapper's input; make prefix_length at least prompt_length")
 
 
-DATA_SOURCE_KEYS = {"manifest": str, "weight": float, "task": str, "templates": dict, "prompt": str}
+DATA_SOURCE_KEYS = {"manifest": str, "weight": float, "task": str, "templates": dict, "prompt": str, "format": str}
 
 
 def _check_data_sources(recipe: dict[str, Any]) -> None:
@@ -545,6 +559,18 @@ def _check_data_sources(recipe: dict[str, Any]) -> None:
                 raise RecipeError(f"{where}.weight: must be positive, got {entry['weight']}")
             if "prompt" in entry and not entry["prompt"].strip():
                 raise RecipeError(f"{where}.prompt: empty; write the question every row is asked, or remove it")
+            if "format" in entry:
+                from pengi_kit.data.conversations import FORMATS
+
+                if entry["format"] not in FORMATS:
+                    raise RecipeError(f"{where}.format: unknown conversation format {entry['format']!r}; "
+                                      f"{_suggest(entry['format'], FORMATS)}")
+                if recipe["model"]["layout"] != "chat":
+                    raise RecipeError(f"{where}.format: conversations are read by the chat layout; set "
+                                      "model.layout = \"chat\"")
+                if {"prompt", "task", "templates"} & set(entry):
+                    raise RecipeError(f"{where}: a conversation file's rows bring their own questions; remove "
+                                      "prompt, task and templates")
             templates = entry.get("templates", {})
             if "prompt" in entry and templates:
                 raise RecipeError(f"{where}: prompt and templates together, but the prompt replaces every "

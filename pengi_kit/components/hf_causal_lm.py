@@ -42,6 +42,13 @@ DROPOUT_ATTRIBUTES = ("attention_dropout", "hidden_dropout", "dropout", "activat
                       "embd_pdrop", "attn_pdrop")
 # what the chat template is rendered with, then split at: a plain word survives templates that trim
 CHAT_PLACEHOLDER = "PENGIKITPREFIX"
+#: the chat template of an LM whose tokenizer has none (GPT-2, a tokenizer of `pengi-kit data
+#: tokenizer`): "system: ... user: ... assistant: ...<end-of-text>", turns apart by a space, words a
+#: word-level tokenizer keeps apart
+DEFAULT_CHAT_TEMPLATE = (
+    "{% for m in messages %}{% if not loop.first %} {% endif %}{{ m['role'] }}: {{ m['content'] }}"
+    "{% if m['role'] == 'assistant' %}{{ eos_token }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{% if messages %} {% endif %}assistant:{% endif %}")
 
 
 @dataclass(frozen=True)
@@ -87,7 +94,9 @@ class HFCausalLM(nn.Module):
         if len(tokenizer) > model.get_input_embeddings().num_embeddings:
             raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the LM only "
                              f"{model.get_input_embeddings().num_embeddings} embeddings")
+        self.chat_template = chat_template
         self.chat_ids: tuple[list[int], list[int]] = chat_ids(tokenizer, chat_template) if chat_template else ([], [])
+        self.end_of_turn_id: int | None = None  # the chat layout's end of an answer (None: end-of-text)
         self.lora: LoRA | None = None
         if lora is not None:
             self.add_adapters(LoRA(**lora) if isinstance(lora, dict) else lora)
@@ -191,16 +200,23 @@ def positions(attention_mask: torch.Tensor, new: int, past: Any = None) -> torch
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, columns]
 
 
+def template_text(tokenizer: Any, chat_template: bool | str | None) -> str:
+    """The chat template to render with: ``chat_template`` where it is the template itself, else
+    the tokenizer's own, else :data:`DEFAULT_CHAT_TEMPLATE`."""
+    if isinstance(chat_template, str) and chat_template:
+        return chat_template
+    own = getattr(tokenizer, "chat_template", None)
+    return own if isinstance(own, str) and own else DEFAULT_CHAT_TEMPLATE
+
+
 def chat_ids(tokenizer: Any, chat_template: bool | str) -> tuple[list[int], list[int]]:
     """The token ids a chat template puts before and after one user turn, with the assistant's
     answer prompted (``add_generation_prompt``): the LM input is then ``head + prefix + tail +
-    target``. ``chat_template``: True for the tokenizer's own template, or a Jinja template."""
-    template = chat_template if isinstance(chat_template, str) else None
-    if template is None and not getattr(tokenizer, "chat_template", None):
-        raise RecipeError("model.lm.chat_template = true, but the LM's tokenizer has no chat template; give the "
-                          "template itself (a Jinja string), or set chat_template = false")
+    target``. ``chat_template``: True for the tokenizer's own template (the default one where it
+    has none, :func:`template_text`), or a Jinja template."""
     try:
-        text = tokenizer.apply_chat_template([{"role": "user", "content": CHAT_PLACEHOLDER}], chat_template=template,
+        text = tokenizer.apply_chat_template([{"role": "user", "content": CHAT_PLACEHOLDER}],
+                                             chat_template=template_text(tokenizer, chat_template),
                                              tokenize=False, add_generation_prompt=True)
     except Exception as exc:  # noqa: BLE001 - a Jinja error of the user's template
         raise RecipeError(f"model.lm.chat_template: cannot render it ({type(exc).__name__}: {exc}); fix the "
@@ -435,8 +451,10 @@ def causal_lm(
     ``opt`` ...) is built from the size arguments (unset: the architecture's defaults) with
     ``tokenizer`` (``"byte"`` by default; or a hub id / local path / ``"module:function"``).
 
-    ``chat_template``: True wraps the prefix in the tokenizer's chat template as a user turn
-    followed by the assistant's turn; a string is the Jinja template itself. ``lora``: LoRA
+    ``chat_template``: True wraps the prefix in the tokenizer's chat template (or, where it has
+    none, :data:`DEFAULT_CHAT_TEMPLATE`) as a user turn followed by the assistant's turn; a string
+    is the Jinja template itself. The chat layout (``model.layout = "chat"``) renders whole
+    conversations with the same template. ``lora``: LoRA
     adapters on the frozen LM, the recipe table ``[model.lm.lora]`` (:class:`LoRA`): ``rank``
     (8), ``alpha`` (16), ``dropout`` (0.05), ``target_modules`` ([]: the attention projections,
     q/k/v/o_proj for Llama, Qwen, Mistral and Gemma, c_attn for GPT-2; else peft's default).

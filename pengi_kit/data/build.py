@@ -10,7 +10,8 @@ from typing import Any
 
 from pengi_kit.data.augment import Augment
 from pengi_kit.data.base import PengiDataset
-from pengi_kit.data.dataset import ManifestDataset, MixtureDataset, SyntheticDataset
+from pengi_kit.data.conversations import is_conversation_file
+from pengi_kit.data.dataset import ConversationDataset, ManifestDataset, MixtureDataset, SyntheticDataset
 from pengi_kit.data.shards import ShardDataset, is_shard_source
 from pengi_kit.data.synthetic import SyntheticCorpus
 from pengi_kit.errors import RecipeError
@@ -65,6 +66,13 @@ def build_dataset(recipe: dict[str, Any], split: str, sample_rate: int,
                                     "(shard each corpus into one set, or mix manifests)")
             return ShardDataset(name, sample_rate, clip_seconds, crop, recipe["seed"],
                                 max_seconds=data["max_seconds"], augment=augment)
+        elif "format" in entry or is_conversation_file(name):
+            if recipe["model"].get("layout") != "chat":
+                raise RecipeError(f"data.{split}: '{name}' holds conversations, which the chat layout reads; set "
+                                  "model.layout = \"chat\" (or give a manifest of audio, prompt and text rows)")
+            built.append(ConversationDataset(name, sample_rate, clip_seconds, crop, recipe["seed"], data["on_error"],
+                                             format=entry.get("format"), max_seconds=data["max_seconds"],
+                                             stream=stream, augment=augment))
         else:
             built.append(ManifestDataset(name, sample_rate, clip_seconds, crop, recipe["seed"], data["on_error"],
                                          task=entry.get("task"), templates=entry.get("templates"),

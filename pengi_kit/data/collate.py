@@ -24,8 +24,14 @@ def clip_key(audio: Any, start: float | None = None, end: float | None = None) -
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Drop error items (their messages go to ``errors``) and zero-pad audio per batch."""
+    """Drop error items (their messages go to ``errors``) and zero-pad audio per batch.
+
+    A batch with a conversation (an item with ``messages`` and its clips in ``audios``, see
+    :class:`~pengi_kit.data.dataset.ConversationDataset`) holds ``conversations``, every row as one
+    (Pengi's rows as one turn each), and all their clips in ``audio``, one after another."""
     good = [it for it in items if "error" not in it]
+    if any("messages" in it for it in good):
+        return _conversations(good, [it["error"] for it in items if "error" in it])
     batch: dict[str, Any] = {
         "errors": [it["error"] for it in items if "error" in it],
         "prompts": [it["prompt"] for it in good],
@@ -36,10 +42,28 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     if any("labels" in it for it in good):  # tags of a dataset that knows them (None: read them from text)
         batch["labels"] = [it.get("labels") for it in good]
     if good:
-        length = max(len(it["audio"]) for it in good)
-        audio = np.zeros((len(good), length), dtype=np.float32)
-        for i, it in enumerate(good):
-            audio[i, : len(it["audio"])] = it["audio"]
-        batch["audio"] = torch.from_numpy(audio)  # padded to the longest clip of this batch only
-        batch["audio_lengths"] = torch.tensor([len(it["audio"]) for it in good])
+        batch.update(_stack([it["audio"] for it in good]))
     return batch
+
+
+def _stack(clips: list[np.ndarray]) -> dict[str, torch.Tensor]:
+    length = max(len(c) for c in clips)
+    audio = np.zeros((len(clips), length), dtype=np.float32)
+    for i, clip in enumerate(clips):
+        audio[i, : len(clip)] = clip
+    # padded to the longest clip of this batch only
+    return {"audio": torch.from_numpy(audio), "audio_lengths": torch.tensor([len(c) for c in clips])}
+
+
+def _conversations(items: list[dict[str, Any]], errors: list[str]) -> dict[str, Any]:
+    from pengi_kit.data.conversations import single_turn
+
+    rows = [it if "messages" in it else {**it, "messages": single_turn(it["prompt"], it["text"]),
+                                         "audios": [it["audio"]], "clips": [it.get("clip", f"row:{id(it)}")]}
+            for it in items]
+    batch: dict[str, Any] = {"errors": errors, "conversations": [r["messages"] for r in rows],
+                             "prompts": [r["prompt"] for r in rows], "texts": [r["text"] for r in rows],
+                             "tasks": [r["task"] for r in rows], "clips": [c for r in rows for c in r["clips"]]}
+    clips = [clip for r in rows for clip in r["audios"]]
+    empty = {"audio": torch.zeros(0, 1), "audio_lengths": torch.zeros(0, dtype=torch.long)}  # text-only rows
+    return {**batch, **(_stack(clips) if clips else empty)}

@@ -21,7 +21,7 @@ from pengi_kit.data.collate import clip_key
 from pengi_kit.data.synthetic import PROMPTS_PER_CLIP, SyntheticCorpus
 from pengi_kit.errors import PengiKitError
 
-__all__ = ["ManifestDataset", "MixtureDataset", "SyntheticDataset"]
+__all__ = ["ConversationDataset", "ManifestDataset", "MixtureDataset", "SyntheticDataset"]
 
 
 class SyntheticDataset(PengiDataset, Dataset):
@@ -114,6 +114,61 @@ class ManifestDataset(PengiDataset, Dataset):
                             len(audio) if self.clip_seconds else None)
         return {"audio": audio, "prompt": ex.prompt, "text": ex.text, "task": ex.task or "",
                 "clip": clip_key(ex.audio, ex.start, ex.end)}
+
+
+class ConversationDataset(PengiDataset, Dataset):
+    """Conversations with audio (:mod:`pengi_kit.data.conversations`) for the chat layout: item
+    ``{"messages", "audios": [float32 (T,), ...], "clips": [key, ...], "text": the answers}``, each
+    clip loaded, cut and augmented as a manifest's (a clip's draw depends on its place in the row
+    too); a clip that cannot be loaded makes the row ``{"error": "<file:line: one line>"}``."""
+
+    def __init__(self, path: str | Path, sample_rate: int, clip_seconds: float | None, crop: str, seed: int = 0,
+                 on_error: str = "skip", *, format: str | None = None, max_seconds: float = 3600.0, stream: int = 0,
+                 augment: Augment | None = None) -> None:
+        from pengi_kit.data.conversations import read_conversations
+
+        self.rows, self.load_errors = read_conversations(path, on_error, format=format)
+        self.sample_rate, self.clip_seconds, self.crop, self.seed = sample_rate, clip_seconds, crop, seed
+        self.max_seconds, self.stream, self.augment = max_seconds, stream, augment
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def text_lengths(self) -> np.ndarray:
+        """Characters of each conversation's text."""
+        return np.array([sum(len(c) for _, c in row.messages) for row in self.rows], dtype=np.int64)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        import hashlib
+        import io
+
+        from pengi_kit.data.audio import load_audio
+        from pengi_kit.data.conversations import InlineAudio
+
+        copy, index = divmod(index, len(self.rows))
+        row = self.rows[index]
+        audios, keys = [], []
+        for n, clip in enumerate(row.audios):
+            seed = [self.seed, self.stream, self.epoch, copy, index, n]
+            inline = isinstance(clip, InlineAudio)
+            source = io.BytesIO(clip.data) if inline else clip
+            try:
+                audio = load_audio(source, self.sample_rate, max_seconds=self.max_seconds, clip_seconds=self.clip_seconds
+                                   or None, crop=self.crop, rng=np.random.default_rng(seed),
+                                   name=f"clip {n + 1} ({clip.format})" if inline else None)
+            except PengiKitError as exc:
+                return {"error": f"{row.where}: {exc}"}
+            if self.augment is not None:
+                audio = augment(audio, self.sample_rate, self.augment, np.random.default_rng([*seed, 1]),
+                                len(audio) if self.clip_seconds else None)
+            audios.append(audio)
+            keys.append(clip_key(f"inline:{hashlib.blake2b(clip.data, digest_size=8).hexdigest()}" if inline else clip))
+        return {"messages": row.as_messages(), "audios": audios, "clips": keys, "prompt": "",
+                "text": " ".join(row.answers()), "task": "chat"}
 
 
 class MixtureDataset(PengiDataset, Dataset):

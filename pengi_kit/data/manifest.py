@@ -327,6 +327,13 @@ def write_manifest(path: str | Path, examples: Iterable[Example | dict[str, Any]
         else:
             raise TypeError(f"write_manifest takes Example objects or dicts, got {type(item).__name__}")
         lines.append(json.dumps(row, ensure_ascii=False) + "\n")
+    return write_lines(path, lines)
+
+
+def write_lines(path: Path, lines: list[str]) -> int:
+    """Write ``lines`` to ``path`` atomically (a temporary file beside it, then a rename); returns
+    how many."""
+    folder = path.parent
     folder.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
     try:

@@ -6,6 +6,7 @@ a folder. Each model the trainer builds offers the engine's protocol
 ``task``      model                                  module
 ============  =====================================  ===========================================
 pengi         :class:`~.pengi.PengiModel`            :mod:`pengi_kit.models.pengi`
+  (chat)      :class:`~.chat.ChatModel`              :mod:`pengi_kit.models.chat` (``model.layout = "chat"``)
 tagging       :class:`~.tagging.TaggingModel`        :mod:`pengi_kit.models.tagging`
 contrastive   :class:`~.clap.ClapModel`              :mod:`pengi_kit.models.clap` (imported CLAPs too)
 ============  =====================================  ===========================================
@@ -31,7 +32,9 @@ def build_model(recipe: dict[str, Any], registry: Any | None = None) -> nn.Modul
     from pengi_kit.errors import RecipeError
 
     task = recipe.get("task", "pengi")
-    if task == "pengi":
+    if task == "pengi" and recipe["model"].get("layout") == "chat":
+        from pengi_kit.models.chat import build_chat as build
+    elif task == "pengi":
         from pengi_kit.models.pengi import build_pengi as build
     elif task == "tagging":
         from pengi_kit.models.tagging import build_tagger as build

@@ -12,7 +12,7 @@ from pengi_kit.models.base import Composite, Projection, build_component, string
 from pengi_kit.models.listening import listening_sums, listening_warning, partners
 from pengi_kit.recipe import COMPONENT_SLOTS, slot_enabled
 
-__all__ = ["PengiModel", "build_pengi", "Prefix", "take_rows", "split_prefix", "prefix_rows", "stack_rows"]
+__all__ = ["PengiModel", "build_components", "build_pengi", "Prefix", "take_rows", "split_prefix", "prefix_rows", "stack_rows"]
 
 #: a prefix: (B, P, D) embeddings, or (B, P, D) with a (B, P) mask where rows differ in length (audio
 #: tokens that follow the clip's length: the right-padded audio half, or the left-padded LM prefix)
@@ -301,8 +301,9 @@ class PengiModel(Composite):
             self.frozen = [slot for slot in self.frozen if slot != "lm"]
 
 
-def build_pengi(recipe: dict[str, Any], registry: Any | None = None) -> PengiModel:
-    """The Pengi model of a resolved recipe (``task = "pengi"``)."""
+def build_components(recipe: dict[str, Any], registry: Any | None = None) -> dict[str, nn.Module | None]:
+    """The components of a resolved ``task = "pengi"`` recipe, by slot (None: switched off), each
+    mapper built for the widths around it."""
     cfg = recipe["model"]
 
     def build(slot: str, **supplied: Any) -> nn.Module:
@@ -319,13 +320,21 @@ def build_pengi(recipe: dict[str, Any], registry: Any | None = None) -> PengiMod
 
         raise RecipeError(f"model.audio_mapper: '{cfg['audio_mapper']['name']}' maps one embedding, and "
                           f"'{cfg['audio_encoder']['name']}' gives a sequence of frames; use name = \"qformer\"")
-    if not slot_enabled(cfg, "text_mapper"):
+    if not slot_enabled(cfg, "text_mapper"):  # a plain captioner, or the chat layout
         text_mapper = None
     elif text_encoder is not None:
         text_mapper = build("text_mapper", in_dim=d_proj, out_dim=d_lm)
     else:
         text_mapper = build("text_mapper", in_dim=d_lm, out_dim=d_lm, sequence=True)
-    model = PengiModel(audio_encoder, audio_mapper, text_mapper, lm, text_encoder, d_proj,
-                       cfg["normalize"], cfg["prompt_length"], cfg["target_length"], cfg["projection_dropout"])
+    return {"audio_encoder": audio_encoder, "audio_mapper": audio_mapper, "text_mapper": text_mapper, "lm": lm,
+            "text_encoder": text_encoder}
+
+
+def build_pengi(recipe: dict[str, Any], registry: Any | None = None) -> PengiModel:
+    """The Pengi model of a resolved recipe (``task = "pengi"``, ``model.layout = "prefix"``)."""
+    cfg = recipe["model"]
+    model = PengiModel(**build_components(recipe, registry), projection_dim=cfg["projection_dim"],
+                       normalize=cfg["normalize"], prompt_length=cfg["prompt_length"],
+                       target_length=cfg["target_length"], projection_dropout=cfg["projection_dropout"])
     model.set_trainable({slot: cfg[slot]["trainable"] for slot in COMPONENT_SLOTS if slot in cfg})
     return model

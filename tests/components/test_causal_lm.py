@@ -208,10 +208,13 @@ def test_chat_template_wraps_the_prefix_everywhere(tmp_path):
         torch.testing.assert_close(prefix[:, -len(tail):], model.lm.embed(ids[len(head):]).expand(2, -1, -1))
         torch.testing.assert_close(prefix[:, len(head):-len(tail)], torch.cat(
             [model.audio_prefix(audio), model.text_prefix(prompts["input_ids"], prompts["attention_mask"])], 1))
-    # a template without the message, and true without a template of the tokenizer's own, are named
-    for bad, match in ((CHAT.replace("{{ m['content'] }}", ""), "exactly once"), (True, "has no chat template")):
-        with pytest.raises(RecipeError, match=match):
-            build_model(from_dict(raw, [f"model.lm.chat_template={json.dumps(bad)}"]))
+    # a template without the message is named; true without a template of the tokenizer's own
+    # takes the documented default
+    without_message = json.dumps(CHAT.replace("{{ m['content'] }}", ""))
+    with pytest.raises(RecipeError, match="exactly once"):
+        build_model(from_dict(raw, [f"model.lm.chat_template={without_message}"]))
+    head, tail = build_model(from_dict(raw, ["model.lm.chat_template=true"])).lm.chat_ids
+    assert (tok.decode(head), tok.decode(tail)) == ("user: ", " assistant:")
 
 
 def test_a_llama_with_a_chat_template_trains_without_a_text_encoder(tmp_path):

@@ -1,0 +1,288 @@
+"""The chat layout (``model.layout = "chat"``, docs/training.md "Conversations"): a conversation
+rendered with the LM's chat template, each ``<audio>`` replaced by that clip's audio tokens
+(embeddings, so nothing is added to the LM's vocabulary), several clips and turns per example,
+and the loss on the assistant turns only.
+
+Which tokens the loss covers is found by rendering, not from template markers (most templates
+have none): for each assistant turn, the conversation up to it with the generation prompt,
+and through it; the text between the two is the turn (its answer and the template's end of
+turn), tokenised on its own, as generation produces it after the generation prompt.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pengi_kit.data.conversations import AUDIO, single_turn
+from pengi_kit.errors import PengiKitError
+from pengi_kit.models.base import string_keys
+from pengi_kit.models.listening import listening_sums, partners
+from pengi_kit.models.pengi import PengiModel, Prefix, build_components, prefix_rows
+
+__all__ = ["AUDIO_SLOT", "ChatModel", "ChatTemplate", "Encoded"]
+
+#: in encoded ids, where a clip's audio tokens go
+AUDIO_SLOT = -1
+_ANSWER = "PENGIKITANSWER"
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A rendered conversation: token ids with :data:`AUDIO_SLOT` at each clip, and which of them
+    the loss covers (the assistant turns)."""
+
+    ids: list[int]
+    train: list[bool]
+
+
+class ChatTemplate:
+    """A chat template (Jinja, as transformers' ``apply_chat_template`` takes it) over a tokenizer."""
+
+    def __init__(self, tokenizer: Any, template: str) -> None:
+        self.tokenizer, self.template = tokenizer, template
+        probe = [{"role": "user", "content": "q"}]
+        before = self.render(probe, True)
+        through = self.render(probe + [{"role": "assistant", "content": _ANSWER}])
+        if not through.startswith(before) or _ANSWER not in through[len(before):]:
+            raise PengiKitError("the chat template does not render an answer after its generation prompt "
+                                "(add_generation_prompt); the chat layout needs a template that does")
+        #: what the template writes after an answer ("<|im_end|>\n", the end-of-text token ...)
+        self.answer_end = through.split(_ANSWER, 1)[1]
+        end = self.tokenize(self.answer_end)
+        self.end_of_turn_id = int(end[0]) if end else int(tokenizer.eos_token_id)
+
+    def tokenize(self, text: str) -> list[int]:
+        return [int(i) for i in self.tokenizer(text, add_special_tokens=False)["input_ids"]] if text else []
+
+    def render(self, messages: list[dict[str, str]], generation_prompt: bool = False) -> str:
+        try:
+            return self.tokenizer.apply_chat_template(messages, chat_template=self.template, tokenize=False,
+                                                      add_generation_prompt=generation_prompt)
+        except Exception as exc:  # noqa: BLE001 - a Jinja error, or the template's own raise_exception
+            raise PengiKitError(f"the chat template cannot render a conversation ({type(exc).__name__}: {exc}); "
+                                "check the conversation's roles, or give model.lm.chat_template") from None
+
+    def encode(self, messages: list[dict[str, str]], generation_prompt: bool = False) -> Encoded:
+        """Token ids of ``messages`` (with the generation prompt after them, for an answer to come)."""
+        text = self.render(messages, generation_prompt)
+        spans = []
+        for i, message in enumerate(messages):
+            if message["role"] != "assistant":
+                continue
+            before, through = self.render(messages[:i], True), self.render(messages[:i + 1])
+            if not (through.startswith(before) and text.startswith(through)):
+                raise PengiKitError(f"the chat template renders the turns before message {i + 1} differently "
+                                    "once later turns follow (some templates drop earlier reasoning), so the "
+                                    "answer's tokens cannot be told apart; give model.lm.chat_template a template "
+                                    "that renders each turn the same wherever it is")
+            spans.append((len(before), len(through)))
+        bounds = sorted({0, len(text), *(x for span in spans for x in span)})
+        ids: list[int] = []
+        train: list[bool] = []
+        for a, b in zip(bounds, bounds[1:]):
+            inside = any(s <= a and b <= e for s, e in spans)
+            for n, piece in enumerate(text[a:b].split(AUDIO)):
+                if n:
+                    ids.append(AUDIO_SLOT)
+                    train.append(False)
+                tokens = self.tokenize(piece)
+                ids += tokens
+                train += [inside] * len(tokens)
+        return Encoded(ids, train)
+
+
+class ChatModel(PengiModel):
+    """Audio encoder, projection and audio mapper as in Pengi; no prompt branch: the conversation's
+    text reaches the LM through its own embeddings, and each clip's mapped tokens stand where its
+    ``<audio>`` is. ``template``: the chat template (Jinja)."""
+
+    layout = "chat"
+
+    def __init__(self, audio_encoder: nn.Module, audio_mapper: nn.Module, lm: nn.Module, template: str,
+                 projection_dim: int = 1024, normalize: bool = True, target_length: int = 77,
+                 projection_dropout: float = 0.5) -> None:
+        super().__init__(audio_encoder, audio_mapper, None, lm, None, projection_dim, normalize, 1, target_length,
+                         projection_dropout)
+        self.template = ChatTemplate(lm.tokenizer, template)
+        lm.end_of_turn_id = self.template.end_of_turn_id  # what ends a generated answer
+        self.prefix_length = audio_mapper.prefix_length  # per clip
+
+    # -------------------------------------------------------------- inputs
+    def tokenize_targets(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """Answers as the template ends them (``answer_end``), right-padded: what follows a chat
+        prefix (:meth:`chat_prefix`) when the model answers ``text``."""
+        rows = [self.template.tokenize(t + self.template.answer_end)[: self.target_length] for t in texts]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.lm.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, :len(row)], mask[i, :len(row)] = torch.tensor(row, dtype=torch.long), 1
+        return {"input_ids": ids, "attention_mask": mask}
+
+    def encode_batch(self, conversations: list[list[dict[str, str]]], generation_prompt: bool = False
+                     ) -> dict[str, torch.Tensor]:
+        """``input_ids`` (B, L) with :data:`AUDIO_SLOT` at each clip, right-padded, its
+        ``attention_mask`` and the loss's ``target_mask`` (B, L)."""
+        encoded = [self.template.encode(c, generation_prompt) for c in conversations]
+        width = max(len(e.ids) for e in encoded)
+        ids = torch.full((len(encoded), width), self.lm.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        train = torch.zeros_like(ids)
+        for i, e in enumerate(encoded):
+            ids[i, :len(e.ids)] = torch.tensor(e.ids, dtype=torch.long)
+            mask[i, :len(e.ids)] = 1
+            train[i, :len(e.ids)] = torch.tensor(e.train, dtype=torch.long)
+        return {"input_ids": ids, "attention_mask": mask, "target_mask": train}
+
+    def splice(self, clips: list[torch.Tensor], input_ids: torch.Tensor, attention_mask: torch.Tensor,
+               target_mask: torch.Tensor | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each row's LM input (L_i, D): its text tokens' embeddings with the next of ``clips``
+        (k_i, D) at each :data:`AUDIO_SLOT`; and its labels (L_i,): the token where
+        ``target_mask`` is 1, else -100 (audio and padding too)."""
+        slots = int((input_ids == AUDIO_SLOT).sum())
+        if slots != len(clips):
+            raise PengiKitError(f"the batch places {slots} clips but holds {len(clips)}")
+        text = self.lm.embed(input_ids.clamp(min=0))
+        labels = input_ids if target_mask is None else input_ids.masked_fill(target_mask == 0, -100)
+        at, rows = iter(clips), []
+        for i in range(len(input_ids)):
+            n = int(attention_mask[i].sum())
+            cuts = (input_ids[i, :n] == AUDIO_SLOT).nonzero().flatten().tolist()
+            embeds, marks, start = [], [], 0
+            for cut in [*cuts, n]:
+                embeds.append(text[i, start:cut])
+                marks.append(labels[i, start:cut])
+                if cut < n:
+                    clip = next(at).to(text.dtype)
+                    embeds.append(clip)
+                    marks.append(labels.new_full((len(clip),), -100))
+                start = cut + 1
+            rows.append((torch.cat(embeds), torch.cat(marks)))
+        return rows
+
+    def chat_prefix(self, audio_tokens: Prefix, conversations: list[list[dict[str, str]]]) -> Prefix:
+        """The LM input before each row's answer: its conversation with the generation prompt and its
+        clips' tokens (``audio_tokens``: one row per clip, in order), padded on the left with a mask
+        where rows differ in length."""
+        from pengi_kit.generation import pad_prefixes
+
+        batch = self.encode_batch(conversations, generation_prompt=True)
+        device = audio_tokens[0].device if isinstance(audio_tokens, tuple) else audio_tokens.device
+        rows = self.splice(prefix_rows(audio_tokens), batch["input_ids"].to(device), batch["attention_mask"])
+        embeds, mask = pad_prefixes([row for row, _ in rows])
+        return embeds if mask is None else (embeds, mask)
+
+    def join_prefix(self, audio_prefix: Prefix, text_prefix: Any) -> Prefix:
+        """Pengi's (clip, prompt) as one user turn (:func:`~pengi_kit.data.conversations.single_turn`):
+        ``text_prefix`` is the list of prompts (:meth:`prompt_prefix`)."""
+        return self.chat_prefix(audio_prefix, [single_turn(p) for p in text_prefix])
+
+    def prompt_prefix(self, prompts: list[str], compat: str = "none") -> Any:
+        """The chat layout has no prompt branch: the prompts themselves, for :meth:`join_prefix`."""
+        return list(prompts)
+
+    # -------------------------------------------------------------- scoring and training
+    def sequence_logprobs(self, audio_tokens: Prefix, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                          target_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each row's summed log-probability of the tokens ``target_mask`` marks (B,), and their count."""
+        rows = self.splice(prefix_rows(audio_tokens), input_ids, attention_mask, target_mask)
+        width = max(len(e) for e, _ in rows)
+        embeds = rows[0][0].new_zeros(len(rows), width, rows[0][0].shape[-1])
+        labels = input_ids.new_full((len(rows), width), -100)
+        mask = torch.zeros_like(labels)
+        for i, (e, m) in enumerate(rows):
+            embeds[i, :len(e)], labels[i, :len(m)], mask[i, :len(e)] = e, m, 1
+        logits, _ = self.lm(embeds, mask)
+        labels = labels[:, 1:]  # position t predicts token t + 1
+        nll = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                              reduction="none").view_as(labels)
+        return -nll.sum(1), (labels != -100).sum(1)
+
+    def forward(self, audio: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                target_mask: torch.Tensor, clip_key: torch.Tensor | None = None,
+                audio_lengths: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Summed cross-entropy over the assistant turns' tokens and their count; ``audio`` (N, T)
+        holds the batch's clips in the order their ``<audio>`` come."""
+        logp, tokens = self.sequence_logprobs(self.audio_prefix(audio, audio_lengths), input_ids, attention_mask,
+                                              target_mask)
+        return {"loss_sum": -logp.sum(), "tokens": tokens.sum()}
+
+    # -------------------------------------------------------------- the engine's protocol
+    def batch_inputs(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """A collated batch -> forward's inputs. Conversations (``batch["conversations"]``, their
+        clips in ``audio`` one after another), or Pengi's rows as one turn each. ``clip_key`` names
+        each clip, not each row."""
+        conversations = batch.get("conversations") or [single_turn(p, t) for p, t in zip(batch["prompts"],
+                                                                                          batch["texts"])]
+        inputs = {"audio": batch["audio"], **self.encode_batch(conversations),
+                  "clip_key": string_keys(batch.get("clips") or [f"clip:{i}" for i in range(len(batch["audio"]))])}
+        if self.frames and "audio_lengths" in batch:
+            inputs["audio_lengths"] = batch["audio_lengths"]
+        return inputs
+
+    def lm_tokens(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Text tokens and audio tokens the LM computes, padding aside."""
+        slots = (inputs["input_ids"] == AUDIO_SLOT).sum()
+        return inputs["attention_mask"].sum() - slots + slots * self.prefix_length
+
+    def flops(self, inputs: dict[str, torch.Tensor]) -> float:
+        """FLOPs of a training step: the rows times one one-clip example's count at the batch's
+        padded width, a parabola fitted through three measured widths."""
+        from pengi_kit.models.flops import fit_quadratic, step_flops
+
+        if "width" not in self._flops:
+            examples = [self.example_inputs(1, n) for n in (4, 8, 16)]
+            self._flops["width"] = fit_quadratic({e["input_ids"].shape[1]: step_flops(self, e) for e in examples})
+        c0, c1, c2 = self._flops["width"]
+        width = inputs["input_ids"].shape[1]
+        return len(inputs["input_ids"]) * (c0 + c1 * width + c2 * width * width)
+
+    def example_inputs(self, n: int = 1, target_length: int = 4) -> dict[str, torch.Tensor]:
+        """Forward inputs of ``n`` made-up one-clip conversations on the model's device: silent
+        clips, a one-word question, an answer of ``target_length`` words."""
+        dev = next(self.parameters()).device
+        batch = self.encode_batch([single_turn("a", " ".join(["a"] * target_length))] * n)
+        return {"audio": self.silent_clips(n), **{k: v.to(dev) for k, v in batch.items()}}
+
+    @torch.no_grad()
+    def validation_sums(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The validation loss, and the listening check with each clip's tokens swapped for those of
+        another clip (:func:`~pengi_kit.models.listening.partners` of the clip keys)."""
+        audio = prefix_rows(self.audio_prefix(inputs["audio"], inputs.get("audio_lengths")))
+        args = inputs["input_ids"], inputs["attention_mask"], inputs["target_mask"]
+        logp, tokens = self.sequence_logprobs(audio, *args)
+        sums = {"valid_loss": torch.stack([-logp.double().sum(), tokens.double().sum()])}
+        keys = inputs.get("clip_key", torch.arange(len(audio)))
+        index = partners(keys.tolist())
+        if min(index, default=-1) < 0:
+            return sums
+        swapped, _ = self.sequence_logprobs([audio[j] for j in index], *args)
+        # the row each row's first clip is swapped in from: do the two answers differ?
+        row_of = (inputs["input_ids"] == AUDIO_SLOT).nonzero()[:, 0].tolist()
+        answers = [tuple(ids[m.bool()].tolist()) for ids, m in zip(inputs["input_ids"], inputs["target_mask"])]
+        first = {row: clip for clip, row in reversed(list(enumerate(row_of)))}
+        differ = torch.tensor([answers[row_of[index[first[r]]]] != answers[r] for r in range(len(answers))],
+                              device=logp.device)
+        keep = torch.ones_like(differ)
+        return {**sums, **listening_sums(-logp, -swapped, tokens, keep, differ)}
+
+
+def build_chat(recipe: dict[str, Any], registry: Any | None = None) -> ChatModel:
+    """The chat-layout model of a resolved recipe (``model.layout = "chat"``). Its template is
+    ``model.lm.chat_template`` where that is the template itself, else the tokenizer's own, else
+    the default (:data:`pengi_kit.components.hf_causal_lm.DEFAULT_CHAT_TEMPLATE`)."""
+    from pengi_kit.components.hf_causal_lm import template_text
+    from pengi_kit.recipe import COMPONENT_SLOTS
+
+    cfg = recipe["model"]
+    parts = build_components(recipe, registry)
+    lm = parts["lm"]
+    model = ChatModel(parts["audio_encoder"], parts["audio_mapper"], lm,
+                      template_text(lm.tokenizer, cfg["lm"].get("chat_template")), cfg["projection_dim"],
+                      cfg["normalize"], cfg["target_length"], cfg["projection_dropout"])
+    model.set_trainable({slot: cfg[slot]["trainable"] for slot in COMPONENT_SLOTS if slot in cfg})
+    return model
