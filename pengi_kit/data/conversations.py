@@ -28,13 +28,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import difflib
 import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from pengi_kit.data.manifest import _Bad, _jsonl_rows, _relative, _suggest, write_lines
+from pengi_kit.data.manifest import _Bad, _jsonl_rows, _relative, write_lines
 from pengi_kit.errors import ManifestError
 
 __all__ = ["AUDIO", "FORMATS", "Conversation", "InlineAudio", "detect_format", "is_conversation_file",
@@ -46,6 +47,12 @@ FORMATS = ("llama-factory", "sharegpt", "af3", "openai")
 SUFFIXES = (".jsonl", ".json")
 _FROM = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 _SOUND = re.compile(r"<sound(?:-(\d+))?>")
+
+
+def _known(value: Any, known: Iterable[str]) -> str:
+    """``"use one of ...; did you mean '...'?"`` for a value that is not one of ``known``."""
+    close = difflib.get_close_matches(value, list(known), n=1, cutoff=0.6) if isinstance(value, str) else []
+    return f"use one of {', '.join(known)}" + (f"; did you mean '{close[0]}'?" if close else "")
 
 
 @dataclass(frozen=True)
@@ -92,11 +99,11 @@ def check_messages(messages: list[tuple[str, str]], clips: int, need_answer: boo
         raise _Bad("empty conversation", "give at least a user turn and an assistant turn")
     for n, (role, content) in enumerate(messages):
         if role not in ROLES:
-            raise _Bad(f"message {n + 1}: unknown role {role!r}", _suggest(role, ROLES))
+            raise _Bad(f"message {n + 1}: unknown role {role!r}", _known(role, ROLES))
         if role == "system" and n:
             raise _Bad(f"message {n + 1}: a system message after the first", "put the system prompt first")
         if AUDIO in content and role != "user":
-            raise _Bad(f"message {n + 1}: audio in a {role} turn", "place clips in user turns")
+            raise _Bad(f"message {n + 1}: audio in the {role}'s turn", "place clips in user turns")
     first = next((role for role, _ in messages if role != "system"), None)
     if first != "user":
         raise _Bad(f"the conversation starts with {'an assistant turn' if first else 'no user turn'}",
@@ -137,6 +144,8 @@ def _turns(row: dict[str, Any], key: str, role_key: str, text_key: str) -> list[
         if not isinstance(turn, dict) or role_key not in turn:
             raise _Bad(f"message {n + 1}: expected an object with '{role_key}' and '{text_key}'")
         role = turn[role_key]
+        if not isinstance(role, str):
+            raise _Bad(f"message {n + 1}: '{role_key}' is {type(role).__name__}, not a string")
         out.append((role if role_key == "role" else _FROM.get(role, role), _text(turn.get(text_key), f"message {n + 1}")))
     return out
 
@@ -152,7 +161,9 @@ def _openai_content(content: Any, n: int, clips: list[InlineAudio]) -> str:
         if kind == "text":
             text += _text(part.get("text"), f"message {n}: a text part")
         elif kind == "input_audio":
-            audio = part.get("input_audio") or {}
+            audio = part.get("input_audio")
+            if not isinstance(audio, dict):
+                raise _Bad(f"message {n}: input_audio is not an object", 'write {"data": <base64>, "format": "wav"}')
             try:
                 data = base64.b64decode(audio.get("data", ""), validate=True)
             except (binascii.Error, TypeError, ValueError):
@@ -168,7 +179,7 @@ def _openai_content(content: Any, n: int, clips: list[InlineAudio]) -> str:
 
 def _af3(row: dict[str, Any], folder: Path) -> tuple[list[tuple[str, str]], list[Path]]:
     sounds = _paths(row, "sound", folder)
-    messages, audios, at = [], [], 0
+    messages, audios, placed, at = [], [], set(), 0
     for role, content in _turns(row, "conversations", "from", "value"):
         if AUDIO in content:
             raise _Bad(f"{AUDIO} in an af3 row", "Audio Flamingo 3 places clips with <sound> or <sound-k>")
@@ -183,10 +194,11 @@ def _af3(row: dict[str, Any], folder: Path) -> tuple[list[tuple[str, str]], list
                 raise _Bad(f"{match.group(0)} but the row has {len(sounds)} sounds",
                            "number the sounds from 1, as listed in 'sound'")
             audios.append(sounds[k])
+            placed.add(k)
             return AUDIO
 
         messages.append((role, _SOUND.sub(place, content)))
-    unused = set(range(len(sounds))) - {sounds.index(a) for a in audios}
+    unused = set(range(len(sounds))) - placed
     if unused:
         raise _Bad(f"sound {min(unused) + 1} is never placed", "place it with <sound-k>, or remove it from 'sound'")
     return messages, audios
@@ -223,8 +235,8 @@ def _parse(row: dict[str, Any], fmt: str, folder: Path, need_answer: bool) -> Co
         turns = _list(row, "messages", 'write "messages": [{"role": ..., "content": ...}, ...]')
         messages = []
         for n, turn in enumerate(turns, start=1):
-            if not isinstance(turn, dict) or "role" not in turn:
-                raise _Bad(f"message {n}: expected an object with 'role' and 'content'")
+            if not isinstance(turn, dict) or not isinstance(turn.get("role"), str):
+                raise _Bad(f"message {n}: expected an object with a 'role' string and 'content'")
             messages.append((turn["role"], _openai_content(turn.get("content"), n, audios)))
     check_messages(messages, len(audios), need_answer)
     return Conversation(tuple(messages), tuple(audios))
@@ -270,7 +282,7 @@ def read_conversations(path: str | Path, on_error: str = "fail", *, format: str 
     None to detect it from the first row. Clips are not opened here."""
     path = Path(path)
     if format is not None and format not in FORMATS:
-        raise ManifestError(f"{path}: unknown conversation format {format!r}; {_suggest(format, FORMATS)}")
+        raise ManifestError(f"{path}: unknown conversation format {format!r}; {_known(format, FORMATS)}")
     if path.suffix.lower() not in SUFFIXES:
         raise ManifestError(f"{path}: conversations are read from .jsonl or .json files, not '{path.suffix}'")
     try:
@@ -350,7 +362,7 @@ def write_conversations(path: str | Path, conversations: Iterable[Conversation],
     bytes); returns the row count. Atomic, as :func:`~pengi_kit.data.manifest.write_manifest`."""
     path = Path(path)
     if format not in FORMATS:
-        raise ManifestError(f"unknown conversation format {format!r}; {_suggest(format, FORMATS)}")
+        raise ManifestError(f"unknown conversation format {format!r}; {_known(format, FORMATS)}")
     rows = [_row(c, format, path.parent) for c in conversations]
     if path.suffix.lower() == ".json":
         write_lines(path, [json.dumps(rows, ensure_ascii=False, indent=1) + "\n"])
