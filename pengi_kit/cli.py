@@ -691,14 +691,18 @@ def data_prepare_cmd(name: str, root: Path, out: Path, splits: tuple[str, ...]) 
               help="Longer clips or segments are problems.")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar on standard error (default: when it is a terminal).")
-def data_check_cmd(manifests: tuple[Path, ...], jobs: int, max_seconds: float, progress: bool) -> None:
-    """Decode every clip of each MANIFEST; one line per problem, then statistics (per manifest when
-    there are several). Exit 1 on problems in any."""
+@click.option("--format", "fmt", type=click.Choice(["llama-factory", "sharegpt", "af3", "openai"]),
+              help="Conversation files whose rows do not tell their format (detected otherwise).")
+def data_check_cmd(manifests: tuple[Path, ...], jobs: int, max_seconds: float, progress: bool,
+                   fmt: str | None) -> None:
+    """Decode every clip of each MANIFEST (or conversation file, .json/.jsonl); one line per problem,
+    then statistics (per file when there are several). Exit 1 on problems in any."""
     import pengi_kit
 
     ok = True
     for manifest in manifests:
-        report = pengi_kit.check_manifest(manifest, jobs=jobs, max_seconds=max_seconds, progress=progress)
+        report = pengi_kit.check_manifest(manifest, jobs=jobs, max_seconds=max_seconds, progress=progress,
+                                          format=fmt)
         if len(manifests) > 1:
             click.echo(f"== {manifest}")
         for problem in report.problems:

@@ -75,17 +75,49 @@ def probe(item: tuple[str, float | None, float | None, float]) -> dict[str, Any]
             "format": f"{info['format']} {info['subtype']}"}
 
 
+def _conversation_clips(path: str | Path, format: str | None, report: CheckReport
+                        ) -> dict[tuple[str, float | None, float | None], list[Any]]:
+    """The clips of a conversation file by path (a clip held in the file is decoded here: its
+    problems join the report); its bad rows are problems."""
+    import io
+
+    from pengi_kit.data.audio import load_audio
+    from pengi_kit.data.conversations import InlineAudio, read_conversations
+    from pengi_kit.errors import PengiKitError
+
+    rows, errors = read_conversations(path, on_error="skip", format=format)
+    report.rows, report.problems = len(rows), list(errors)
+    users: dict[tuple[str, float | None, float | None], list[Any]] = {}
+    for row in rows:
+        for n, clip in enumerate(row.audios, start=1):
+            if not isinstance(clip, InlineAudio):
+                users.setdefault((str(clip), None, None), []).append(row)
+                continue
+            try:
+                load_audio(io.BytesIO(clip.data), 16_000, name=f"clip {n} ({clip.format})")
+            except PengiKitError as exc:
+                report.problems.append(f"{row.where}: {exc}")
+    return users
+
+
 def check_manifest(path: str | Path, *, jobs: int = 1, max_seconds: float = 3600.0,
-                   progress: bool | None = None) -> CheckReport:
-    """Check every line and every clip of a manifest; see the module docstring."""
+                   progress: bool | None = None, format: str | None = None) -> CheckReport:
+    """Check every line and every clip of a manifest, or of a conversation file (the chat layout's
+    rows, :mod:`pengi_kit.data.conversations`; ``format`` where its rows do not tell); see the
+    module docstring."""
+    from pengi_kit.data.conversations import is_conversation_file
     from pengi_kit.data.manifest import read_manifest
     from pengi_kit.progress import bar as progress_bar
 
-    examples, line_errors = read_manifest(path, on_error="skip")
-    report = CheckReport(rows=len(examples), problems=list(line_errors))
-    users: dict[tuple[str, float | None, float | None], list[Any]] = {}
-    for ex in examples:
-        users.setdefault((str(ex.audio), ex.start, ex.end), []).append(ex)
+    report = CheckReport()
+    if format is not None or is_conversation_file(path):
+        users = _conversation_clips(path, format, report)
+    else:
+        examples, line_errors = read_manifest(path, on_error="skip")
+        report.rows, report.problems = len(examples), list(line_errors)
+        users = {}
+        for ex in examples:
+            users.setdefault((str(ex.audio), ex.start, ex.end), []).append(ex)
     items = [(*key, max_seconds) for key in users]
     report.clips = len(items)
     bar = progress_bar(len(items), "checking", "clip", enabled=progress)
@@ -111,8 +143,9 @@ def check_manifest(path: str | Path, *, jobs: int = 1, max_seconds: float = 3600
 
 
 def _line_number(problem: str) -> int:
-    """Problems start with ``manifest:LINE:``: list them in the manifest's order."""
-    m = re.match(r".*?:(\d+): ", problem)
+    """Problems start with ``manifest:LINE:`` (``file:item N:`` in a JSON list): list them in the
+    file's order."""
+    m = re.match(r".*?:(?:item )?(\d+): ", problem)
     return int(m.group(1)) if m else 0
 
 

@@ -10,6 +10,7 @@ and question answering prompts are all exercised.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -119,3 +120,56 @@ def tokenizer():
     from pengi_kit.data.tokenizer import word_tokenizer
 
     return word_tokenizer(words())
+
+
+# ---------------------------------------------------------------------- a two-clip task, as files
+
+PAIR_KINDS = ("low tone", "high tone", "noise burst")
+SAME_KIND = "question: are the two sounds of the same kind?"
+WHAT_KIND = "what is this sound?"
+
+
+def write_pair_task(folder: str | Path, pairs: int, seed: int = 0, sample_rate: int = 16000,
+                    seconds: float = 0.5) -> tuple[Path, Path]:
+    """The chat layout's walk-through data (docs/training.md, "Conversations"), written as users
+    keep theirs: ``2 * pairs`` clips of one sound each (:data:`PAIR_KINDS`) under
+    ``folder/clips/``; ``folder/conversations.json`` in LLaMA-Factory's format, a two-clip question
+    per pair (:data:`SAME_KIND`: "yes" for half the pairs, so one clip alone tells nothing); and
+    ``folder/kinds.jsonl``, a Pengi manifest with a one-clip question per clip (:data:`WHAT_KIND`,
+    answered by its kind: what an encoder is pretrained on). Returns the two files' paths."""
+    import json
+
+    import soundfile as sf
+
+    folder = Path(folder)
+    (folder / "clips").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    total = int(seconds * sample_rate)
+    rows, manifest = [], []
+    for i in range(pairs):
+        first = PAIR_KINDS[rng.integers(len(PAIR_KINDS))]
+        others = [k for k in PAIR_KINDS if k != first]
+        names = []
+        for n, kind in enumerate((first, first if i % 2 == 0 else others[rng.integers(len(others))])):
+            audio = rng.normal(0, 0.01, total)
+            length = int(rng.uniform(0.5, 0.9) * total)
+            start = int(rng.integers(0, total - length))
+            audio[start:start + length] += _event(kind, length, sample_rate, rng)
+            names.append(f"clips/{i}_{n}.wav")
+            sf.write(folder / names[-1], np.clip(audio, -1, 1).astype(np.float32), sample_rate)
+            manifest.append({"audio": names[-1], "prompt": WHAT_KIND, "text": kind})
+        rows.append({"messages": [{"role": "user", "content": f"<audio><audio>{SAME_KIND}"},
+                                  {"role": "assistant", "content": "yes" if i % 2 == 0 else "no"}],
+                     "audios": names})
+    conversations, kinds = folder / "conversations.json", folder / "kinds.jsonl"
+    conversations.write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
+    kinds.write_text("".join(json.dumps(r) + "\n" for r in manifest), encoding="utf-8")
+    return conversations, kinds
+
+
+def pair_tokenizer():
+    """A word-level tokenizer of the two-clip task and of the default chat template's roles
+    (``tokenizer = "pengi_kit.data.synthetic:pair_tokenizer"``)."""
+    from pengi_kit.data.tokenizer import word_tokenizer
+
+    return word_tokenizer([f"system user assistant yes no {SAME_KIND} {WHAT_KIND} {' '.join(PAIR_KINDS)}"])

@@ -225,3 +225,24 @@ def test_is_conversation_file(tmp_path):
     assert is_conversation_file(write(tmp_path / "sg.jsonl", *ROWS["sharegpt"]))
     assert not is_conversation_file(write(tmp_path / "manifest.jsonl", {"audio": "a.wav", "text": "a dog barks"}))
     assert not is_conversation_file(tmp_path / "missing.jsonl")
+
+
+def test_data_check_reads_conversation_files(tmp_path):
+    """`data check` on conversations: its bad rows, a missing clip (once, with the rows that use it),
+    and a clip held in the file that does not decode are problems; good clips are counted."""
+    from pengi_kit.data.check import check_manifest
+
+    (tmp_path / "clips").mkdir()
+    (tmp_path / "clips" / "a.wav").write_bytes(WAV["a"])
+    rows = [{"messages": [user("<audio><audio>same?"), bot("no")], "audios": ["clips/a.wav", "clips/gone.wav"]},
+            {"messages": [user("hi")], "audios": []},
+            {"messages": [user("<audio>again?"), bot("yes")], "audios": ["clips/gone.wav"]}]
+    report = check_manifest(write(tmp_path / "lf.jsonl", *rows))
+    assert report.rows == 2 and report.clips == 2 and len(report.durations) == 1
+    assert [p.split(": ")[0] for p in report.problems] == [f"{tmp_path / 'lf.jsonl'}:1", f"{tmp_path / 'lf.jsonl'}:2"]
+    assert "gone.wav" in report.problems[0] and "[and 1 more row of this clip]" in report.problems[0]
+    assert "no assistant turn" in report.problems[1]
+    broken = {"messages": [{"role": "user", "content": [audio("a"), text("and?")]}, bot("x")]}
+    broken["messages"][0]["content"][0]["input_audio"]["data"] = base64.b64encode(b"RIFF0000WAVEjunk").decode()
+    report = check_manifest(write(tmp_path / "oa.jsonl", broken))
+    assert len(report.problems) == 1 and report.problems[0].startswith(f"{tmp_path / 'oa.jsonl'}:1: ")

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from pengi_kit.components.hf_causal_lm import DEFAULT_CHAT_TEMPLATE
 from pengi_kit.data.tokenizer import _bpe_tokenizer
@@ -102,59 +103,82 @@ def test_the_chat_layout_has_no_prompt_branch_and_conversations_need_it(tmp_path
 
 
 @pytest.mark.slow
-def test_a_chat_model_learns_a_question_about_two_clips_and_listens(tmp_path):
-    """Are two clips of the same kind? Each clip alone says nothing (half the pairs are of one
-    kind), so only a model that reads both answers well above chance. The encoder is first
-    pretrained as a tagger of the clips' kinds (the demo's two-stage path), then frozen; the chat
-    model also learns from a Pengi manifest of one-clip questions, mixed in the same batches."""
+def test_the_chat_walkthrough_learns_a_question_about_two_clips_and_listens(tmp_path, monkeypatch):
+    """docs/training.md's walk-through, with the shipped recipes: are two clips of the same kind?
+    Each clip alone says nothing (half the pairs are of one kind), so only a model that reads
+    both answers well above chance. The encoder is first pretrained as a tagger of the clips'
+    kinds, then frozen; the chat model also learns one-clip questions of a Pengi manifest, mixed
+    into the same batches."""
     import pengi_kit
-    from pengi_kit.data.tokenizer import word_tokenizer
+    from pengi_kit.data.synthetic import SAME_KIND, WHAT_KIND, write_pair_task
     from pengi_kit.engine.trainer import Trainer
-    from tests.models.chat_task import SAME, WHAT, words, write_task
+    from pengi_kit.recipe import load_recipe
 
-    train_c, train_m, _ = write_task(tmp_path / "train", 300, 0)
-    valid_c, valid_m, _ = write_task(tmp_path / "valid", 40, 1)
-    _, test_m, test = write_task(tmp_path / "test", 100, 2)
-    word_tokenizer([" ".join(words())]).save_pretrained(str(tmp_path / "tok"))
-    encoder = {"name": "cnn14", "sample_rate": 16000, "width": 4, "clip_seconds": 0.5, "spec_augment": False,
-               "num_classes": 3}
-    Trainer(from_dict({
-        "name": "tagger", "task": "tagging", "model": {"audio_encoder": encoder},
-        "data": {"train": str(train_m), "valid": str(valid_m)},
-        "optim": {"lr": 1e-3, "warmup_steps": 0, "schedule": "constant", "weight_decay": 0.01},
-        "train": {"batch_size": 16, "max_steps": 400, "log_every": 100, "output_dir": str(tmp_path / "tagger")},
-    }), progress=False).fit()
-    run = tmp_path / "chat"
-    Trainer(from_dict({
-        "name": "chat", "model": {
-            "layout": "chat", "projection_dim": 32, "projection_dropout": 0.0, "target_length": 8,
-            "audio_encoder": {**encoder, "pretrained": str(tmp_path / "tagger" / "encoder"), "trainable": False},
-            "audio_mapper": {"name": "mlp", "prefix_length": 2},
-            "lm": {"name": "gpt2", "pretrained": "", "tokenizer": str(tmp_path / "tok"), "n_layer": 2, "n_embd": 64,
-                   "n_head": 4, "n_positions": 64, "dropout": 0.0, "trainable": True}},
-        "data": {"train": [{"manifest": str(train_c)}, {"manifest": str(train_m), "weight": 0.25}],
-                 "valid": str(valid_c)},
-        "optim": {"lr": 2e-3, "warmup_steps": 30, "weight_decay": 0.01},
-        "train": {"batch_size": 16, "max_steps": 1500, "log_every": 100, "eval_every": 500, "output_dir": str(run)},
-        "generate": {"method": "greedy", "max_new_tokens": 4},
-    }), progress=False).fit()
+    monkeypatch.chdir(tmp_path)
+    for split, pairs, seed in (("train", 300, 0), ("valid", 40, 1), ("test", 100, 2)):
+        write_pair_task(f"chat_data/{split}", pairs, seed)
+    Trainer(load_recipe("pretrain/pair_tagger"), progress=False).fit()
+    Trainer(load_recipe("demo_chat"), progress=False).fit()
+    run = tmp_path / "runs" / "demo_chat"
     last = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if "listening" in line][-1]
     assert last["listening"] > 1.0, last  # nats per answer lost when each clip's audio is another clip's
 
     pengi = pengi_kit.load(run)
+    test = json.loads((tmp_path / "chat_data" / "test" / "conversations.json").read_text())
+    clips = [[str(tmp_path / "chat_data" / "test" / a) for a in row["audios"]] for row in test]
+    truth = [row["messages"][1]["content"] for row in test]
     conversations = [[{"role": "user", "content": [{"type": "audio", "audio": a}, {"type": "audio", "audio": b},
-                                                   {"type": "text", "text": SAME}]}] for a, b, _ in test]
+                                                   {"type": "text", "text": SAME_KIND}]}] for a, b in clips]
     answers = pengi.chat(conversations)
-    accuracy = sum(got == want for got, (_, _, want) in zip(answers, test)) / len(test)
+    accuracy = sum(got == want for got, want in zip(answers, truth)) / len(test)
     assert accuracy >= 0.85, (accuracy, answers[:10])
     assert pengi.chat(conversations[:8], batch_size=1) == answers[:8]  # the same tokens at any batch size
     # the one-clip questions through generate (the prompt as one user turn)
-    rows = [json.loads(line) for line in test_m.read_text().splitlines()]
-    kinds = pengi.generate([str(test_m.parent / r["audio"]) for r in rows], WHAT)
-    assert sum(k == r["text"] for k, r in zip(kinds, rows)) / len(rows) >= 0.9
+    kinds = tmp_path / "chat_data" / "test" / "kinds.jsonl"
+    rows = [json.loads(line) for line in kinds.read_text().splitlines()]
+    said = pengi.generate([str(kinds.parent / r["audio"]) for r in rows], WHAT_KIND)
+    assert sum(k == r["text"] for k, r in zip(said, rows)) / len(rows) >= 0.9
     # and from the command line, with the clips placed by <audio>
-    a, b, want = next(t for t in test if t[2] == "yes")
-    out = subprocess.run([sys.executable, "-m", "pengi_kit", "chat", str(run), "--audio", a, "--audio", b,
-                          f"<audio><audio>{SAME}"], capture_output=True, text=True, timeout=300)
+    n = truth.index("yes")
+    out = subprocess.run([sys.executable, "-m", "pengi_kit", "chat", str(run), "--audio", clips[n][0], "--audio",
+                          clips[n][1], f"<audio><audio>{SAME_KIND}"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == pengi.chat(conversations[[t[0] for t in test].index(a)]) == "yes"
+    assert out.stdout.strip() == answers[n]
+
+
+def test_scoring_generation_and_training_see_the_same_sequence(tmp_path):
+    """A chat model's log-likelihood of an answer (through the decoder's forked cache) is the
+    training loss's sum over the same conversation; greedy decoding continues the same prefix;
+    the listening check runs; and chat on Pengi's prefix layout is refused."""
+    import numpy as np
+
+    from pengi_kit.api import Pengi
+    from pengi_kit.data.conversations import single_turn
+    from pengi_kit.models import build_model
+
+    raw = tiny_recipe(tmp_path / "run")
+    del raw["model"]["text_mapper"]
+    raw["model"]["layout"] = "chat"
+    model = build_model(from_dict(raw)).eval()
+    pengi = Pengi(model)
+    rng = np.random.default_rng(0)
+    clips = [(rng.uniform(-0.3, 0.3, 8000).astype(np.float32), 16000) for _ in range(3)]
+    answers = ["a low tone", "no"]
+    scores = pengi.log_likelihood(clips, "this is a sound of", answers, reduction="sum")
+    for c, clip in enumerate(clips):
+        for t, answer in enumerate(answers):
+            batch = {"conversations": [single_turn("this is a sound of", answer)], "prompts": [""], "texts": [answer],
+                     "audio": torch.from_numpy(clip[0])[None], "clips": ["x"]}
+            with torch.no_grad():
+                loss = model(**model.batch_inputs(batch))["loss_sum"]
+            assert abs(float(scores[c, t]) + float(loss)) < 1e-4, (c, t, float(scores[c, t]), float(loss))
+    text = pengi.generate(clips, "this is a sound of", max_new_tokens=3)
+    assert text == [pengi.chat([{"role": "user", "content": [{"type": "audio", "audio": clip},
+                                                             {"type": "text", "text": "this is a sound of"}]}],
+                               max_new_tokens=3) for clip in clips]
+    check = pengi.listening(clips, [(0, "this is a sound of", "a low tone"), (1, "this is a sound of", "no"),
+                                    (2, "this is a sound of", "a high tone")])
+    assert check["answers"] == 3 and np.isfinite(check["listening"])
+    raw = tiny_recipe(tmp_path / "prefix")
+    with pytest.raises(PengiKitError, match="prefix layout"):
+        Pengi(build_model(from_dict(raw))).chat([{"role": "user", "content": "hi"}])
