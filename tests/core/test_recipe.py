@@ -72,6 +72,7 @@ def test_shipped_recipes_validate():
     assert len(shipped) >= 13  # demo, base, no text encoder, eight ablations, two pretraining recipes
     recipes = {path.stem: load_recipe(path) for path in shipped}
     assert recipes.pop("tagging")["task"] == "tagging" and recipes.pop("contrastive")["task"] == "contrastive"
+    assert recipes.pop("pair_tagger")["task"] == "tagging" and recipes["demo_chat"]["model"]["layout"] == "chat"
     lms = {stem: r["model"]["lm"] for stem, r in recipes.items()}
     assert lms.pop("smollm2_135m")["pretrained"] == "HuggingFaceTB/SmolLM2-135M"
     qwen = lms.pop("qwen_lora")
