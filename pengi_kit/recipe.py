@@ -528,7 +528,10 @@ def _check_consistency(recipe: dict[str, Any]) -> None:
                           "tokens are the mapper's input; make prefix_length at least prompt_length")
 
 
-DATA_SOURCE_KEYS = {"manifest": str, "weight": float, "task": str, "templates": dict, "prompt": str, "format": str}
+# a Hugging Face dataset's columns a data table may rename (pengi_kit.data.hf)
+HF_COLUMNS = ("audio", "text", "prompt", "messages", "audios")
+DATA_SOURCE_KEYS = {"manifest": str, "weight": float, "task": str, "templates": dict, "prompt": str, "format": str,
+                    "columns": dict, "split": str}
 
 
 def _check_data_sources(recipe: dict[str, Any]) -> None:
@@ -571,6 +574,10 @@ def _check_data_sources(recipe: dict[str, Any]) -> None:
                 if {"prompt", "task", "templates"} & set(entry):
                     raise RecipeError(f"{where}: a conversation file's rows bring their own questions; remove "
                                       "prompt, task and templates")
+            for key, column in entry.get("columns", {}).items():
+                if key not in HF_COLUMNS or not isinstance(column, str):
+                    raise RecipeError(f"{where}.columns.{key}: expected one of {', '.join(HF_COLUMNS)} naming a "
+                                      f"column (a string), got {key} = {column!r}")
             templates = entry.get("templates", {})
             if "prompt" in entry and templates:
                 raise RecipeError(f"{where}: prompt and templates together, but the prompt replaces every "

@@ -11,6 +11,7 @@ from typing import Any
 from pengi_kit.data.augment import Augment
 from pengi_kit.data.base import PengiDataset
 from pengi_kit.data.conversations import is_conversation_file
+from pengi_kit.data.hf import HFDataset, is_hf_source
 from pengi_kit.data.dataset import ConversationDataset, ManifestDataset, MixtureDataset, SyntheticDataset
 from pengi_kit.data.shards import ShardDataset, is_shard_source
 from pengi_kit.data.synthetic import SyntheticCorpus
@@ -55,6 +56,11 @@ def build_dataset(recipe: dict[str, Any], split: str, sample_rate: int,
         name = entry["manifest"]
         if name == "synthetic":
             built.append(SyntheticDataset(synthetic_corpus(recipe, split, sample_rate, clip_seconds), task, augment))
+        elif is_hf_source(name):
+            built.append(HFDataset(name, sample_rate, clip_seconds, crop, recipe["seed"], columns=entry.get("columns"),
+                                   split=entry.get("split"), prompt=entry.get("prompt"),
+                                   chat=recipe["model"].get("layout") == "chat",
+                                   max_seconds=data["max_seconds"], stream=stream, augment=augment))
         elif is_shard_source(name):
             baked = [key for key in ("prompt", "task", "templates") if key in entry]
             if baked:  # `data shard` wrote each row's prompt into the shards

@@ -1,0 +1,105 @@
+"""Hugging Face datasets as a source: a dataset saved with save_to_disk (and as Parquet) with an
+Audio column trains and validates, Pengi rows and chat rows; its audio is decoded by pengi-kit's
+own path (a corrupt clip is one line naming the row); bad tables are named."""
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+datasets = pytest.importorskip("datasets")
+
+from pengi_kit.data.build import build_dataset  # noqa: E402
+from pengi_kit.data.collate import collate  # noqa: E402
+from pengi_kit.errors import RecipeError  # noqa: E402
+from pengi_kit.recipe import from_dict  # noqa: E402
+from pengi_kit.testing import tiny_recipe  # noqa: E402
+
+KINDS = ("low tone", "high tone")
+
+
+def _wav(kind: str, rng: np.random.Generator) -> bytes:
+    hz = rng.uniform(200, 400) if kind == "low tone" else rng.uniform(2000, 4000)
+    buf = io.BytesIO()
+    sf.write(buf, 0.5 * np.sin(2 * np.pi * hz * np.arange(8000) / 16000), 16000, format="WAV")
+    return buf.getvalue()
+
+
+def _pengi_rows(n: int, seed: int) -> dict[str, list]:
+    rng = np.random.default_rng(seed)
+    kinds = [KINDS[i % 2] for i in range(n)]
+    return {"audio": [{"bytes": _wav(k, rng), "path": f"{i}.wav"} for i, k in enumerate(kinds)], "caption": kinds}
+
+
+def _train(raw: dict, tmp_path) -> list[dict]:
+    from pengi_kit.engine.trainer import Trainer
+
+    Trainer(from_dict(raw), progress=False).fit()
+    return [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_saved_dataset_with_an_audio_column_trains_and_validates(tmp_path):
+    rows = _pengi_rows(24, 0)
+    rows["audio"][5] = {"bytes": b"RIFF\x00\x00\x00\x00WAVEnot audio", "path": "broken.wav"}
+    ds = datasets.Dataset.from_dict(rows).cast_column("audio", datasets.Audio())
+    datasets.DatasetDict({"train": ds, "test": ds.select(range(8))}).save_to_disk(str(tmp_path / "hf"))
+    table = {"manifest": str(tmp_path / "hf"), "split": "train", "columns": {"text": "caption"},
+             "prompt": "this is a sound of"}
+    raw = tiny_recipe(tmp_path / "run", train={"max_steps": 8, "eval_every": 4})
+    raw["data"].update(train=[table], valid=[{**table, "split": "test"}])
+    recipe = from_dict(raw)
+    data = build_dataset(recipe, "train", 16000, 0.5)
+    assert len(data) == 24 and data[1]["text"] == "high tone" and data[1]["prompt"] == "this is a sound of"
+    assert data[1]["audio"].shape == (8000,) and abs(float(np.abs(data[1]["audio"]).max()) - 0.5) < 0.01
+    assert data[5] == {"error": data[5]["error"]} and data[5]["error"].startswith(f"{tmp_path / 'hf'}:row 5: ")
+    metrics = _train(raw, tmp_path)
+    losses = [m["loss"] for m in metrics if "loss" in m]
+    assert len(losses) == 8 and losses[-1] < losses[0]
+    assert sum("valid_loss" in m for m in metrics) == 2
+    # a dataset of several splits needs one named; a missing column is named with those there are
+    with pytest.raises(RecipeError, match="a dataset of splits train, test; name one with split"):
+        build_dataset(from_dict(raw, [f'data.train=[{{manifest = "{tmp_path / "hf"}"}}]']), "train", 16000, 0.5)
+    with pytest.raises(RecipeError, match=r"no column 'text' for the rows' text \(columns: audio, caption\)"):
+        build_dataset(from_dict(raw, [f'data.train=[{{manifest = "{tmp_path / "hf"}", split = "train"}}]']),
+                      "train", 16000, 0.5)
+    with pytest.raises(RecipeError, match=r"columns.label: expected one of audio, text"):
+        from_dict(raw, [f'data.train=[{{manifest = "x.parquet", columns = {{label = "y"}}}}]'])
+    # the same rows as Parquet
+    ds.to_parquet(str(tmp_path / "rows.parquet"))
+    parquet = build_dataset(from_dict(raw, [f'data.train=[{{manifest = "{tmp_path / "rows.parquet"}", columns = '
+                                            '{text = "caption"}, prompt = "this is a sound of"}]']), "train", 16000, 0.5)
+    assert len(parquet) == 24 and np.array_equal(parquet[3]["audio"], data[3]["audio"])
+
+
+def test_conversations_with_a_list_of_audio_train_in_the_chat_layout(tmp_path):
+    rng = np.random.default_rng(1)
+    rows = {"messages": [], "audios": []}
+    for i in range(16):
+        a, b = KINDS[i % 2], KINDS[(i // 2) % 2]
+        rows["messages"].append([{"role": "user", "content": "<audio><audio>question: is there a high tone?"},
+                                 {"role": "assistant", "content": "yes" if "high tone" in (a, b) else "no"}])
+        rows["audios"].append([{"bytes": _wav(a, rng), "path": None}, {"bytes": _wav(b, rng), "path": None}])
+    rows["messages"][3] = [{"role": "assistant", "content": "no"}]  # a bad row: the assistant first
+    ds = datasets.Dataset.from_dict(rows).cast_column("audios", datasets.List(datasets.Audio()))
+    assert isinstance(ds.features["audios"].feature, datasets.Audio)  # an Audio list, as the hub keeps them
+    ds.save_to_disk(str(tmp_path / "chat"))
+    raw = tiny_recipe(tmp_path / "run", train={"max_steps": 6})
+    del raw["model"]["text_mapper"]
+    raw["model"]["layout"] = "chat"
+    raw["data"].update(train=str(tmp_path / "chat"), valid="")
+    data = build_dataset(from_dict(raw), "train", 16000, 0.5)
+    item = data[0]
+    assert [m["role"] for m in item["messages"]] == ["user", "assistant"] and len(item["audios"]) == 2
+    assert data[3]["error"] == f"{tmp_path / 'chat'}:row 3: the conversation starts with an assistant turn (begin " \
+                               "with a user turn (after an optional system prompt))"
+    batch = collate([data[i] for i in range(4)])
+    assert len(batch["conversations"]) == 3 and batch["audio"].shape == (6, 8000) and len(batch["errors"]) == 1
+    losses = [m["loss"] for m in _train(raw, tmp_path) if "loss" in m]
+    assert len(losses) == 6 and losses[-1] < losses[0]
+    raw["model"]["layout"] = "prefix"
+    raw["model"]["text_mapper"] = {"name": "transformer", "prefix_length": 16, "num_layers": 1, "num_heads": 2}
+    with pytest.raises(RecipeError, match="rows of conversations .* set model.layout"):
+        build_dataset(from_dict(raw), "train", 16000, 0.5)
