@@ -601,6 +601,9 @@ def check_files(recipe: dict[str, Any]) -> None:
     ``tokenizer``) and the data sources. Run before any model is built or weight downloaded,
     so that ``validate`` refuses what ``train`` could not start. Checkpoints do not need it:
     their recipes may name training data that is long gone."""
+    import glob
+
+    from pengi_kit.data.hf import is_hf_source
     from pengi_kit.data.shards import is_shard_source, resolve_shards
     from pengi_kit.sources import looks_local, weight_sources
 
@@ -617,7 +620,11 @@ def check_files(recipe: dict[str, Any]) -> None:
             where = f"data.{split}" + ("" if isinstance(entries, str) else f"[{i}].manifest")
             if not name or name == "synthetic":
                 continue
-            if is_shard_source(name):
+            if is_hf_source(name):
+                if not Path(name).is_dir() and not glob.glob(name):
+                    raise RecipeError(f"{where}: '{name}' matches no file (paths are relative to the current "
+                                      f"directory, {Path.cwd()})")
+            elif is_shard_source(name):
                 try:
                     resolve_shards(name)
                 except PengiKitError as exc:

@@ -103,3 +103,17 @@ def test_conversations_with_a_list_of_audio_train_in_the_chat_layout(tmp_path):
     raw["model"]["text_mapper"] = {"name": "transformer", "prefix_length": 16, "num_layers": 1, "num_heads": 2}
     with pytest.raises(RecipeError, match="rows of conversations .* set model.layout"):
         build_dataset(from_dict(raw), "train", 16000, 0.5)
+
+
+def test_validate_accepts_what_train_reads(tmp_path):
+    from pengi_kit.recipe import check_files
+
+    datasets.Dataset.from_dict(_pengi_rows(4, 2)).cast_column("audio", datasets.Audio()).save_to_disk(
+        str(tmp_path / "hf"))
+    raw = tiny_recipe(tmp_path / "run")
+    raw["data"].update(train=[{"manifest": str(tmp_path / "hf"), "columns": {"text": "caption"}, "prompt": "a"}],
+                       valid=str(tmp_path / "rows-*.parquet"))
+    with pytest.raises(RecipeError, match=r"data.valid: '.*rows-\*.parquet' matches no file"):
+        check_files(from_dict(raw))
+    datasets.load_from_disk(str(tmp_path / "hf")).to_parquet(str(tmp_path / "rows-0.parquet"))
+    check_files(from_dict(raw))
