@@ -528,8 +528,6 @@ def _check_consistency(recipe: dict[str, Any]) -> None:
                           "tokens are the mapper's input; make prefix_length at least prompt_length")
 
 
-# a Hugging Face dataset's columns a data table may rename (pengi_kit.data.hf)
-HF_COLUMNS = ("audio", "text", "prompt", "messages", "audios")
 DATA_SOURCE_KEYS = {"manifest": str, "weight": float, "task": str, "templates": dict, "prompt": str, "format": str,
                     "columns": dict, "split": str}
 
@@ -575,8 +573,10 @@ def _check_data_sources(recipe: dict[str, Any]) -> None:
                     raise RecipeError(f"{where}: a conversation file's rows bring their own questions; remove "
                                       "prompt, task and templates")
             for key, column in entry.get("columns", {}).items():
-                if key not in HF_COLUMNS or not isinstance(column, str):
-                    raise RecipeError(f"{where}.columns.{key}: expected one of {', '.join(HF_COLUMNS)} naming a "
+                from pengi_kit.data.hf import COLUMNS
+
+                if key not in COLUMNS or not isinstance(column, str):
+                    raise RecipeError(f"{where}.columns.{key}: expected one of {', '.join(COLUMNS)} naming a "
                                       f"column (a string), got {key} = {column!r}")
             templates = entry.get("templates", {})
             if "prompt" in entry and templates:

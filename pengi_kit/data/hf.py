@@ -31,12 +31,11 @@ from pengi_kit.data.augment import Augment, augment
 from pengi_kit.data.base import PengiDataset
 from pengi_kit.data.collate import clip_key
 from pengi_kit.errors import PengiKitError, RecipeError
-from pengi_kit.recipe import HF_COLUMNS
 
 __all__ = ["COLUMNS", "HFDataset", "is_hf_source"]
 
 #: the columns a recipe's ``columns`` table may rename, by default of the same names
-COLUMNS = {key: key for key in HF_COLUMNS}
+COLUMNS = {key: key for key in ("audio", "text", "prompt", "messages", "audios")}
 _FILES = (".parquet", ".arrow")
 
 
