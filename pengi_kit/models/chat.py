@@ -110,6 +110,10 @@ class ChatModel(PengiModel):
         self.template = ChatTemplate(lm.tokenizer, template)
         lm.end_of_turn_id = self.template.end_of_turn_id  # what ends a generated answer
         self.prefix_length = audio_mapper.prefix_length  # per clip
+        config = getattr(getattr(lm, "model", None), "config", None)
+        #: the longest sequence the LM takes (learned positions: GPT-2's n_positions; else unbounded)
+        self.max_positions = (int(config.get_text_config().max_position_embeddings)
+                              if config is not None and config.model_type in ("gpt2", "opt", "gpt_neo") else 10**9)
 
     # -------------------------------------------------------------- inputs
     def tokenize_targets(self, texts: list[str]) -> dict[str, torch.Tensor]:
@@ -162,6 +166,10 @@ class ChatModel(PengiModel):
                     marks.append(labels.new_full((len(clip),), -100))
                 start = cut + 1
             rows.append((torch.cat(embeds), torch.cat(marks)))
+        longest = max((len(e) for e, _ in rows), default=0)
+        if longest > self.max_positions:
+            raise PengiKitError(f"a conversation of {longest} positions (text and audio tokens) is longer than the "
+                                f"LM's {self.max_positions}; shorten it, or use an LM of more positions")
         return rows
 
     def chat_prefix(self, audio_tokens: Prefix, conversations: list[list[dict[str, str]]]) -> Prefix:

@@ -182,3 +182,16 @@ def test_scoring_generation_and_training_see_the_same_sequence(tmp_path):
     raw = tiny_recipe(tmp_path / "prefix")
     with pytest.raises(PengiKitError, match="prefix layout"):
         Pengi(build_model(from_dict(raw))).chat([{"role": "user", "content": "hi"}])
+
+
+def test_a_conversation_longer_than_the_lms_positions_is_one_clear_line(tmp_path):
+    from pengi_kit.models import build_model
+
+    raw = tiny_recipe(tmp_path / "run")  # GPT-2 of 64 positions
+    del raw["model"]["text_mapper"]
+    raw["model"]["layout"] = "chat"
+    model = build_model(from_dict(raw))
+    long = [{"role": "user", "content": "<audio>" + "is there a low tone? " * 20}, {"role": "assistant", "content": "no"}]
+    batch = {"conversations": [long], "prompts": [""], "texts": ["no"], "audio": torch.zeros(1, 8000), "clips": ["a"]}
+    with pytest.raises(PengiKitError, match=r"a conversation of \d+ positions .* longer than the LM's 64"):
+        model(**model.batch_inputs(batch))
