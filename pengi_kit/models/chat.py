@@ -210,26 +210,54 @@ class ChatModel(PengiModel):
                               reduction="none").view_as(labels)
         return -nll.sum(1), (labels != -100).sum(1)
 
+    def clip_tokens(self, audio: torch.Tensor, input_ids: torch.Tensor,
+                    audio_lengths: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Each clip's audio tokens (k_i, D) in the order the rows place them: ``audio`` (B, C, T)
+        holds row b's clips in its first ``count_b`` places, ``count_b`` the row's
+        :data:`AUDIO_SLOT` count."""
+        held = self._held(audio, input_ids)
+        if not bool(held.any()):
+            return []
+        return prefix_rows(self.audio_prefix(audio[held], None if audio_lengths is None else audio_lengths[held]))
+
+    @staticmethod
+    def _held(audio: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        """(B, C): which places of ``audio`` hold a clip."""
+        counts = (input_ids == AUDIO_SLOT).sum(1)
+        return torch.arange(audio.shape[1], device=audio.device)[None] < counts.to(audio.device)[:, None]
+
     def forward(self, audio: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 target_mask: torch.Tensor, clip_key: torch.Tensor | None = None,
                 audio_lengths: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Summed cross-entropy over the assistant turns' tokens and their count; ``audio`` (N, T)
-        holds the batch's clips in the order their ``<audio>`` come."""
-        logp, tokens = self.sequence_logprobs(self.audio_prefix(audio, audio_lengths), input_ids, attention_mask,
-                                              target_mask)
+        """Summed cross-entropy over the assistant turns' tokens and their count; ``audio``
+        (B, C, T): each row's clips in the order its ``<audio>`` come (:meth:`clip_tokens`)."""
+        logp, tokens = self.sequence_logprobs(self.clip_tokens(audio, input_ids, audio_lengths), input_ids,
+                                              attention_mask, target_mask)
         return {"loss_sum": -logp.sum(), "tokens": tokens.sum()}
 
     # -------------------------------------------------------------- the engine's protocol
     def batch_inputs(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """A collated batch -> forward's inputs. Conversations (``batch["conversations"]``, their
-        clips in ``audio`` one after another), or Pengi's rows as one turn each. ``clip_key`` names
-        each clip, not each row."""
+        """A collated batch -> forward's inputs, batch-first: conversations (``batch["conversations"]``,
+        their clips in ``audio`` one after another), or Pengi's rows as one turn each. ``audio``
+        becomes (B, C, T), a row's clips in its first places (zeros after), as do the clips'
+        ``audio_lengths`` and ``clip_key`` (B, C)."""
         conversations = batch.get("conversations") or [single_turn(p, t) for p, t in zip(batch["prompts"],
                                                                                           batch["texts"])]
-        inputs = {"audio": batch["audio"], **self.encode_batch(conversations),
-                  "clip_key": string_keys(batch.get("clips") or [f"clip:{i}" for i in range(len(batch["audio"]))])}
-        if self.frames and "audio_lengths" in batch:
-            inputs["audio_lengths"] = batch["audio_lengths"]
+        encoded = self.encode_batch(conversations)
+        flat = batch["audio"]
+        lengths = batch.get("audio_lengths", torch.full((len(flat),), flat.shape[-1]))
+        keys = string_keys(batch.get("clips") or [f"clip:{i}" for i in range(len(flat))])
+        counts = (encoded["input_ids"] == AUDIO_SLOT).sum(1)
+        if int(counts.sum()) != len(flat):
+            raise PengiKitError(f"the batch places {int(counts.sum())} clips but holds {len(flat)}")
+        width = int(counts.max()) if len(counts) else 0
+        audio = flat.new_zeros(len(counts), width, flat.shape[-1])
+        per_row = {"audio_lengths": lengths.new_zeros(len(counts), width), "clip_key": keys.new_zeros(len(counts), width)}
+        held = self._held(audio, encoded["input_ids"])
+        audio[held], per_row["audio_lengths"][held], per_row["clip_key"][held] = flat, lengths, keys
+        inputs = {"audio": audio, **encoded, "clip_key": per_row["clip_key"]}
+        if self.frames:  # a frame encoder keeps each clip's own frames
+            inputs["audio_lengths"] = per_row["audio_lengths"]
         return inputs
 
     def lm_tokens(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -254,28 +282,30 @@ class ChatModel(PengiModel):
         clips, a one-word question, an answer of ``target_length`` words."""
         dev = next(self.parameters()).device
         batch = self.encode_batch([single_turn("a", " ".join(["a"] * target_length))] * n)
-        return {"audio": self.silent_clips(n), **{k: v.to(dev) for k, v in batch.items()}}
+        return {"audio": self.silent_clips(n)[:, None], **{k: v.to(dev) for k, v in batch.items()}}
 
     @torch.no_grad()
     def validation_sums(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The validation loss, and the listening check with each clip's tokens swapped for those of
         another clip (:func:`~pengi_kit.models.listening.partners` of the clip keys)."""
-        audio = prefix_rows(self.audio_prefix(inputs["audio"], inputs.get("audio_lengths")))
+        audio = self.clip_tokens(inputs["audio"], inputs["input_ids"], inputs.get("audio_lengths"))
         args = inputs["input_ids"], inputs["attention_mask"], inputs["target_mask"]
         logp, tokens = self.sequence_logprobs(audio, *args)
         sums = {"valid_loss": torch.stack([-logp.double().sum(), tokens.double().sum()])}
-        keys = inputs.get("clip_key", torch.arange(len(audio)))
+        keys = inputs["clip_key"][self._held(inputs["audio"], inputs["input_ids"])] if "clip_key" in inputs else \
+            torch.arange(len(audio))
         index = partners(keys.tolist())
         if min(index, default=-1) < 0:
             return sums
         swapped, _ = self.sequence_logprobs([audio[j] for j in index], *args)
-        # the row each row's first clip is swapped in from: do the two answers differ?
+        # the row each row's first clip is swapped in from: do the two answers differ? (rows without
+        # a clip are left out: nothing of theirs is swapped)
         row_of = (inputs["input_ids"] == AUDIO_SLOT).nonzero()[:, 0].tolist()
         answers = [tuple(ids[m.bool()].tolist()) for ids, m in zip(inputs["input_ids"], inputs["target_mask"])]
         first = {row: clip for clip, row in reversed(list(enumerate(row_of)))}
-        differ = torch.tensor([answers[row_of[index[first[r]]]] != answers[r] for r in range(len(answers))],
-                              device=logp.device)
-        keep = torch.ones_like(differ)
+        keep = torch.tensor([r in first for r in range(len(answers))], device=logp.device)
+        differ = torch.tensor([r in first and answers[row_of[index[first[r]]]] != answers[r]
+                               for r in range(len(answers))], device=logp.device)
         return {**sums, **listening_sums(-logp, -swapped, tokens, keep, differ)}
 
 

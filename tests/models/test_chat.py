@@ -195,3 +195,29 @@ def test_a_conversation_longer_than_the_lms_positions_is_one_clear_line(tmp_path
     batch = {"conversations": [long], "prompts": [""], "texts": ["no"], "audio": torch.zeros(1, 8000), "clips": ["a"]}
     with pytest.raises(PengiKitError, match=r"a conversation of \d+ positions .* longer than the LM's 64"):
         model(**model.batch_inputs(batch))
+
+
+def test_inputs_are_batch_first_so_micro_batches_add_up(tmp_path):
+    """Rows of two, one and no clips: any slice of the rows (the trainer's grad_accum micro-batches)
+    carries its own clips, and the slices' losses add up to the whole batch's."""
+    from pengi_kit.models import build_model
+
+    raw = tiny_recipe(tmp_path / "run")
+    del raw["model"]["text_mapper"]
+    raw["model"]["layout"] = "chat"
+    model = build_model(from_dict(raw)).eval()
+    conversations = [
+        [{"role": "user", "content": "<audio><audio>is there a low tone?"}, {"role": "assistant", "content": "no"}],
+        [{"role": "user", "content": "is there a tone?"}, {"role": "assistant", "content": "yes"}],
+        [{"role": "user", "content": "<audio>what is it?"}, {"role": "assistant", "content": "a high tone"}],
+    ]
+    batch = {"conversations": conversations, "prompts": [""] * 3, "texts": ["no", "yes", "a high tone"],
+             "audio": torch.randn(3, 8000) * 0.1, "clips": ["a", "b", "c"]}
+    inputs = model.batch_inputs(batch)
+    assert inputs["audio"].shape == (3, 2, 8000) and torch.equal(inputs["audio"][2, 0], batch["audio"][2])
+    with torch.no_grad():
+        whole = model(**inputs)["loss_sum"]
+        parts = [model(**{k: v[a:b] for k, v in inputs.items()})["loss_sum"] for a, b in ((0, 1), (1, 3))]
+        sums = model.validation_sums(inputs)
+    torch.testing.assert_close(sum(parts), whole)
+    assert sums["listening"][1] == 2  # the row without a clip has nothing to swap
