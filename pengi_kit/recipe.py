@@ -164,6 +164,10 @@ SCHEMA: dict[str, dict[str, Field]] = {
     },
     "train": {
         "batch_size": Field(int, 32, "Clips per optimiser step (before gradient accumulation).", range=">= 1"),
+        "batch_seconds": Field(float, 0.0, "Batches by duration instead: at most this many seconds of padded audio "
+                               "per batch and process (its rows times its longest row), rows of similar duration "
+                               "together; 0: batch_size rows. For encoders that take clips of any length; see "
+                               "docs/training.md, 'Batches by duration'.", range=">= 0"),
         "epochs": Field(int, 1, "Passes over the training data (ignored when max_steps > 0).", range=">= 1"),
         "max_steps": Field(int, 0, "Optimiser steps to run; 0 means epochs decide.", range=">= 0"),
         "grad_accum": Field(int, 1, "Micro-batches accumulated per optimiser step.", range=">= 1"),

@@ -37,5 +37,11 @@ class PengiDataset:
         not cheap to know (batches are then not bucketed)."""
         return None
 
+    def durations(self) -> np.ndarray | None:
+        """Seconds of audio of each example (a conversation: all its clips), as the loader will give
+        them (cut to the encoder's clip), for batching by duration; None where that is not cheap
+        to know."""
+        return None
+
     def set_epoch(self, epoch: int) -> None:
         """Draw the crops (and shuffles) of ``epoch`` from now on; nothing to do for data without any."""

@@ -21,7 +21,24 @@ from pengi_kit.data.collate import clip_key
 from pengi_kit.data.synthetic import PROMPTS_PER_CLIP, SyntheticCorpus
 from pengi_kit.errors import PengiKitError
 
-__all__ = ["ConversationDataset", "ManifestDataset", "MixtureDataset", "SyntheticDataset"]
+__all__ = ["ConversationDataset", "ManifestDataset", "MixtureDataset", "SyntheticDataset", "seconds_of"]
+
+
+def seconds_of(path: Any, start: float | None = None, end: float | None = None,
+               clip_seconds: float | None = None) -> float:
+    """Seconds of a file (or of its ``[start, end)`` segment) from its header, cut to ``clip_seconds``
+    (a clip the encoder repeat-pads to it counts it whole); 0 for a file that cannot be opened (its
+    rows are reported when they load)."""
+    from pengi_kit.data.audio import audio_info
+
+    if clip_seconds:
+        return float(clip_seconds)
+    try:
+        info = audio_info(path)
+    except PengiKitError:
+        return 0.0
+    length = info["frames"] / info["rate"]
+    return max(0.0, min(length, end if end is not None else length) - (start or 0.0))
 
 
 class SyntheticDataset(PengiDataset, Dataset):
@@ -42,6 +59,9 @@ class SyntheticDataset(PengiDataset, Dataset):
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def durations(self) -> np.ndarray:
+        return np.full(len(self), self.corpus.clip_seconds)
 
     def __len__(self) -> int:
         return self.per_clip * len(self.corpus)
@@ -97,6 +117,9 @@ class ManifestDataset(PengiDataset, Dataset):
         """Characters of each target text, for batching texts of similar length."""
         return np.array([len(ex.text) for ex in self.examples], dtype=np.int64)
 
+    def durations(self) -> np.ndarray:
+        return np.array([seconds_of(ex.audio, ex.start, ex.end, self.clip_seconds) for ex in self.examples])
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         from pengi_kit.data.audio import load_audio
 
@@ -137,6 +160,15 @@ class ConversationDataset(PengiDataset, Dataset):
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def durations(self) -> np.ndarray:
+        """Seconds of each conversation's clips together (a clip held in the file: the encoder's clip,
+        or 10 s)."""
+        from pengi_kit.data.conversations import InlineAudio
+
+        return np.array([sum(self.clip_seconds or 10.0 if isinstance(clip, InlineAudio) else
+                             seconds_of(clip, clip_seconds=self.clip_seconds) for clip in row.audios)
+                         for row in self.rows])
 
     def text_lengths(self) -> np.ndarray:
         """Characters of each conversation's text."""
@@ -198,6 +230,10 @@ class MixtureDataset(PengiDataset, Dataset):
 
     def __len__(self) -> int:
         return self.total
+
+    def durations(self) -> np.ndarray | None:
+        parts = [s.durations() for s in self.sources]
+        return None if any(p is None for p in parts) else np.concatenate(parts)
 
     def text_lengths(self) -> np.ndarray | None:
         parts = [s.text_lengths() for s in self.sources]

@@ -21,7 +21,8 @@ from torch.utils.data import DataLoader, DistributedSampler, IterableDataset
 
 from pengi_kit.data.base import PengiDataset
 from pengi_kit.data.collate import collate
-from pengi_kit.data.sampler import BucketBatchSampler
+from pengi_kit.data.sampler import BucketBatchSampler, DurationBatchSampler
+from pengi_kit.errors import PengiKitError
 
 __all__ = ["TrainLoader", "eval_loader"]
 
@@ -60,13 +61,24 @@ class TrainLoader:
 
     def __init__(self, dataset: PengiDataset, batch_size: int, *, seed: int = 0, rank: int = 0,
                  world_size: int = 1, num_workers: int = 0, pin_memory: bool = False,
-                 bucket_batches: int = 50, mixup: float = 0.0) -> None:
+                 bucket_batches: int = 50, mixup: float = 0.0, batch_seconds: float = 0.0) -> None:
         self.dataset, self.batch_size, self.seed, self.mixup = dataset, batch_size, seed, mixup
         self.rank, self.world_size = rank, world_size
         self.num_workers, self.pin_memory = num_workers, pin_memory
-        self.sampler: BucketBatchSampler | None = None
+        self.sampler: BucketBatchSampler | DurationBatchSampler | None = None
         if isinstance(dataset, IterableDataset):
+            if batch_seconds:
+                raise PengiKitError("train.batch_seconds batches by duration, which a stream of shards does not "
+                                    "know ahead; use train.batch_size, or manifests")
             dataset.configure(batch_size=batch_size, rank=rank, world_size=world_size, train=True)  # type: ignore[attr-defined]
+        elif batch_seconds:
+            sizes, weights = dataset.mixture()
+            durations = dataset.durations()
+            if durations is None:
+                raise PengiKitError(f"train.batch_seconds batches by duration, which {type(dataset).__name__} does "
+                                    "not know ahead; use train.batch_size")
+            self.sampler = DurationBatchSampler(sizes, durations, batch_seconds, weights=weights,
+                                                num_replicas=world_size, rank=rank, seed=seed)
         else:
             sizes, weights = dataset.mixture()
             self.sampler = BucketBatchSampler(
@@ -82,6 +94,8 @@ class TrainLoader:
         """``(used, drawn)``: examples in the whole batches of an epoch, over every rank, and
         examples drawn for it; the ``drawn - used`` left over fill no batch and sit out (the
         sampler rotates which ones; a shard stream leaves out a random tail each epoch)."""
+        if isinstance(self.sampler, DurationBatchSampler):
+            return self.sampler.examples_per_epoch, self.sampler.draws_per_epoch
         used = len(self) * self.batch_size * self.world_size
         if self.sampler is None:
             return used, self.dataset.num_examples()

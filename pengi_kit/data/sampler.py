@@ -31,7 +31,7 @@ from typing import Iterator, Sequence
 import numpy as np
 from torch.utils.data import Sampler
 
-__all__ = ["BucketBatchSampler", "epoch_draws"]
+__all__ = ["BucketBatchSampler", "DurationBatchSampler", "epoch_draws"]
 
 
 def epoch_draws(sizes: Sequence[int], weights: Sequence[float], rng: np.random.Generator) -> np.ndarray:
@@ -147,3 +147,86 @@ class BucketBatchSampler(Sampler[list[int]]):
         lo, hi = self.rank * self.batch_size, (self.rank + 1) * self.batch_size
         for batch in self.global_batches()[self.start_batch :]:
             yield batch[lo:hi].tolist()
+
+
+class DurationBatchSampler(Sampler[list[int]]):
+    """Batches of similar duration holding at most ``budget`` seconds of padded audio each (its
+    rows times its longest row), instead of a fixed number of rows: short clips travel in large
+    batches, long ones in small ones, and little of any batch is padding (``train.batch_seconds``).
+
+    The examples are put in ``buckets`` by duration, quantiles of the examples' durations fixed
+    for the run; bucket ``b`` (longest duration ``d_b``) batches ``s_b = budget // d_b`` rows (at
+    least 1, and no more than the bucket's draws). Each epoch draws as :class:`BucketBatchSampler` does (weights), and bucket ``b`` gives
+    ``G_b`` global batches of ``s_b * num_replicas`` draws, sorted by duration within the
+    bucket; ``G_b`` is fixed for the run (the bucket's expected draws), so every epoch has the
+    same steps: draws over it sit out (different ones each epoch), and a shortfall (a fractional
+    weight's draw) is made up with repeated draws of the bucket. The epoch's batches are then
+    shuffled; rank ``r`` takes slice ``r`` of each. A pure function of ``(seed, epoch,
+    num_replicas, rank)``; ``start_batch`` resumes mid-epoch exactly.
+    """
+
+    def __init__(self, sizes: Sequence[int], durations: Sequence[float] | np.ndarray, budget: float, *,
+                 weights: Sequence[float] | None = None, num_replicas: int = 1, rank: int = 0, seed: int = 0,
+                 buckets: int = 16) -> None:
+        if not budget > 0:
+            raise ValueError(f"budget must be positive, got {budget}")
+        self.sizes = [int(n) for n in sizes]
+        self.weights = [1.0] * len(sizes) if weights is None else list(weights)
+        self.total = sum(self.sizes)
+        self.durations = np.asarray(durations, dtype=np.float64)
+        if len(self.durations) != self.total:
+            raise ValueError(f"durations has {len(self.durations)} entries for {self.total} examples")
+        self.num_replicas, self.rank, self.seed = num_replicas, rank, seed
+        self.epoch = self.start_batch = 0
+        edges = np.quantile(self.durations, np.linspace(0, 1, buckets + 1)[1:-1]) if self.total else np.zeros(0)
+        self.bucket = np.searchsorted(edges, self.durations, side="left")  # each example's bucket
+        source_weight = np.repeat(self.weights, self.sizes)
+        self.rows, self.batches = {}, {}  # bucket -> rows per batch, global batches per epoch
+        for b in np.unique(self.bucket):
+            inside = self.bucket == b
+            expected = float(source_weight[inside].sum())  # draws of the bucket in an epoch, on average
+            fits = int(budget // max(float(self.durations[inside].max()), 1e-9))
+            self.rows[b] = max(1, min(fits, int(expected // num_replicas)))  # no more than the bucket holds
+            self.batches[b] = int(expected // (self.rows[b] * num_replicas))
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    @property
+    def draws_per_epoch(self) -> int:
+        return sum(int(round(w * n)) for n, w in zip(self.sizes, self.weights))
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return sum(self.batches.values())
+
+    @property
+    def examples_per_epoch(self) -> int:
+        """Draws in the epoch's batches, over every rank."""
+        return sum(self.batches[b] * self.rows[b] * self.num_replicas for b in self.batches)
+
+    def __len__(self) -> int:
+        return max(0, self.batches_per_epoch - self.start_batch)
+
+    def global_batches(self) -> list[np.ndarray]:
+        """The epoch's global batches (each ``rows * num_replicas`` draws), in their shuffled order."""
+        rng = np.random.default_rng([self.seed, self.epoch])
+        draws = rng.permutation(epoch_draws(self.sizes, self.weights, rng))
+        of_bucket = self.bucket[draws % self.total] if len(draws) else np.zeros(0, np.int64)
+        batches = []
+        for b, count in self.batches.items():
+            width = self.rows[b] * self.num_replicas
+            mine = draws[of_bucket == b]
+            need = count * width
+            if len(mine) < need:  # a fractional weight drew fewer than expected: repeat some
+                mine = np.concatenate([mine, rng.choice(mine if len(mine) else np.flatnonzero(self.bucket == b),
+                                                        need - len(mine))])
+            mine = mine[:need]
+            mine = mine[np.argsort(self.durations[mine % self.total], kind="stable")]
+            batches += list(mine.reshape(count, width))
+        return [batches[i] for i in rng.permutation(len(batches))]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.global_batches()[self.start_batch:]:
+            rows = len(batch) // self.num_replicas
+            yield batch[self.rank * rows:(self.rank + 1) * rows].tolist()

@@ -190,7 +190,7 @@ class Trainer:
         self.loader = TrainLoader(self.train_data, self.batch_size, seed=recipe["seed"], rank=self.dist.rank,
                                   world_size=self.dist.world_size, num_workers=data["num_workers"],
                                   pin_memory=self.dist.device.type == "cuda", bucket_batches=data["bucket_batches"],
-                                  mixup=data["augment"]["mixup"])
+                                  mixup=data["augment"]["mixup"], batch_seconds=recipe["train"]["batch_seconds"])
         self.steps_per_epoch = len(self.loader)
         if self.steps_per_epoch == 0:
             size = self.train_data.num_examples()
@@ -591,6 +591,7 @@ class Trainer:
         bar = progress_bar(self.total_steps, "training", "step", initial=self.step,
                            enabled=None if self.progress and self.dist.is_main else False)
         window_start, window_samples = time.perf_counter(), 0
+        window_audio = [0, 0]  # this process's audio samples in the window's batches: real, with padding
         check_every = min(train["log_every"], train["max_nonfinite_steps"])
         stop = 0
         while self.step < self.total_steps and not stop:
@@ -603,6 +604,9 @@ class Trainer:
                 self.step += 1
                 self.batch_in_epoch += 1
                 window_samples += len(batch["prompts"]) * self.dist.world_size
+                if usable and "audio_lengths" in batch:
+                    window_audio[0] += int(batch["audio_lengths"].sum())
+                    window_audio[1] += batch["audio"].numel()
                 if loss is None:
                     self._log_line(f"step {self.step}: every example of a batch was skipped; step skipped")
                     self._log({"event": "empty_batch", "step": self.step})
@@ -614,6 +618,8 @@ class Trainer:
                 if log_now and math.isfinite(losses.get(self.step, math.nan)):
                     seconds = max(time.perf_counter() - window_start, 1e-9)
                     record = self._speed(window_samples, seconds)
+                    if window_audio[1]:  # how much of the audio the encoder ran on is padding
+                        record["audio_padding"] = round(1 - window_audio[0] / window_audio[1], 4)
                     mfu = record["mfu"]
                     bar.set_postfix(loss=f"{losses[self.step]:.3f}", samples_s=f"{record['samples_per_s']:.0f}",
                                     **({"tokens_s": f"{record['tokens_per_s']:.0f}"} if "tokens_per_s" in record else {}),
@@ -623,7 +629,7 @@ class Trainer:
                 if log_now:
                     if self.threads is not None:
                         self.threads.update()
-                    window_start, window_samples = time.perf_counter(), 0
+                    window_start, window_samples, window_audio = time.perf_counter(), 0, [0, 0]
                     self._window_tokens = None
                     self._window_flops = 0.0
                 if train["eval_every"] and self.step % train["eval_every"] == 0:

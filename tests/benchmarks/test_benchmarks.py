@@ -105,3 +105,15 @@ def test_train_step_lora_mode_counts_adapters_and_saves_memory():
     assert full[3] - lora[3] > 0.5 * 12 * full[1] / 2**20, out
     assert all(r[2] > 0 and r[3] > 0 for r in rows.values()), out
     assert "LoRA / full fine-tuning: 0.0083x trainable LM parameters" in out, out
+
+
+def test_batching_by_duration_pads_less_and_trains_faster():
+    # issue 27: on the skewed corpus, batches by duration against fixed batches at equal memory
+    out = _run_script("benchmarks/batching.py", "--clips", "64")
+    rows = re.findall(r"(batch_size = 8|batch_seconds = 240): (\d+) steps, (\d+) examples, audio padding ([0-9.]+)%, "
+                      r"([0-9.]+) examples/s", out)
+    assert [r[0] for r in rows] == ["batch_size = 8", "batch_seconds = 240"], out
+    (_, _, _, fixed_pad, _), (_, _, _, timed_pad, _) = rows
+    assert float(timed_pad) < 10 < float(fixed_pad), out
+    ratio = float(re.search(r"batches by duration: ([0-9.]+)x", out).group(1))
+    assert ratio > 1.0, out

@@ -165,3 +165,60 @@ def test_plain_string_source_still_works(tmp_path):
     raw["data"]["train"] = str(path)
     dataset = build_dataset(from_dict(raw), "train", SR, 0.2)
     assert isinstance(dataset, ManifestDataset) and len(dataset) == 4
+
+
+# ---------------------------------------------------------------- batches by duration
+
+def test_duration_batches_fill_a_budget_with_little_padding_and_resume_exactly():
+    from pengi_kit.data.sampler import DurationBatchSampler
+
+    rng = np.random.default_rng(0)
+    durations = np.exp(rng.uniform(np.log(1), np.log(30), 500))  # 1-30 s, skewed to short clips
+    counts, padded = set(), []
+    for rank in (0, 1):
+        s = DurationBatchSampler([300, 200], durations, 60.0, weights=[1.0, 0.5], num_replicas=2, rank=rank, seed=3)
+        for epoch in range(3):
+            s.set_epoch(epoch)
+            epoch_batches = list(s)
+            counts.add(len(epoch_batches))
+            for batch in epoch_batches:
+                d = durations[np.array(batch) % 500]
+                assert len(batch) * d.max() <= 60.0 or len(batch) == 1
+                padded.append(1 - d.sum() / (len(batch) * d.max()))
+            s.set_epoch(epoch, start_batch=5)
+            assert list(s) == epoch_batches[5:]
+    assert len(counts) == 1  # every epoch and rank has the same steps
+    assert np.mean(padded) < 0.1, np.mean(padded)
+    # the two ranks split each global batch; the epochs differ
+    a, b = (DurationBatchSampler([300, 200], durations, 60.0, num_replicas=2, rank=r, seed=3) for r in (0, 1))
+    first = [x + y for x, y in zip(a, b)]
+    assert all(not set(x) & set(y) for x, y in zip(a, b)) and len(first[0]) == 2 * len(next(iter(a)))
+    a.set_epoch(1)
+    assert list(a) != [x[:len(x) // 2] for x in first]
+
+
+def test_batch_seconds_trains_and_resumes_bitwise(tmp_path):
+    from pengi_kit.engine.trainer import Trainer
+
+    lines = []
+    for i in range(24):  # 0.5 to 1.65 s
+        write(tmp_path / "c" / f"{i}.wav", tone(0.5 + 0.05 * i, SR, 200 + 40 * i, seed=i), SR, subtype="PCM_16")
+        lines.append(json.dumps({"audio": f"c/{i}.wav", "text": "a low tone" if i % 2 else "a high tone",
+                                 "prompt": "this is a sound of"}))
+    (tmp_path / "m.jsonl").write_text("\n".join(lines) + "\n")
+
+    def recipe(out, steps):
+        raw = tiny_recipe(tmp_path / out, train={"max_steps": steps, "save_every": 3, "batch_seconds": 4.0})
+        raw["model"]["audio_encoder"]["clip_seconds"] = 0  # clips of any length
+        raw["data"].update(train=str(tmp_path / "m.jsonl"), valid="")
+        return from_dict(raw, ["optim.warmup_steps=2"])
+
+    Trainer(recipe("full", 6), progress=False).fit()
+    Trainer(recipe("part", 3), progress=False).fit()
+    Trainer(recipe("part", 6), resume=True, progress=False).fit()
+    rows = {out: [json.loads(line) for line in (tmp_path / out / "metrics.jsonl").read_text().splitlines()]
+            for out in ("full", "part")}
+    losses = {out: [r["loss"] for r in rs if "loss" in r] for out, rs in rows.items()}
+    assert len(losses["full"]) == 6 and losses["part"] == losses["full"]
+    padding = [r["audio_padding"] for r in rows["full"] if "audio_padding" in r]
+    assert padding and max(padding) < 0.15, padding
