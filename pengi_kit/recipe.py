@@ -169,6 +169,9 @@ SCHEMA: dict[str, dict[str, Field]] = {
                                "together; 0: batch_size rows. For encoders that take clips of any length; see "
                                "docs/training.md, 'Batches by duration'.", range=">= 0"),
         "epochs": Field(int, 1, "Passes over the training data (ignored when max_steps > 0).", range=">= 1"),
+        "pack": Field(bool, False, "The chat layout: pack the rows of a batch into as few sequences as hold them "
+                      "(none longer than its longest row), each row attending only to itself: the same loss with less "
+                      "padding. Checked against the LM when the model is built; see docs/training.md."),
         "max_steps": Field(int, 0, "Optimiser steps to run; 0 means epochs decide.", range=">= 0"),
         "grad_accum": Field(int, 1, "Micro-batches accumulated per optimiser step.", range=">= 1"),
         "precision": Field(str, "fp32", "Autocast precision.", ("fp32", "bf16", "fp16")),
@@ -510,6 +513,9 @@ def _check_consistency(recipe: dict[str, Any]) -> None:
         if recipe["model"]["audio_encoder"].get("trainable", True):
             raise RecipeError("train.encoder_cache keeps a frozen encoder's outputs; set [model.audio_encoder] "
                               "trainable = false, or leave encoder_cache unset")
+    if train["pack"] and recipe["model"]["layout"] != "chat":
+        raise RecipeError("train.pack: packs the chat layout's conversations; set model.layout = \"chat\", or "
+                          "train.pack = false")
     if recipe["data"]["augment"]["mixup"] and recipe["task"] != "tagging":
         raise RecipeError(f"data.augment.mixup: mixes labels, which task '{recipe['task']}' does not have; "
                           "use it for task = 'tagging', or set it to 0")

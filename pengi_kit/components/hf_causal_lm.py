@@ -104,12 +104,14 @@ class HFCausalLM(nn.Module):
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model.get_input_embeddings()(input_ids)
 
-    def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+    def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None,
                 past_key_values: Any = None, position_ids: torch.Tensor | None = None,
                 use_cache: bool = False, logits_to_keep: int = 0) -> tuple[torch.Tensor, Any]:
         """``logits_to_keep=n`` computes logits for the last n positions only (0: all), as
         decoding needs just the last one after a long prefix. Without ``position_ids``, each
-        token's position is the number of unmasked tokens before it (:func:`positions`)."""
+        token's position is the number of unmasked tokens before it (:func:`positions`).
+        ``attention_mask=None`` with ``position_ids`` that start again at 0: sequences packed in
+        one row, each attending only to itself (transformers' packed format)."""
         if position_ids is None:
             position_ids = positions(attention_mask, inputs_embeds.shape[1], past_key_values)
         out = self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,

@@ -95,6 +95,35 @@ class ChatTemplate:
         return Encoded(ids, train)
 
 
+@torch.no_grad()
+def check_packing(lm: nn.Module) -> None:
+    """Refuse an LM whose attention does not keep packed sequences apart: two made-up sequences in
+    one row (positions starting again at 0, no mask) must give the logits they give alone."""
+    from pengi_kit.errors import RecipeError
+
+    config = getattr(getattr(lm, "model", None), "config", None)
+    name = getattr(config, "model_type", type(lm).__name__)
+    was = lm.training
+    lm.eval()
+    try:
+        g = torch.Generator().manual_seed(0)
+        a, b = (torch.randn(1, n, lm.hidden_size, generator=g) * 0.02 for n in (3, 4))
+        param = next(lm.parameters())
+        a, b = a.to(param), b.to(param)
+        alone = [lm(x, torch.ones(x.shape[:2], dtype=torch.long, device=param.device))[0] for x in (a, b)]
+        position = torch.tensor([[0, 1, 2, 0, 1, 2, 3]], device=param.device)
+        packed, _ = lm(torch.cat([a, b], 1), None, position_ids=position)
+        same = torch.allclose(packed, torch.cat(alone, 1), atol=1e-4, rtol=1e-3)
+    except Exception as exc:  # noqa: BLE001 - an LM that takes no position ids or no missing mask
+        raise RecipeError(f"train.pack: the LM ({name}) cannot take packed sequences ({type(exc).__name__}: "
+                          f"{exc}); set train.pack = false") from None
+    finally:
+        lm.train(was)
+    if not same:
+        raise RecipeError(f"train.pack: the LM ({name}) lets packed sequences attend to each other (its attention "
+                          "ignores the positions that start again); set train.pack = false")
+
+
 class ChatModel(PengiModel):
     """Audio encoder, projection and audio mapper as in Pengi; no prompt branch: the conversation's
     text reaches the LM through its own embeddings, and each clip's mapped tokens stand where its
@@ -104,10 +133,13 @@ class ChatModel(PengiModel):
 
     def __init__(self, audio_encoder: nn.Module, audio_mapper: nn.Module, lm: nn.Module, template: str,
                  projection_dim: int = 1024, normalize: bool = True, target_length: int = 77,
-                 projection_dropout: float = 0.5) -> None:
+                 projection_dropout: float = 0.5, pack: bool = False) -> None:
         super().__init__(audio_encoder, audio_mapper, None, lm, None, projection_dim, normalize, 1, target_length,
                          projection_dropout)
         self.template = ChatTemplate(lm.tokenizer, template)
+        self.pack = pack
+        if pack:
+            check_packing(lm)
         lm.end_of_turn_id = self.template.end_of_turn_id  # what ends a generated answer
         self.prefix_length = audio_mapper.prefix_length  # per clip
         config = getattr(getattr(lm, "model", None), "config", None)
@@ -226,13 +258,53 @@ class ChatModel(PengiModel):
         counts = (input_ids == AUDIO_SLOT).sum(1)
         return torch.arange(audio.shape[1], device=audio.device)[None] < counts.to(audio.device)[:, None]
 
+    def packed_nll(self, audio_tokens: list[torch.Tensor], input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                   target_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The summed negative log-likelihood of the tokens ``target_mask`` marks, and their count,
+        with the rows packed (first fit, longest first) into as few sequences as hold them, none
+        longer than the longest row: each row keeps its own positions (from 0) and attends only
+        to itself, so the loss is the unpacked one, with less padding."""
+        rows = self.splice(audio_tokens, input_ids, attention_mask, target_mask)
+        width = max(len(e) for e, _ in rows)
+        bins: list[list[int]] = []
+        room: list[int] = []
+        for i in sorted(range(len(rows)), key=lambda i: -len(rows[i][0])):
+            at = next((b for b, free in enumerate(room) if free >= len(rows[i][0])), None)
+            if at is None:
+                bins.append([])
+                room.append(width)
+                at = len(bins) - 1
+            bins[at].append(i)
+            room[at] -= len(rows[i][0])
+        first = rows[0][0]
+        embeds = first.new_zeros(len(bins), width, first.shape[-1])
+        labels = input_ids.new_full((len(bins), width), -100)
+        position = torch.zeros_like(labels)
+        for b, members in enumerate(bins):
+            at = 0
+            for i in members:
+                e, m = rows[i]
+                embeds[b, at:at + len(e)], labels[b, at:at + len(m)] = e, m
+                position[b, at:at + len(e)] = torch.arange(len(e), device=labels.device)
+                at += len(e)
+            position[b, at:] = torch.arange(width - at, device=labels.device)  # padding: a sequence of its own
+        logits, _ = self.lm(embeds, None, position_ids=position)
+        labels = labels[:, 1:]
+        nll = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                              reduction="sum")
+        return nll, (labels != -100).sum()
+
     def forward(self, audio: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 target_mask: torch.Tensor, clip_key: torch.Tensor | None = None,
                 audio_lengths: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Summed cross-entropy over the assistant turns' tokens and their count; ``audio``
-        (B, C, T): each row's clips in the order its ``<audio>`` come (:meth:`clip_tokens`)."""
-        logp, tokens = self.sequence_logprobs(self.clip_tokens(audio, input_ids, audio_lengths), input_ids,
-                                              attention_mask, target_mask)
+        (B, C, T): each row's clips in the order its ``<audio>`` come (:meth:`clip_tokens`).
+        With ``pack`` (``train.pack``), rows share sequences (:meth:`packed_nll`)."""
+        clips = self.clip_tokens(audio, input_ids, audio_lengths)
+        if self.pack:
+            nll, tokens = self.packed_nll(clips, input_ids, attention_mask, target_mask)
+            return {"loss_sum": nll, "tokens": tokens}
+        logp, tokens = self.sequence_logprobs(clips, input_ids, attention_mask, target_mask)
         return {"loss_sum": -logp.sum(), "tokens": tokens.sum()}
 
     # -------------------------------------------------------------- the engine's protocol
@@ -321,6 +393,6 @@ def build_chat(recipe: dict[str, Any], registry: Any | None = None) -> ChatModel
     lm = parts["lm"]
     model = ChatModel(parts["audio_encoder"], parts["audio_mapper"], lm,
                       template_text(lm.tokenizer, cfg["lm"].get("chat_template")), cfg["projection_dim"],
-                      cfg["normalize"], cfg["target_length"], cfg["projection_dropout"])
+                      cfg["normalize"], cfg["target_length"], cfg["projection_dropout"], recipe["train"]["pack"])
     model.set_trainable({slot: cfg[slot]["trainable"] for slot in COMPONENT_SLOTS if slot in cfg})
     return model

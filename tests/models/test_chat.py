@@ -221,3 +221,68 @@ def test_inputs_are_batch_first_so_micro_batches_add_up(tmp_path):
         sums = model.validation_sums(inputs)
     torch.testing.assert_close(sum(parts), whole)
     assert sums["listening"][1] == 2  # the row without a clip has nothing to swap
+
+
+def _chat_recipe(tmp_path, out="run", **lm):
+    raw = tiny_recipe(tmp_path / out)
+    del raw["model"]["text_mapper"]
+    raw["model"]["layout"] = "chat"
+    raw["model"]["lm"].update(lm)
+    return raw
+
+
+@pytest.mark.parametrize("lm", [{}, {"name": "causal-lm", "architecture": "llama", "hidden_size": 32, "num_layers": 1,
+                                     "num_heads": 2, "max_positions": 64},
+                                {"name": "causal-lm", "architecture": "qwen2", "hidden_size": 32, "num_layers": 1,
+                                 "num_heads": 2, "max_positions": 64}], ids=["gpt2", "llama", "qwen2"])
+def test_packed_rows_give_the_unpacked_loss(tmp_path, lm):
+    from pengi_kit.models import build_model
+
+    raw = _chat_recipe(tmp_path)
+    if lm:
+        raw["model"]["lm"] = {**lm, "tokenizer": "pengi_kit.data.synthetic:tokenizer", "trainable": True}
+    torch.manual_seed(0)
+    plain = build_model(from_dict(raw)).eval()
+    packed = build_model(from_dict(raw, ["train.pack=true"])).eval()
+    packed.load_state_dict(plain.state_dict())
+    prompts = ["this is a sound of", "question: how many low tones are there?", "generate audio caption", "a"]
+    texts = ["a low tone", "two", "two high tones followed by a click train and three low tones followed by a "
+             "noise burst", "no"]
+    batch = {"prompts": prompts, "texts": texts, "audio": torch.randn(4, 8000) * 0.1, "clips": list("abcd")}
+    inputs = plain.batch_inputs(batch)
+    shapes = []
+    packed.lm.register_forward_pre_hook(lambda module, args: shapes.append(tuple(args[0].shape[:2])))
+    with torch.no_grad():
+        a, b = plain(**inputs), packed(**inputs)
+    assert a["tokens"] == b["tokens"] and shapes[0][0] < 4  # fewer sequences than rows
+    torch.testing.assert_close(b["loss_sum"], a["loss_sum"], rtol=1e-5, atol=1e-5)
+
+
+def test_an_lm_that_mixes_packed_rows_is_refused_with_its_name(tmp_path):
+    from pengi_kit.models import build_model
+
+    raw = _chat_recipe(tmp_path)
+    raw["model"]["lm"] = {"name": "causal-lm", "architecture": "opt", "hidden_size": 32, "num_layers": 1,
+                          "num_heads": 2, "max_positions": 64, "tokenizer": "pengi_kit.data.synthetic:tokenizer"}
+    with pytest.raises(RecipeError, match=r"train.pack: the LM \(opt\) lets packed sequences attend to each other"):
+        build_model(from_dict(raw, ["train.pack=true"]))
+    raw["model"]["layout"] = "prefix"
+    raw["model"]["text_mapper"] = {"name": "transformer", "prefix_length": 16, "num_layers": 1, "num_heads": 2}
+    with pytest.raises(RecipeError, match="train.pack: packs the chat layout's conversations"):
+        from_dict(raw, ["train.pack=true"])
+
+
+def test_a_packed_run_resumes_bitwise(tmp_path):
+    from pengi_kit.engine.trainer import Trainer
+
+    def run(out, steps):
+        raw = _chat_recipe(tmp_path, out)
+        raw["train"].update(max_steps=steps, save_every=3, pack=True)
+        return Trainer(from_dict(raw, ["optim.warmup_steps=2"]), resume=steps == 6 and out == "part", progress=False)
+
+    run("full", 6).fit()
+    run("part", 3).fit()
+    run("part", 6).fit()
+    losses = {out: [json.loads(line)["loss"] for line in (tmp_path / out / "metrics.jsonl").read_text().splitlines()
+                    if '"loss"' in line] for out in ("full", "part")}
+    assert len(losses["full"]) == 6 and losses["part"] == losses["full"]
