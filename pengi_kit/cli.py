@@ -722,7 +722,7 @@ def data_check_cmd(manifests: tuple[Path, ...], jobs: int, max_seconds: float, p
 @click.option("--shuffle/--no-shuffle", default=True, show_default=True, help="Shuffle rows before sharding.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the shuffle.")
 def data_shard_cmd(manifest: Path, out: Path, shard_size: int, prefix: str, shuffle: bool, seed: int) -> None:
-    """Write MANIFEST's rows and audio into webdataset-style tar shards."""
+    """Write MANIFEST's rows (or a conversation file's) and audio into webdataset-style tar shards."""
     import pengi_kit
 
     report = pengi_kit.write_shards(manifest, out, shard_size, prefix=prefix, shuffle=shuffle, seed=seed)

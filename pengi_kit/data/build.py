@@ -13,7 +13,7 @@ from pengi_kit.data.base import PengiDataset
 from pengi_kit.data.conversations import is_conversation_file
 from pengi_kit.data.hf import HFDataset, is_hf_source
 from pengi_kit.data.dataset import ConversationDataset, ManifestDataset, MixtureDataset, SyntheticDataset
-from pengi_kit.data.shards import ShardDataset, is_shard_source
+from pengi_kit.data.shards import ShardDataset, holds_conversations, is_shard_source
 from pengi_kit.data.synthetic import SyntheticCorpus
 from pengi_kit.errors import RecipeError
 
@@ -70,6 +70,9 @@ def build_dataset(recipe: dict[str, Any], split: str, sample_rate: int,
             if len(entries) > 1 or entry.get("weight", 1.0) != 1.0:
                 raise RecipeError(f"data.{split}: shards '{name}' stream and cannot be mixed with weights "
                                     "(shard each corpus into one set, or mix manifests)")
+            if holds_conversations(name) and recipe["model"].get("layout") != "chat":
+                raise RecipeError(f"data.{split}: shards '{name}' hold conversations, which the chat layout reads; "
+                                  "set model.layout = \"chat\"")
             return ShardDataset(name, sample_rate, clip_seconds, crop, recipe["seed"],
                                 max_seconds=data["max_seconds"], augment=augment)
         elif "format" in entry or is_conversation_file(name):

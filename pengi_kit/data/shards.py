@@ -3,8 +3,10 @@
 A shard is a plain tar file. Sample ``k`` is two members, ``<key>.<ext>`` (the audio
 file's bytes, untouched: ``.flac``, ``.wav`` ...) and ``<key>.json`` (the manifest
 fields: ``audio`` (the original path), ``prompt``, ``text`` and, when set, ``task``,
-``start``, ``end``, plus ``source``, the manifest line it came from). Any webdataset
-reader can read them. ``pengi-kit data shard`` also writes ``shards.json`` beside them
+``start``, ``end``, plus ``source``, the manifest line it came from). A conversation (of
+a conversation file, :mod:`pengi_kit.data.conversations`) is ``<key>.json`` with its
+``messages`` and each clip as ``<key>.<n>.<ext>`` (n from 0, in the order of its
+``<audio>``). Any webdataset reader can read them. ``pengi-kit data shard`` also writes ``shards.json`` beside them
 with each shard's sample count, so a reader knows the epoch length without scanning.
 
 A recipe names shards by pattern (``"shards/train-{000000..000009}.tar"``, globs work
@@ -94,6 +96,15 @@ def resolve_shards(spec: str | Path) -> list[Path]:
     return found
 
 
+def holds_conversations(spec: str | Path) -> bool:
+    """Whether the shards of ``spec`` were written from a conversation file (``shards.json`` says)."""
+    paths = resolve_shards(spec)
+    try:
+        return json.loads((paths[0].parent / INDEX).read_text(encoding="utf-8")).get("rows") == "conversations"
+    except (OSError, ValueError, IndexError, AttributeError):
+        return False
+
+
 def _read_index(folder: Path) -> dict[str, int]:
     try:
         data = json.loads((folder / INDEX).read_text(encoding="utf-8"))
@@ -163,13 +174,15 @@ def write_shards(manifest: str | Path, out_dir: str | Path, shard_size: int, *, 
     shard is written to a temporary name and renamed; older ``<prefix>-NNNNNN.tar``
     files beyond the new set are removed, so the folder holds exactly one set.
     """
+    from pengi_kit.data.conversations import is_conversation_file, read_conversations
     from pengi_kit.data.manifest import read_manifest
 
     if shard_size < 1:
         raise ShardError(f"shard size must be at least 1, got {shard_size}")
     if not re.fullmatch(r"[A-Za-z0-9_]+", prefix):
         raise ShardError(f"shard prefix '{prefix}' may hold only letters, digits and '_'")
-    examples, problems = read_manifest(manifest, on_error="skip")
+    conversations = is_conversation_file(manifest)
+    examples, problems = (read_conversations if conversations else read_manifest)(manifest, on_error="skip")
     order = np.random.default_rng(seed).permutation(len(examples)) if shuffle else np.arange(len(examples))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -185,6 +198,7 @@ def write_shards(manifest: str | Path, out_dir: str | Path, shard_size: int, *, 
         if old.name not in keep:
             old.unlink()
     index = {"format": "pengi-kit shards 1", "source": str(manifest), "samples": report.samples,
+             "rows": "conversations" if conversations else "pengi",
              "shards": [{"name": p.name, "count": n} for p, n in zip(report.shards, counts)]}
     tmp = _TarWriter.temporary(out / INDEX)
     tmp.write_text(json.dumps(index, indent=1) + "\n", encoding="utf-8")
@@ -197,22 +211,33 @@ def _fill_shards(examples: list, order: np.ndarray, out: Path, prefix: str, shar
     from pengi_kit.data.audio import read_audio_bytes
     from pengi_kit.errors import AudioError
 
+    from pengi_kit.data.conversations import Conversation, InlineAudio
+
     writer: _TarWriter | None = None
     for position in order:
         ex = examples[int(position)]
         where = f"{ex.source}:{ex.line}"
+        clips = ex.audios if isinstance(ex, Conversation) else (ex.audio,)
+        members = []
         try:  # checked first: a named pipe is refused, not read
-            audio = read_audio_bytes(ex.audio)
+            for clip in clips:
+                members.append((clip.data, clip.format) if isinstance(clip, InlineAudio) else
+                               (read_audio_bytes(clip), clip.suffix.lower().lstrip(".") or "audio"))
         except AudioError as exc:
-            reason = str(exc).removeprefix(f"{ex.audio}: ")
-            report.problems.append(f"{where}: {ex.audio}: cannot read audio file: {reason}")
+            reason = str(exc).removeprefix(f"{clip}: ")
+            report.problems.append(f"{where}: {clip}: cannot read audio file: {reason}")
             continue
         if writer is None:
             writer = _TarWriter(out / f"{prefix}-{len(report.shards):06d}.tar")
-        row = {"audio": str(ex.audio), "prompt": ex.prompt, "text": ex.text, "task": ex.task,
-               "start": ex.start, "end": ex.end, "source": where}
         key = f"{report.samples:09d}"
-        writer.add(f"{key}.{ex.audio.suffix.lower().lstrip('.') or 'audio'}", audio)
+        if isinstance(ex, Conversation):
+            row: dict[str, Any] = {"messages": ex.as_messages(), "source": where}
+            for n, (data, ext) in enumerate(members):
+                writer.add(f"{key}.{n}.{ext}", data)
+        else:
+            row = {"audio": str(ex.audio), "prompt": ex.prompt, "text": ex.text, "task": ex.task,
+                   "start": ex.start, "end": ex.end, "source": where}
+            writer.add(f"{key}.{members[0][1]}", members[0][0])
         writer.add(f"{key}.json", json.dumps({k: v for k, v in row.items() if v is not None},
                                              ensure_ascii=False).encode())
         report.samples += 1
@@ -349,9 +374,9 @@ class ShardDataset(PengiDataset, IterableDataset):
         where = f"{path}:{key}"
         if "json" not in members:
             return {"error": f"{where}: sample has no .json member (re-create the shards)"}
-        audio = [m for ext, m in members.items() if ext != "json"]
-        if len(audio) != 1:
-            return {"error": f"{where}: sample has {len(audio)} audio members, expected 1 (re-create the shards)"}
+        # a conversation's clips are <key>.<n>.<ext>: in the order of n
+        audio = sorted((m for ext, m in members.items() if ext != "json"),
+                       key=lambda m: int(n) if (n := _key_and_ext(m.name)[1].split(".")[0]).isdigit() else 0)
         if path not in tars:
             for old in list(tars):  # the stream visits shards one after another
                 tars.pop(old).close()
@@ -359,26 +384,36 @@ class ShardDataset(PengiDataset, IterableDataset):
         tar = tars[path]
         try:
             meta = json.loads(tar.extractfile(members["json"]).read().decode("utf-8"))  # type: ignore[union-attr]
-            if not isinstance(meta, dict) or not all(isinstance(meta.get(k), str) for k in ("prompt", "text")):
-                raise ValueError("it lacks 'prompt' or 'text'")
-            data = tar.extractfile(audio[0]).read()  # type: ignore[union-attr]
+            chat = isinstance(meta, dict) and "messages" in meta
+            if not isinstance(meta, dict) or not chat and not all(isinstance(meta.get(k), str) for k in ("prompt", "text")):
+                raise ValueError("it lacks 'prompt' or 'text', or 'messages'")
+            if not chat and len(audio) != 1:
+                raise ValueError(f"it has {len(audio)} audio members, expected 1")
+            data = [tar.extractfile(m).read() for m in audio]  # type: ignore[union-attr]
         except (ValueError, UnicodeDecodeError, tarfile.TarError, OSError) as exc:
             return {"error": f"{where}: unreadable sample: {exc} (re-create the shards)"}
-        rng = np.random.default_rng([self.seed, self.epoch, shard, position])
-        try:
-            wav = load_audio(io.BytesIO(data), self.sample_rate, start=meta.get("start"), end=meta.get("end"),
-                             max_seconds=self.max_seconds, clip_seconds=self.clip_seconds or None,
-                             crop=self.crop, rng=rng, name=_name(meta.get("audio"), f"{path}:{audio[0].name}"))
-        except PengiKitError as exc:
-            source = meta.get("source")
-            return {"error": f"{source}: {exc}" if source else str(exc)}
-        if self.augment is not None:
-            wav = augment(wav, self.sample_rate, self.augment, np.random.default_rng([self.seed, self.epoch, shard,
-                                                                                      position, 1]),
-                          len(wav) if self.clip_seconds else None)
-        clip = clip_key(meta.get("audio") or f"{path}:{audio[0].name}", meta.get("start"), meta.get("end"))
-        return {"audio": wav, "prompt": meta["prompt"], "text": meta["text"], "task": meta.get("task", ""),
-                "clip": clip}
+        clips = []
+        for n, (member, raw) in enumerate(zip(audio, data)):
+            rng = np.random.default_rng([self.seed, self.epoch, shard, position, *([n] if chat else [])])
+            try:
+                wav = load_audio(io.BytesIO(raw), self.sample_rate, start=meta.get("start"), end=meta.get("end"),
+                                 max_seconds=self.max_seconds, clip_seconds=self.clip_seconds or None,
+                                 crop=self.crop, rng=rng, name=_name(meta.get("audio"), f"{path}:{member.name}"))
+            except PengiKitError as exc:
+                source = meta.get("source")
+                return {"error": f"{source}: {exc}" if source else str(exc)}
+            if self.augment is not None:
+                wav = augment(wav, self.sample_rate, self.augment,
+                              np.random.default_rng([self.seed, self.epoch, shard, position, *([n] if chat else []), 1]),
+                              len(wav) if self.clip_seconds else None)
+            clips.append((wav, clip_key(meta.get("audio") or f"{path}:{member.name}", meta.get("start"),
+                                        meta.get("end"))))
+        if chat:
+            return {"messages": meta["messages"], "audios": [w for w, _ in clips], "clips": [k for _, k in clips],
+                    "prompt": "", "text": " ".join(m["content"] for m in meta["messages"] if m["role"] == "assistant"),
+                    "task": "chat"}
+        return {"audio": clips[0][0], "prompt": meta["prompt"], "text": meta["text"], "task": meta.get("task", ""),
+                "clip": clips[0][1]}
 
 
 def _name(original: Any, member: str) -> str:

@@ -133,3 +133,48 @@ def test_shards_cannot_be_mixed_with_weights(sharded, tmp_path):
     raw["data"]["train"] = [{"manifest": str(out)}, {"manifest": str(manifest), "weight": 2}]
     with pytest.raises(Exception, match="cannot be mixed"):
         build_dataset(from_dict(raw), "train", SR, 0.5)
+
+
+def test_conversations_shard_with_their_clips_in_order_and_train_in_the_chat_layout(tmp_path):
+    """A conversation file (two clips a row, one row placing the same clip twice) shards with each
+    clip a member, streams back as conversations with the clips in their order, trains in the chat
+    layout, and is refused by Pengi's prefix layout."""
+    import numpy as np
+
+    from pengi_kit.data.audio import load_audio
+    from pengi_kit.data.shards import write_shards
+
+    rows = []
+    for i in range(8):
+        for n in (0, 1):
+            write(tmp_path / "clips" / f"{i}_{n}.wav", tone(0.5, SR, 200 + 300 * n + 20 * i, seed=i), SR,
+                  subtype="PCM_16")
+        clips = [f"clips/{i}_0.wav", f"clips/{i}_1.wav"] if i != 5 else [f"clips/{i}_1.wav", f"clips/{i}_1.wav"]
+        rows.append({"messages": [{"role": "user", "content": "<audio><audio>is the second higher?"},
+                                  {"role": "assistant", "content": "yes" if i != 5 else "no"}], "audios": clips})
+    rows.append({"messages": [{"role": "user", "content": "<audio>hi"}, {"role": "assistant", "content": "x"}],
+                 "audios": ["clips/gone.wav"]})
+    (tmp_path / "chats.json").write_text(json.dumps(rows))
+    report = write_shards(tmp_path / "chats.json", tmp_path / "shards", 3, shuffle=False)
+    assert report.samples == 8 and len(report.problems) == 1 and "gone.wav" in report.problems[0]
+    assert json.loads((tmp_path / "shards" / "shards.json").read_text())["rows"] == "conversations"
+    with tarfile.open(tmp_path / "shards" / "train-000001.tar") as tar:
+        assert tar.getnames()[:3] == ["000000003.0.wav", "000000003.1.wav", "000000003.json"]
+    data = ShardDataset(tmp_path / "shards", SR, None, "start")
+    data.configure(batch_size=8, train=False)
+    items = [data._item(ref, {}) for ref in data._stream()]
+    assert [it["text"] for it in items] == ["yes"] * 5 + ["no"] + ["yes"] * 2
+    for i, item in enumerate(items):
+        names = [f"{i}_0", f"{i}_1"] if i != 5 else [f"{i}_1", f"{i}_1"]
+        for wav, name in zip(item["audios"], names):
+            assert np.array_equal(wav, load_audio(tmp_path / "clips" / f"{name}.wav", SR))
+    raw = tiny_recipe(tmp_path / "run", train={"max_steps": 4, "batch_size": 4})
+    raw["data"].update(train=str(tmp_path / "shards"), valid="")
+    with pytest.raises(Exception, match="hold conversations, which the chat layout reads"):
+        build_dataset(from_dict(raw), "train", SR, 0.5)
+    del raw["model"]["text_mapper"]
+    raw["model"]["layout"] = "chat"
+    Trainer(from_dict(raw), progress=False).fit()
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+              if '"loss"' in line]
+    assert len(losses) == 4 and all(np.isfinite(losses))
