@@ -539,7 +539,7 @@ def _check_consistency(recipe: dict[str, Any]) -> None:
 
 
 DATA_SOURCE_KEYS = {"manifest": str, "weight": float, "task": str, "templates": dict, "prompt": str, "format": str,
-                    "columns": dict, "split": str}
+                    "columns": dict, "split": str, "streaming": bool}
 
 
 def _check_data_sources(recipe: dict[str, Any]) -> None:

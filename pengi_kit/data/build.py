@@ -11,7 +11,7 @@ from typing import Any
 from pengi_kit.data.augment import Augment
 from pengi_kit.data.base import PengiDataset
 from pengi_kit.data.conversations import is_conversation_file
-from pengi_kit.data.hf import HFDataset, is_hf_source
+from pengi_kit.data.hf import HFDataset, HFStream, is_hf_source
 from pengi_kit.data.dataset import ConversationDataset, ManifestDataset, MixtureDataset, SyntheticDataset
 from pengi_kit.data.shards import ShardDataset, holds_conversations, is_shard_source
 from pengi_kit.data.synthetic import SyntheticCorpus
@@ -57,10 +57,17 @@ def build_dataset(recipe: dict[str, Any], split: str, sample_rate: int,
         if name == "synthetic":
             built.append(SyntheticDataset(synthetic_corpus(recipe, split, sample_rate, clip_seconds), task, augment))
         elif is_hf_source(name):
-            built.append(HFDataset(name, sample_rate, clip_seconds, crop, recipe["seed"], columns=entry.get("columns"),
-                                   split=entry.get("split"), prompt=entry.get("prompt"),
-                                   chat=recipe["model"].get("layout") == "chat",
-                                   max_seconds=data["max_seconds"], stream=stream, augment=augment))
+            kind = HFStream if entry.get("streaming") else HFDataset
+            if kind is HFStream and (len(entries) > 1 or entry.get("weight", 1.0) != 1.0):
+                raise RecipeError(f"data.{split}: '{name}' streams and cannot be mixed with weights (mix "
+                                  "datasets that are not streamed)")
+            dataset = kind(name, sample_rate, clip_seconds, crop, recipe["seed"], columns=entry.get("columns"),
+                           split=entry.get("split"), prompt=entry.get("prompt"),
+                           chat=recipe["model"].get("layout") == "chat", max_seconds=data["max_seconds"],
+                           stream=stream, augment=augment)
+            if kind is HFStream:
+                return dataset
+            built.append(dataset)
         elif is_shard_source(name):
             baked = [key for key in ("prompt", "task", "templates") if key in entry]
             if baked:  # `data shard` wrote each row's prompt into the shards

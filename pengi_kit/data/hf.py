@@ -5,8 +5,8 @@ A local dataset saved with ``save_to_disk`` (a folder with ``state.json``, or ``
 and a folder per split), or Parquet or Arrow files (a path or a glob pattern), read memory-mapped:
 rows are not loaded into memory. The audio column is read with ``Audio(decode=False)``, so the
 clip's bytes (or its path) reach pengi-kit's own audio path (soundfile and soxr, with its bad-input
-reports), not ``datasets``' decoder (torchcodec and FFmpeg in recent versions). A recipe names the
-columns a row is read from::
+reports), not ``datasets``' decoder (torchcodec and FFmpeg in recent versions). ``streaming = true``
+reads the files as it goes (:class:`HFStream`). A recipe names the columns a row is read from::
 
     [data]
     train = [{manifest = "data/clotho_hf", split = "train", columns = {text = "caption"},
@@ -25,14 +25,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from pengi_kit.data.augment import Augment, augment
 from pengi_kit.data.base import PengiDataset
 from pengi_kit.data.collate import clip_key
 from pengi_kit.errors import PengiKitError, RecipeError
 
-__all__ = ["COLUMNS", "HFDataset", "is_hf_source"]
+__all__ = ["COLUMNS", "HFDataset", "HFStream", "is_hf_source"]
 
 #: the columns a recipe's ``columns`` table may rename, by default of the same names
 COLUMNS = {key: key for key in ("audio", "text", "prompt", "messages", "audios")}
@@ -76,7 +76,7 @@ def _undecoded(ds: Any, column: str) -> Any:
     """``column`` read as ``{"bytes", "path"}`` where it is an ``Audio`` column (or a list of them)."""
     import datasets
 
-    feature = ds.features[column]
+    feature = (ds.features or {}).get(column)
     if isinstance(feature, datasets.Audio):
         return ds.cast_column(column, datasets.Audio(decode=False))
     inner = getattr(feature, "feature", None)
@@ -96,8 +96,7 @@ class HFDataset(PengiDataset, Dataset):
                  chat: bool = False, max_seconds: float = 3600.0, stream: int = 0,
                  augment: Augment | None = None) -> None:
         self.name, self.columns = name, {**COLUMNS, **(columns or {})}
-        ds = _open(name, split)
-        present = list(ds.features)
+        ds, present = self._open_rows(name, split)
         if self.columns["messages"] not in present and "conversations" in present and "messages" not in (columns or {}):
             self.columns["messages"] = "conversations"  # ShareGPT's
         conversational = self.columns["messages"] in present
@@ -109,12 +108,18 @@ class HFDataset(PengiDataset, Dataset):
             if self.columns[key] not in present:
                 raise RecipeError(f"{name}: no column '{self.columns[key]}' for the rows' {key} (columns: "
                                   f"{', '.join(present)}); name it: columns = {{{key} = \"...\"}}")
-        self.ds = _undecoded(ds, self.columns["audios" if conversational else "audio"])
+        self.ds = _undecoded(ds, self.columns["audios" if conversational else "audio"]) if ds is not None else None
         self.folder = Path(name) if Path(name).is_dir() else Path(name).parent
         self.chat, self.prompt = conversational, prompt
         self.sample_rate, self.clip_seconds, self.crop, self.seed = sample_rate, clip_seconds, crop, seed
         self.max_seconds, self.stream, self.augment = max_seconds, stream, augment
         self.epoch = 0
+
+    @staticmethod
+    def _open_rows(name: str, split: str | None) -> tuple[Any, list[str]]:
+        """The dataset, and its columns."""
+        ds = _open(name, split)
+        return ds, list(ds.features)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -143,12 +148,14 @@ class HFDataset(PengiDataset, Dataset):
         return audio, clip_key(key)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        copy, index = divmod(index, len(self.ds))
+        return self._item(self.ds[index], index, [self.seed, self.stream, self.epoch, copy, index])
+
+    def _item(self, row: dict[str, Any], index: int, seed: list[int]) -> dict[str, Any]:
+        """Row ``index`` as an item (its crops and augmentation drawn from ``seed``)."""
         from pengi_kit.data.conversations import _Bad, _parse
 
-        copy, index = divmod(index, len(self.ds))
-        row = self.ds[index]
         where = f"{self.name}:row {index}"
-        seed = [self.seed, self.stream, self.epoch, copy, index]
         try:
             if not self.chat:
                 text, prompt = row[self.columns["text"]], row.get(self.columns["prompt"]) or self.prompt
@@ -168,3 +175,109 @@ class HFDataset(PengiDataset, Dataset):
             return {"error": f"{where}: {exc}"}
         return {"messages": conversation.as_messages(), "audios": [a for a, _ in loaded],
                 "clips": [k for _, k in loaded], "prompt": "", "text": " ".join(conversation.answers()), "task": "chat"}
+
+
+class HFStream(HFDataset, IterableDataset):
+    """A Hugging Face dataset read as it goes (``streaming = true``): its Parquet or Arrow files
+    (those of a ``save_to_disk`` folder too) read a record batch at a time with pyarrow, with no
+    copy into ``datasets``' cache, for sets larger than memory or than the disk holds twice. Each
+    epoch the files come in a seeded order and the rows are shuffled within a window of
+    ``buffer`` rows; rank ``r`` takes every ``world``-th row, and the stream is cut into batches
+    that the loader's workers take in turn (as shards are): the same batches for any
+    ``num_workers``. A resumed run reads and drops the rows of the batches it has done, decoding
+    no audio for them: resuming costs reading those rows again."""
+
+    def __init__(self, *args: Any, buffer: int = 1000, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.buffer = buffer
+        self.offsets = np.cumsum([0] + [self._count(f) for f in self.files])  # where each file's rows start
+        self.rows = int(self.offsets[-1])
+        self.configure(batch_size=1)
+
+    def _open_rows(self, name: str, split: str | None) -> tuple[Any, list[str]]:
+        import pyarrow.parquet as pq
+
+        path = Path(name)
+        pattern = str(path / (split or "") / "*.arrow") if path.is_dir() else name
+        self.files = sorted(glob.glob(pattern))
+        if not self.files:
+            raise RecipeError(f"{name}: no {'Arrow files' if path.is_dir() else 'such file'} to stream "
+                              f"({pattern}); {'name the split' if path.is_dir() and not split else 'check the path'}")
+        self.parquet = self.files[0].endswith(".parquet")
+        schema = pq.read_schema(self.files[0]) if self.parquet else self._reader(self.files[0]).schema
+        return None, list(schema.names)
+
+    @staticmethod
+    def _reader(file: str) -> Any:
+        import pyarrow as pa
+
+        return pa.ipc.open_stream(pa.memory_map(file))
+
+    def _count(self, file: str) -> int:
+        import pyarrow.parquet as pq
+
+        if self.parquet:
+            return pq.ParquetFile(file).metadata.num_rows
+        return sum(b.num_rows for b in self._reader(file))
+
+    def _batches(self, file: str) -> Any:
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(file).iter_batches(batch_size=256) if self.parquet else self._reader(file)
+
+    def configure(self, *, batch_size: int, epoch: int = 0, start_batch: int = 0, rank: int = 0,
+                  world_size: int = 1, train: bool = True) -> None:
+        self.batch_size, self.epoch, self.start_batch = batch_size, epoch, start_batch
+        self.rank, self.world_size, self.train = rank, world_size, train
+
+    def num_examples(self) -> int:
+        return self.rows
+
+    def __len__(self) -> int:
+        raise TypeError("a streamed dataset has no length; see num_examples()")
+
+    @property
+    def batches_per_epoch(self) -> int:
+        per_rank = self.rows // self.world_size  # every rank the same whole batches
+        return per_rank // self.batch_size if self.train else -(-per_rank // self.batch_size)
+
+    def _stream(self) -> Any:
+        """(row index in the files, row) in this epoch's order."""
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(len(self.files)) if self.train else range(len(self.files))
+        window: list[tuple[int, dict[str, Any]]] = []
+        for f in order:
+            at = int(self.offsets[f])
+            for record in self._batches(self.files[f]):
+                for row in record.to_pylist():
+                    window.append((at, row))
+                    at += 1
+                    if not self.train:
+                        yield window.pop()
+                    elif len(window) >= self.buffer:
+                        j = int(rng.integers(len(window)))
+                        window[j], window[-1] = window[-1], window[j]
+                        yield window.pop()
+        rng.shuffle(window)
+        yield from window
+
+    def __iter__(self) -> Any:
+        from pengi_kit.data.collate import collate
+
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        batch: list[tuple[int, dict[str, Any]]] = []
+        number = 0
+        for position, (index, row) in enumerate(self._stream()):
+            if position % self.world_size != self.rank:
+                continue
+            batch.append((index, row))
+            if len(batch) < self.batch_size:
+                continue
+            if number >= self.batches_per_epoch:
+                return
+            if number >= self.start_batch and (number - self.start_batch) % workers == worker:
+                yield collate([self._item(r, i, [self.seed, self.epoch, i]) for i, r in batch])
+            batch, number = [], number + 1
+        if batch and not self.train and (number - self.start_batch) % workers == worker:
+            yield collate([self._item(r, i, [self.seed, self.epoch, i]) for i, r in batch])

@@ -117,3 +117,40 @@ def test_validate_accepts_what_train_reads(tmp_path):
         check_files(from_dict(raw))
     datasets.load_from_disk(str(tmp_path / "hf")).to_parquet(str(tmp_path / "rows-0.parquet"))
     check_files(from_dict(raw))
+
+
+def test_streamed_parquet_trains_with_the_same_batches_for_any_workers_and_resumes(tmp_path):
+    from pengi_kit.data.hf import HFStream
+    from pengi_kit.data.loader import TrainLoader
+
+    ds = datasets.Dataset.from_dict(_pengi_rows(20, 3)).cast_column("audio", datasets.Audio())
+    for part in range(2):  # two files, as a set larger than one file
+        ds.select(range(part * 10, part * 10 + 10)).to_parquet(str(tmp_path / f"rows-{part}.parquet"))
+    table = {"manifest": str(tmp_path / "rows-*.parquet"), "streaming": True, "columns": {"text": "caption"},
+             "prompt": "this is a sound of"}
+    raw = tiny_recipe(tmp_path / "run", train={"max_steps": 4, "batch_size": 4, "save_every": 2})
+    raw["data"].update(train=[table], valid="")
+    data = build_dataset(from_dict(raw), "train", 16000, 0.5)
+    assert isinstance(data, HFStream) and data.num_examples() == 20
+
+    def texts(loader, epoch, start=0):
+        return [b["texts"] for b in loader.epoch(epoch, start)]
+
+    one = TrainLoader(data, 4, seed=0)
+    assert len(one) == 5 and sorted(t for b in texts(one, 0) for t in b) == sorted(ds["caption"])
+    assert texts(one, 0) == texts(one, 0) != texts(one, 1)  # seeded, and shuffled anew each epoch
+    assert texts(TrainLoader(data, 4, seed=0, num_workers=2), 0) == texts(one, 0)
+    assert texts(one, 1, start=2) == texts(one, 1)[2:]
+    ranks = [texts(TrainLoader(data, 2, seed=0, rank=r, world_size=2), 0) for r in (0, 1)]
+    assert sorted(t for r in ranks for b in r for t in b) == sorted(ds["caption"])
+    metrics = _train(raw, tmp_path)
+    part = tiny_recipe(tmp_path / "part", train={"max_steps": 2, "batch_size": 4, "save_every": 2})
+    part["data"].update(train=[table], valid="")
+    from pengi_kit.engine.trainer import Trainer
+
+    Trainer(from_dict(part), progress=False).fit()
+    part["train"]["max_steps"] = 4
+    Trainer(from_dict(part), resume=True, progress=False).fit()
+    resumed = [json.loads(line)["loss"] for line in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()
+               if '"loss"' in line]
+    assert resumed == [m["loss"] for m in metrics if "loss" in m]
