@@ -281,7 +281,7 @@ class Pengi:
                                                       {"type": "audio", "audio": "b.wav"},
                                                       {"type": "text", "text": "which one is louder?"}]}])
         """
-        if getattr(self.model, "layout", "prefix") != "chat":
+        if self.model.layout != "chat":
             raise PengiKitError("this model answers a clip and a prompt (Pengi's prefix layout), not a conversation: "
                                 "use generate(), or train a model with model.layout = \"chat\"")
         single = bool(conversation) and isinstance(conversation[0], dict)
@@ -556,6 +556,9 @@ class Clap(Pengi):
 
     def generate_pairs(self, *args: Any, **kwargs: Any) -> Any:
         return self._refuse("generate")
+
+    def chat(self, *args: Any, **kwargs: Any) -> Any:
+        return self._refuse("chat")
 
     def log_likelihood(self, *args: Any, **kwargs: Any) -> Any:
         return self._refuse("log-likelihood scoring")

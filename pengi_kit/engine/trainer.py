@@ -604,8 +604,8 @@ class Trainer:
                 self.step += 1
                 self.batch_in_epoch += 1
                 window_samples += len(batch["prompts"]) * self.dist.world_size
-                if usable and "audio_lengths" in batch:
-                    window_audio[0] += int(batch["audio_lengths"].sum())
+                if usable and "audio_lengths" in batch:  # a CPU tensor, read at the log step only
+                    window_audio[0] = batch["audio_lengths"].sum() + window_audio[0]
                     window_audio[1] += batch["audio"].numel()
                 if loss is None:
                     self._log_line(f"step {self.step}: every example of a batch was skipped; step skipped")
@@ -619,7 +619,7 @@ class Trainer:
                     seconds = max(time.perf_counter() - window_start, 1e-9)
                     record = self._speed(window_samples, seconds)
                     if window_audio[1]:  # how much of the audio the encoder ran on is padding
-                        record["audio_padding"] = round(1 - window_audio[0] / window_audio[1], 4)
+                        record["audio_padding"] = round(1 - float(window_audio[0]) / window_audio[1], 4)
                     mfu = record["mfu"]
                     bar.set_postfix(loss=f"{losses[self.step]:.3f}", samples_s=f"{record['samples_per_s']:.0f}",
                                     **({"tokens_s": f"{record['tokens_per_s']:.0f}"} if "tokens_per_s" in record else {}),

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pengi_kit.data.conversations import AUDIO, single_turn
-from pengi_kit.errors import PengiKitError
+from pengi_kit.errors import PengiKitError, RecipeError
 from pengi_kit.models.base import string_keys
 from pengi_kit.models.listening import listening_sums, partners
 from pengi_kit.models.pengi import PengiModel, Prefix, build_components, prefix_rows
@@ -99,8 +99,6 @@ class ChatTemplate:
 def check_packing(lm: nn.Module) -> None:
     """Refuse an LM whose attention does not keep packed sequences apart: two made-up sequences in
     one row (positions starting again at 0, no mask) must give the logits they give alone."""
-    from pengi_kit.errors import RecipeError
-
     config = getattr(getattr(lm, "model", None), "config", None)
     name = getattr(config, "model_type", type(lm).__name__)
     was = lm.training

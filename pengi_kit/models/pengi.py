@@ -57,6 +57,8 @@ class PengiModel(Composite):
     (a plain captioner such as Microsoft's CLAPCap) and prompts are ignored.
     """
 
+    layout = "prefix"  # how audio and text reach the LM (models/chat.py: "chat")
+
     def __init__(self, audio_encoder: nn.Module, audio_mapper: nn.Module, text_mapper: nn.Module | None,
                  lm: nn.Module, text_encoder: nn.Module | None = None, projection_dim: int = 1024,
                  normalize: bool = True, prompt_length: int = 40, target_length: int = 77,
