@@ -85,7 +85,21 @@ class SyntheticDataset(PengiDataset, Dataset):
         return {"audio": audio, "prompt": prompt, "text": text, "task": task, "clip": key}
 
 
-class ManifestDataset(PengiDataset, Dataset):
+class _Clips(PengiDataset, Dataset):
+    """What the datasets of rows in a file share: how their clips are loaded (the encoder's rate
+    and clip, the crop, the longest clip, augmentation) and the epoch their draws come from."""
+
+    def __init__(self, sample_rate: int, clip_seconds: float | None, crop: str, seed: int, max_seconds: float,
+                 stream: int, augment: Augment | None) -> None:
+        self.sample_rate, self.clip_seconds, self.crop, self.seed = sample_rate, clip_seconds, crop, seed
+        self.max_seconds, self.stream, self.augment = max_seconds, stream, augment
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+
+class ManifestDataset(_Clips):
     """Rows of a JSONL/CSV manifest, decoded, resampled and cut to the encoder's clip.
 
     Item ``i`` (or a repeated draw ``copy * len + i``, see :mod:`pengi_kit.data.sampler`)
@@ -103,12 +117,7 @@ class ManifestDataset(PengiDataset, Dataset):
 
         self.examples, self.load_errors = read_manifest(Path(path), on_error=on_error, task=task,
                                                         templates=templates, prompt=prompt)
-        self.sample_rate, self.clip_seconds, self.crop, self.seed = sample_rate, clip_seconds, crop, seed
-        self.max_seconds, self.stream, self.augment = max_seconds, stream, augment
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        super().__init__(sample_rate, clip_seconds, crop, seed, max_seconds, stream, augment)
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -139,7 +148,7 @@ class ManifestDataset(PengiDataset, Dataset):
                 "clip": clip_key(ex.audio, ex.start, ex.end)}
 
 
-class ConversationDataset(PengiDataset, Dataset):
+class ConversationDataset(_Clips):
     """Conversations with audio (:mod:`pengi_kit.data.conversations`) for the chat layout: item
     ``{"messages", "audios": [float32 (T,), ...], "clips": [key, ...], "text": the answers}``, each
     clip loaded, cut and augmented as a manifest's (a clip's draw depends on its place in the row
@@ -151,12 +160,7 @@ class ConversationDataset(PengiDataset, Dataset):
         from pengi_kit.data.conversations import read_conversations
 
         self.rows, self.load_errors = read_conversations(path, on_error, format=format)
-        self.sample_rate, self.clip_seconds, self.crop, self.seed = sample_rate, clip_seconds, crop, seed
-        self.max_seconds, self.stream, self.augment = max_seconds, stream, augment
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        super().__init__(sample_rate, clip_seconds, crop, seed, max_seconds, stream, augment)
 
     def __len__(self) -> int:
         return len(self.rows)

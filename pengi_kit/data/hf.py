@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from torch.utils.data import Dataset, IterableDataset, get_worker_info
+from torch.utils.data import IterableDataset, get_worker_info
 
 from pengi_kit.data.augment import Augment, augment
-from pengi_kit.data.base import PengiDataset
 from pengi_kit.data.collate import clip_key
+from pengi_kit.data.dataset import _Clips
 from pengi_kit.errors import PengiKitError, RecipeError
 
 __all__ = ["COLUMNS", "HFDataset", "HFStream", "is_hf_source"]
@@ -85,7 +85,7 @@ def _undecoded(ds: Any, column: str) -> Any:
     return ds
 
 
-class HFDataset(PengiDataset, Dataset):
+class HFDataset(_Clips):
     """The rows of a Hugging Face dataset (see the module docstring), as items of a manifest's
     (Pengi rows) or of a conversation file's (chat rows: a dataset with a ``messages`` column, read
     under the chat layout, ``chat``); a bad row or clip becomes
@@ -111,18 +111,13 @@ class HFDataset(PengiDataset, Dataset):
         self.ds = _undecoded(ds, self.columns["audios" if conversational else "audio"]) if ds is not None else None
         self.folder = Path(name) if Path(name).is_dir() else Path(name).parent
         self.chat, self.prompt = conversational, prompt
-        self.sample_rate, self.clip_seconds, self.crop, self.seed = sample_rate, clip_seconds, crop, seed
-        self.max_seconds, self.stream, self.augment = max_seconds, stream, augment
-        self.epoch = 0
+        super().__init__(sample_rate, clip_seconds, crop, seed, max_seconds, stream, augment)
 
     @staticmethod
     def _open_rows(name: str, split: str | None) -> tuple[Any, list[str]]:
         """The dataset, and its columns."""
         ds = _open(name, split)
         return ds, list(ds.features)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.ds)

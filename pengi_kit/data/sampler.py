@@ -50,7 +50,32 @@ def epoch_draws(sizes: Sequence[int], weights: Sequence[float], rng: np.random.G
     return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
 
 
-class BucketBatchSampler(Sampler[list[int]]):
+class _EpochSampler(Sampler[list[int]]):
+    """What both training samplers share: weighted sources, the epoch, and the batch to start from."""
+
+    sizes: list[int]
+    weights: list[float]
+    epoch: int = 0
+    start_batch: int = 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Select the epoch, and the batch of it to start from (resumption)."""
+        self.epoch, self.start_batch = epoch, start_batch
+
+    @property
+    def draws_per_epoch(self) -> int:
+        """Examples drawn per epoch (every source's ``round(weight * size)``), before the cut."""
+        return sum(int(round(w * n)) for n, w in zip(self.sizes, self.weights))
+
+    @property
+    def batches_per_epoch(self) -> int:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return max(0, self.batches_per_epoch - self.start_batch)
+
+
+class BucketBatchSampler(_EpochSampler):
     """Batches of draws for one rank; see the module docstring.
 
     >>> s = BucketBatchSampler([10], batch_size=2, lengths=[5] * 10, seed=0)
@@ -84,17 +109,7 @@ class BucketBatchSampler(Sampler[list[int]]):
         self.lengths = None if lengths is None else np.asarray(lengths)
         self.batch_size, self.num_replicas, self.rank = batch_size, num_replicas, rank
         self.seed, self.pool_batches = seed, pool_batches
-        self.epoch = self.start_batch = 0
         self._place: np.ndarray | None = None  # see _rotation
-
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        """Select the epoch, and the batch of it to start from (resumption)."""
-        self.epoch, self.start_batch = epoch, start_batch
-
-    @property
-    def draws_per_epoch(self) -> int:
-        """Examples drawn per epoch (every source's ``round(weight * size)``), before the cut."""
-        return sum(int(round(w * n)) for n, w in zip(self.sizes, self.weights))
 
     @property
     def batches_per_epoch(self) -> int:
@@ -123,9 +138,6 @@ class BucketBatchSampler(Sampler[list[int]]):
         keep[drop] = False
         return draws[keep]
 
-    def __len__(self) -> int:
-        return max(0, self.batches_per_epoch - self.start_batch)
-
     def global_batches(self) -> np.ndarray:
         """The epoch's global batches, ``(batches, batch_size * num_replicas)`` draws."""
         rng = np.random.default_rng([self.seed, self.epoch])
@@ -149,7 +161,7 @@ class BucketBatchSampler(Sampler[list[int]]):
             yield batch[lo:hi].tolist()
 
 
-class DurationBatchSampler(Sampler[list[int]]):
+class DurationBatchSampler(_EpochSampler):
     """Batches of similar duration holding at most ``budget`` seconds of padded audio each (its
     rows times its longest row), instead of a fixed number of rows: short clips travel in large
     batches, long ones in small ones, and little of any batch is padding (``train.batch_seconds``).
@@ -177,7 +189,6 @@ class DurationBatchSampler(Sampler[list[int]]):
         if len(self.durations) != self.total:
             raise ValueError(f"durations has {len(self.durations)} entries for {self.total} examples")
         self.num_replicas, self.rank, self.seed = num_replicas, rank, seed
-        self.epoch = self.start_batch = 0
         edges = np.quantile(self.durations, np.linspace(0, 1, buckets + 1)[1:-1]) if self.total else np.zeros(0)
         self.bucket = np.searchsorted(edges, self.durations, side="left")  # each example's bucket
         source_weight = np.repeat(self.weights, self.sizes)
@@ -189,13 +200,6 @@ class DurationBatchSampler(Sampler[list[int]]):
             self.rows[b] = max(1, min(fits, int(expected // num_replicas)))  # no more than the bucket holds
             self.batches[b] = int(expected // (self.rows[b] * num_replicas))
 
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        self.epoch, self.start_batch = epoch, start_batch
-
-    @property
-    def draws_per_epoch(self) -> int:
-        return sum(int(round(w * n)) for n, w in zip(self.sizes, self.weights))
-
     @property
     def batches_per_epoch(self) -> int:
         return sum(self.batches.values())
@@ -204,9 +208,6 @@ class DurationBatchSampler(Sampler[list[int]]):
     def examples_per_epoch(self) -> int:
         """Draws in the epoch's batches, over every rank."""
         return sum(self.batches[b] * self.rows[b] * self.num_replicas for b in self.batches)
-
-    def __len__(self) -> int:
-        return max(0, self.batches_per_epoch - self.start_batch)
 
     def global_batches(self) -> list[np.ndarray]:
         """The epoch's global batches (each ``rows * num_replicas`` draws), in their shuffled order."""
