@@ -10,7 +10,7 @@ python3 -m venv .venv
 # constraints.txt: the versions a green run used (scripts/versions.sh tests the newest and the oldest allowed)
 .venv/bin/python -m pip install -q -c constraints.txt -e ".[test]"
 .venv/bin/python -m pip install -q -c constraints.txt -e plugins/pengi-kit-timm -e plugins/pengi-kit-openclip \
-    -e plugins/pengi-kit-plugin-template
+    -e plugins/pengi-kit-plugin-template -e plugins/pengi-kit-vggish
 if [[ "${1:-}" == "--fast" ]]; then
     shift
     set -- -m "not slow" "$@"
