@@ -127,8 +127,8 @@ def save_checkpoint(path: Path, model: torch.nn.Module, recipe: dict[str, Any],
 
 def export_merged(model: torch.nn.Module, out: Path) -> Path:
     """Write ``model`` (loaded from a checkpoint: its ``recipe`` is set) as a checkpoint for
-    inference at ``out``, without training state. LoRA adapters (``[model.lm.lora]``) are merged
-    into the LM and the lora table leaves the recipe; the merged LM is no longer its pretrained
+    inference at ``out``, without training state. LoRA adapters (``[model.lm.lora]``, and an audio
+    encoder's) are merged in and the lora table leaves the recipe; the merged LM is no longer its pretrained
     source, so its config and tokenizer go to ``out/lm`` (architecture-only) and every weight
     to ``model.safetensors`` (``train.save_frozen``). An existing ``out`` is replaced."""
     import copy
@@ -137,12 +137,17 @@ def export_merged(model: torch.nn.Module, out: Path) -> Path:
 
     recipe = copy.deepcopy(model.recipe)
     lm, own_folder = recipe["model"]["lm"], False
-    if lm.pop("lora", None) is not None:
-        model.lm.merge_adapters()
+    for slot, table in recipe["model"].items():
+        if not isinstance(table, dict) or table.pop("lora", None) is None:
+            continue
+        getattr(model, slot).merge_adapters()
         recipe["train"]["save_frozen"] = True
-        own_folder = bool(lm.get("pretrained")) and not is_architecture_only(lm["pretrained"])
-        if own_folder:
-            lm["pretrained"] = "lm"  # relative: resolved against the checkpoint folder when loaded
+        if slot == "lm":
+            own_folder = bool(lm.get("pretrained")) and not is_architecture_only(lm["pretrained"])
+            if own_folder:
+                lm["pretrained"] = "lm"  # relative: resolved against the checkpoint folder when loaded
+        else:  # rebuilt from its sizes; the merged weights are in model.safetensors
+            table.update(pretrained="", **getattr(getattr(model, slot), "build_args", {}))
 
     def write_lm(folder: Path) -> None:
         model.lm.save_architecture(folder / "lm")

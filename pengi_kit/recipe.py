@@ -510,9 +510,10 @@ def _check_consistency(recipe: dict[str, Any]) -> None:
         if Augment(**recipe["data"]["augment"]).active:
             raise RecipeError("train.encoder_cache: [data.augment] varies the clips every epoch, so no kept output "
                               "would be read again; use one or the other")
-        if recipe["model"]["audio_encoder"].get("trainable", True):
+        encoder = recipe["model"]["audio_encoder"]
+        if encoder.get("trainable", True) or encoder.get("lora") is not None:
             raise RecipeError("train.encoder_cache keeps a frozen encoder's outputs; set [model.audio_encoder] "
-                              "trainable = false, or leave encoder_cache unset")
+                              "trainable = false without a lora table, or leave encoder_cache unset")
     if train["pack"] and recipe["model"]["layout"] != "chat":
         raise RecipeError("train.pack: packs the chat layout's conversations; set model.layout = \"chat\", or "
                           "train.pack = false")

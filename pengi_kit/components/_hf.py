@@ -4,10 +4,12 @@ folder or a fresh config; offline-aware loading; the byte-level tokenizer used b
 trained from scratch."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
-from pengi_kit.errors import WeightsError
+from pengi_kit.errors import RecipeError, WeightsError
+from pengi_kit.options import option
 
 BYTE_TOKENIZER = "byte"
 EOS = "<|endoftext|>"
@@ -125,3 +127,56 @@ def build_hf(model_cls: Any, config_cls: Any, pretrained: str | None, tokenizer:
     config = config_cls(vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=tok.eos_token_id,
                         eos_token_id=tok.eos_token_id, **{**(config_defaults or {}), **given})
     return instantiate(model_cls, config, **model_kwargs), tok
+
+
+@dataclass(frozen=True)
+class LoRA:
+    """``[model.lm.lora]`` (or ``[model.audio_encoder.lora]``, Whisper): low-rank adapters (LoRA,
+    through peft) on a frozen component. Only the adapters train (and the other trainable slots);
+    checkpoints store the adapters, not the base, and ``pengi-kit export`` merges them in."""
+
+    rank: int = option(8, "Rank r of each adapter.", ">= 1")
+    alpha: float = option(16.0, "Adapter scale: its output is multiplied by alpha / rank.", "> 0")
+    dropout: float = option(0.05, "Dropout on each adapter's input while training.", "[0, 1)")
+    target_modules: list[str] = option(
+        [], "Names (suffixes) of the linear layers to adapt; [] means the attention projections (gpt2: "
+            "c_attn; llama, qwen2/3, mistral, gemma: q/k/v/o_proj; whisper: q/k/v/out_proj), else peft's "
+            "default for the architecture.")
+
+
+def inject_lora(model: Any, lora: LoRA, targets: list[str], what: str, key: str) -> None:
+    """Inject LoRA adapters (peft) into ``model``'s linear layers named by ``targets`` (suffixes);
+    ``what`` and ``key`` name the model and the recipe key in the error for a target it lacks."""
+    from peft import LoraConfig, inject_adapter_in_model
+    from torch import nn
+    from transformers.pytorch_utils import Conv1D
+
+    linears = [name for name, m in model.named_modules() if isinstance(m, (nn.Linear, Conv1D))]
+    targeted = {name.rpartition(".")[2] for name in linears if name.endswith(tuple(targets))}
+    missing = [t for t in targets if t.rpartition(".")[2] not in targeted]
+    if missing:
+        found = sorted({name.rpartition(".")[2] for name in linears})
+        raise RecipeError(f"{key}: {', '.join(missing)} is not a linear layer of {what}; choose among "
+                          f"{', '.join(found)}")
+    # GPT-2's Conv1D stores its weight transposed (in x out); peft must be told so
+    conv = any(isinstance(m, Conv1D) for n, m in model.named_modules() if n.endswith(tuple(targets)))
+    config = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
+                        fan_in_fan_out=conv)
+    inject_adapter_in_model(config, model)
+
+
+def lora_parameters(model: Any) -> Iterator[Any]:
+    """The LoRA adapters' parameters of ``model``."""
+    return (p for name, p in model.named_parameters() if "lora_" in name)
+
+
+def merge_lora(model: Any) -> None:
+    """Fold ``model``'s adapters into its weights (W + B A * alpha / rank) and remove them: its
+    keys are then those it has without adapters."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for name, module in list(model.named_modules()):
+        if isinstance(module, BaseTunerLayer):
+            module.merge()
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, module.get_base_layer())

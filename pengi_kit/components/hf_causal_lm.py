@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -17,9 +16,8 @@ import torch
 from torch import nn
 from transformers.cache_utils import Cache, DynamicLayer, StaticLayer
 
-from pengi_kit.components._hf import build_hf, reject_config_args
+from pengi_kit.components._hf import LoRA, build_hf, inject_lora, lora_parameters, merge_lora, reject_config_args
 from pengi_kit.errors import RecipeError, WeightsError
-from pengi_kit.options import option
 
 # LoRA's default targets: the attention projections (what LoRA's paper and most recipes adapt);
 # other architectures get peft's own default for their model type
@@ -49,20 +47,6 @@ DEFAULT_CHAT_TEMPLATE = (
     "{% for m in messages %}{% if not loop.first %} {% endif %}{{ m['role'] }}: {{ m['content'] }}"
     "{% if m['role'] == 'assistant' %}{{ eos_token }}{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}{% if messages %} {% endif %}assistant:{% endif %}")
-
-
-@dataclass(frozen=True)
-class LoRA:
-    """``[model.lm.lora]``: low-rank adapters (LoRA, through peft) on a frozen LM. Only the
-    adapters train (and the other trainable slots); checkpoints store the adapters, not the
-    base, and ``pengi-kit export`` merges them into the LM."""
-
-    rank: int = option(8, "Rank r of each adapter.", ">= 1")
-    alpha: float = option(16.0, "Adapter scale: its output is multiplied by alpha / rank.", "> 0")
-    dropout: float = option(0.05, "Dropout on each adapter's input while training.", "[0, 1)")
-    target_modules: list[str] = option(
-        [], "Names (suffixes) of the linear layers to adapt; [] means the attention projections (gpt2: "
-            "c_attn; llama, qwen2/3, mistral, gemma: q/k/v/o_proj), else peft's default for the architecture.")
 
 
 class HFCausalLM(nn.Module):
@@ -150,39 +134,19 @@ class HFCausalLM(nn.Module):
     def add_adapters(self, lora: LoRA) -> None:
         """Inject LoRA adapters (peft) into the LM; its own weights are frozen by the model
         (``PengiModel.set_trainable``), the adapters train (:meth:`adapter_parameters`)."""
-        from peft import LoraConfig, inject_adapter_in_model
-        from transformers.pytorch_utils import Conv1D
-
         model_type = self.model.config.model_type
         targets = list(lora.target_modules) or LORA_TARGETS.get(model_type) or _peft_default_targets(model_type)
-        linears = [name for name, m in self.model.named_modules() if isinstance(m, (nn.Linear, Conv1D))]
-        targeted = {name.rpartition(".")[2] for name in linears if name.endswith(tuple(targets))}
-        missing = [t for t in targets if t.rpartition(".")[2] not in targeted]
-        if missing:
-            found = sorted({name.rpartition(".")[2] for name in linears})
-            raise RecipeError(f"model.lm.lora.target_modules: {', '.join(missing)} is not a linear layer of this "
-                              f"{model_type} LM; choose among {', '.join(found)}")
-        # GPT-2's Conv1D stores its weight transposed (in x out); peft must be told so
-        conv = any(isinstance(m, Conv1D) for n, m in self.model.named_modules() if n.endswith(tuple(targets)))
-        config = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
-                            fan_in_fan_out=conv)
-        inject_adapter_in_model(config, self.model)
+        inject_lora(self.model, lora, targets, f"this {model_type} LM", "model.lm.lora.target_modules")
         self.lora = lora
 
     def adapter_parameters(self) -> Iterator[nn.Parameter]:
         """The LoRA adapters' parameters (none without ``lora``)."""
-        return (p for name, p in self.model.named_parameters() if "lora_" in name)
+        return lora_parameters(self.model)
 
     def merge_adapters(self) -> None:
         """Fold the adapters into the LM's weights (W + B A * alpha / rank) and remove them:
         the LM is then a plain transformers model with the keys it has without ``lora``."""
-        from peft.tuners.tuners_utils import BaseTunerLayer
-
-        for name, module in list(self.model.named_modules()):
-            if isinstance(module, BaseTunerLayer):
-                module.merge()
-                parent, _, child = name.rpartition(".")
-                setattr(self.model.get_submodule(parent), child, module.get_base_layer())
+        merge_lora(self.model)
         self.lora = None
 
     def save_architecture(self, folder: Path) -> None:

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from torch import nn
 
-from pengi_kit.components._hf import hf_model
+from pengi_kit.components._hf import LoRA, hf_model, inject_lora, lora_parameters, merge_lora
 
 RATE, HOP = 16000, 160
 SAMPLES_PER_FRAME = 2 * HOP  # the encoder's second convolution has stride 2
@@ -64,6 +65,19 @@ class WhisperAudioEncoder(nn.Module):
         # what an encoder folder records, so that it rebuilds this encoder (a hub model's own sizes)
         self.build_args = {k: int(getattr(config, k)) for k in SIZES}
 
+    def add_adapters(self, lora: LoRA) -> None:
+        """LoRA adapters (peft) on the encoder's attention (default: q/k/v/out_proj); the model
+        freezes the encoder's own weights and trains the adapters."""
+        inject_lora(self.encoder, lora, list(lora.target_modules) or ["q_proj", "k_proj", "v_proj", "out_proj"],
+                    "Whisper's encoder", "model.audio_encoder.lora.target_modules")
+
+    def adapter_parameters(self) -> Iterator[nn.Parameter]:
+        return lora_parameters(self.encoder)
+
+    def merge_adapters(self) -> None:
+        """Fold the adapters into the encoder's weights and remove them."""
+        merge_lora(self.encoder)
+
     def forward(self, waveform: torch.Tensor, lengths: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         b, t = waveform.shape
@@ -86,13 +100,26 @@ BASE = {"num_mel_bins": 80, "d_model": 512, "encoder_layers": 6, "encoder_attent
 
 def whisper(pretrained: str = "", num_mel_bins: int | None = None, d_model: int | None = None,
             encoder_layers: int | None = None, encoder_attention_heads: int | None = None,
-            encoder_ffn_dim: int | None = None, max_source_positions: int | None = None) -> WhisperAudioEncoder:
+            encoder_ffn_dim: int | None = None, max_source_positions: int | None = None,
+            lora: LoRA | None = None) -> WhisperAudioEncoder:
     """The encoder of a Whisper checkpoint (``pretrained``: a hub id such as ``openai/whisper-tiny``
     ... ``openai/whisper-large-v3`` (128 mel bins), or a local folder saved by transformers), an
     encoder folder that pengi-kit wrote (a pretrained tagger's export: its sizes are recorded
     there), or with ``pretrained = ""`` (the default) a fresh encoder (whisper-base's sizes unless given;
     ``max_source_positions`` frames of 20 ms per window: 1500 is Whisper's 30 s, tests use
-    shorter windows). Sizes given beside a checkpoint must be the checkpoint's."""
+    shorter windows). Sizes given beside a checkpoint must be the checkpoint's. ``lora``
+    (``[model.audio_encoder.lora]``, with ``trainable = false``): adapters on the frozen encoder.
+    """
+    model = _whisper(pretrained, num_mel_bins, d_model, encoder_layers, encoder_attention_heads, encoder_ffn_dim,
+                     max_source_positions)
+    if lora is not None:
+        model.add_adapters(LoRA(**lora) if isinstance(lora, dict) else lora)
+    return model
+
+
+def _whisper(pretrained: str, num_mel_bins: int | None, d_model: int | None, encoder_layers: int | None,
+             encoder_attention_heads: int | None, encoder_ffn_dim: int | None,
+             max_source_positions: int | None) -> WhisperAudioEncoder:
     from transformers import WhisperConfig, WhisperModel
     from transformers.models.whisper.modeling_whisper import WhisperEncoder
 

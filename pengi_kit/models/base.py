@@ -100,11 +100,21 @@ class Composite(nn.Module):
         self.encoder_cache: Any = None  # an EncoderCache of the frozen audio encoder (train.encoder_cache)
 
     def set_trainable(self, flags: dict[str, bool]) -> None:
-        """Freeze or unfreeze each slot's component; everything else (heads, projections) trains."""
+        """Freeze or unfreeze each slot's component; everything else (heads, projections) trains.
+
+        A component with LoRA adapters (``[model.lm.lora]``, ``[model.audio_encoder.lora]``) keeps
+        its own weights frozen and trains the adapters; it runs in train mode (adapter dropout), as
+        LoRA fine-tuning does."""
         self.requires_grad_(True)
         self.frozen = [slot for slot, trainable in flags.items() if not trainable and getattr(self, slot, None)]
-        for slot in self.frozen:
-            getattr(self, slot).requires_grad_(False)
+        for slot in list(self.frozen):
+            component = getattr(self, slot)
+            component.requires_grad_(False)
+            adapters = list(getattr(component, "adapter_parameters", list)())
+            for param in adapters:
+                param.requires_grad_(True)
+            if adapters:
+                self.frozen.remove(slot)
 
     def train(self, mode: bool = True) -> "Composite":
         """Frozen components stay in eval mode: no dropout, no batch-norm statistics drift."""

@@ -290,18 +290,6 @@ class PengiModel(Composite):
         """The line to print when a validation says something is wrong: the model is not listening."""
         return listening_warning(metrics["listening"]) if "listening" in metrics else None
 
-    def set_trainable(self, flags: dict[str, bool]) -> None:
-        """Freeze or unfreeze each component. The projections always train, as in Pengi.
-
-        An LM with LoRA adapters (``[model.lm.lora]``) keeps its own weights frozen and trains
-        the adapters; it runs in train mode (adapter dropout), as LoRA fine-tuning does."""
-        super().set_trainable(flags)
-        adapters = list(getattr(self.lm, "adapter_parameters", list)())
-        for param in adapters:
-            param.requires_grad_(True)
-        if adapters:
-            self.frozen = [slot for slot in self.frozen if slot != "lm"]
-
 
 def build_components(recipe: dict[str, Any], registry: Any | None = None) -> dict[str, nn.Module | None]:
     """The components of a resolved ``task = "pengi"`` recipe, by slot (None: switched off), each

@@ -111,3 +111,43 @@ def test_whisper_two_stage_learns_and_answers_a_clip_alike_in_any_batch(tmp_path
                                    atol=1e-5, rtol=0)
         heard = pengi.listening(varied, [(i, "this is a sound of", clips[i].primary) for i in range(16)], batch_size=4)
         assert heard["listening"] > 0.5, (mapper["name"], heard)  # the answers hang on the audio
+
+
+def test_lora_on_a_frozen_whisper_trains_adapters_only_and_exports_merged(tmp_path):
+    """[model.audio_encoder.lora]: the encoder's own weights stay its checkpoint's, the adapters
+    train and are all the checkpoint holds of it; export folds them in (the same frames)."""
+    from safetensors.torch import load_file
+    from transformers import WhisperConfig, WhisperModel
+
+    from pengi_kit.engine.trainer import Trainer
+    from pengi_kit.models import export, load_model
+    from pengi_kit.recipe import from_dict
+    from pengi_kit.testing import tiny_recipe
+
+    torch.manual_seed(0)
+    source = WhisperModel(WhisperConfig(d_model=16, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=32,
+                                        decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=32,
+                                        max_source_positions=50, num_mel_bins=80))
+    source.save_pretrained(tmp_path / "whisper-mini")
+    raw = tiny_recipe(tmp_path / "run", audio_encoder={"name": "whisper", "pretrained": str(tmp_path / "whisper-mini"),
+                                                       "trainable": False, "lora": {"rank": 2}},
+                      audio_mapper={"name": "qformer", "prefix_length": 2, "num_layers": 1, "num_heads": 2},
+                      train={"max_steps": 4})
+    trainer = Trainer(from_dict(raw), progress=False)
+    path = trainer.fit()
+    encoder = trainer.model.audio_encoder.encoder
+    base = {k.replace(".base_layer", ""): v for k, v in encoder.state_dict().items() if "lora_" not in k}
+    for key, value in source.get_encoder().state_dict().items():
+        assert torch.equal(base[key], value), key  # frozen
+    assert any(p.abs().sum() > 0 for n, p in encoder.named_parameters() if "lora_B" in n)  # B starts at 0
+    saved = [k for k in load_file(str(path / "model.safetensors")) if k.startswith("audio_encoder.")]
+    assert saved and all("lora_" in k for k in saved), saved
+    trained = load_model(path)
+    merged = load_model(export(path, tmp_path / "merged"))
+    assert not any("lora_" in n for n, _ in merged.named_parameters())
+    assert merged.recipe["model"]["audio_encoder"]["pretrained"] == "" and "lora" not in merged.recipe["model"][
+        "audio_encoder"]
+    wave = torch.rand(2, 8000) - 0.5
+    with torch.no_grad():
+        torch.testing.assert_close(merged.audio_encoder(wave)[0], trained.audio_encoder(wave)[0], atol=1e-5,
+                                   rtol=1e-4)
