@@ -103,7 +103,8 @@ class Trainable(Protocol):
     It follows ``sample_rate``/``clip_seconds`` when loading audio. Optional:
     ``export(out_dir) -> Path`` writes the folder users take away (an encoder folder, a CLAP
     folder) after training; ``validation_warning(metrics) -> str | None`` names a problem a
-    validation shows (printed once a run)."""
+    validation shows (printed once a run); ``check_conversation(messages) -> str | None`` says why
+    it cannot train on a conversation (the trainer leaves such rows out before training, reported)."""
 
     sample_rate: int
     clip_seconds: float | None

@@ -8,7 +8,7 @@ several weighted sources, a shard stream counts its examples without a length).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -42,6 +42,11 @@ class PengiDataset:
         them (cut to the encoder's clip), for batching by duration; None where that is not cheap
         to know."""
         return None
+
+    def vet(self, check: Callable[[list[dict[str, str]]], str | None]) -> None:
+        """Leave out the conversations ``check`` refuses (it returns why), each reported in
+        ``load_errors``: rows a model cannot read, found before training rather than in it.
+        Nothing to do for data without conversations known ahead."""
 
     def set_epoch(self, epoch: int) -> None:
         """Draw the crops (and shuffles) of ``epoch`` from now on; nothing to do for data without any."""

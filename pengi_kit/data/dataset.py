@@ -165,6 +165,16 @@ class ConversationDataset(_Clips):
     def __len__(self) -> int:
         return len(self.rows)
 
+    def vet(self, check: Any) -> None:
+        kept = []
+        for row in self.rows:
+            reason = check(row.as_messages())
+            if reason is None:
+                kept.append(row)
+            else:
+                self.load_errors.append(f"{row.where}: {reason}")
+        self.rows = kept
+
     def durations(self) -> np.ndarray:
         """Seconds of each conversation's clips together (a clip held in the file: the encoder's clip,
         or 10 s)."""
@@ -217,9 +227,17 @@ class MixtureDataset(PengiDataset, Dataset):
 
     def __init__(self, sources: list[PengiDataset], weights: list[float]) -> None:
         self.sources, self.weights = sources, list(weights)
-        self.sizes = [s.num_examples() for s in sources]
+        self._index()
+
+    def _index(self) -> None:
+        self.sizes = [s.num_examples() for s in self.sources]
         self.offsets = np.cumsum([0, *self.sizes])
         self.total = int(self.offsets[-1])
+
+    def vet(self, check: Any) -> None:
+        for source in self.sources:
+            source.vet(check)
+        self._index()
 
     @property
     def load_errors(self) -> list[str]:  # type: ignore[override]

@@ -184,6 +184,10 @@ class Trainer:
         rate, seconds = self.model.sample_rate, self.model.clip_seconds
         self.train_data = build_dataset(recipe, "train", rate, seconds)
         self.valid_data = build_dataset(recipe, "valid", rate, seconds)
+        check = getattr(self.model, "check_conversation", None)  # rows it cannot read: reported, not trained
+        for dataset in (self.train_data, self.valid_data):
+            if check is not None and dataset is not None:
+                dataset.vet(check)
         if self.train_data is None:
             raise TrainingError("data.train is empty: name a manifest or 'synthetic'")
         self.batch_size = recipe["train"]["batch_size"]

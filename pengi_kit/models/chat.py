@@ -146,6 +146,21 @@ class ChatModel(PengiModel):
                               if config is not None and config.model_type in ("gpt2", "opt", "gpt_neo") else 10**9)
 
     # -------------------------------------------------------------- inputs
+    def check_conversation(self, messages: list[dict[str, str]]) -> str | None:
+        """Why this model cannot train on a conversation (its template cannot render it, or it is
+        longer than the LM's positions), or None: the trainer vets conversation files with it
+        before training (``PengiDataset.vet``)."""
+        try:
+            ids = self.template.encode(messages).ids
+        except PengiKitError as exc:
+            return str(exc)
+        slots = ids.count(AUDIO_SLOT)
+        length = len(ids) - slots + slots * self.prefix_length
+        if length > self.max_positions:
+            return (f"a conversation of {length} positions (text and audio tokens) is longer than the LM's "
+                    f"{self.max_positions}; shorten it, or use an LM of more positions")
+        return None
+
     def tokenize_targets(self, texts: list[str]) -> dict[str, torch.Tensor]:
         """Answers as the template ends them (``answer_end``), right-padded: what follows a chat
         prefix (:meth:`chat_prefix`) when the model answers ``text``."""

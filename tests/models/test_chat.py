@@ -286,3 +286,35 @@ def test_a_packed_run_resumes_bitwise(tmp_path):
     losses = {out: [json.loads(line)["loss"] for line in (tmp_path / out / "metrics.jsonl").read_text().splitlines()
                     if '"loss"' in line] for out in ("full", "part")}
     assert len(losses["full"]) == 6 and losses["part"] == losses["full"]
+
+
+def test_rows_the_model_cannot_read_are_reported_before_training_and_left_out(tmp_path):
+    """A conversation longer than the LM's positions, and one the template refuses (two user turns
+    in a row under a template that raises, as Mistral's does): each one line, before the first
+    step; the run trains on the rest. With data.on_error = "fail", the first stops the run."""
+    import soundfile as sf
+
+    from pengi_kit.engine.trainer import Trainer, TrainingError
+
+    sf.write(tmp_path / "a.wav", (torch.rand(8000) * 0.2 - 0.1).numpy(), 16000)
+    good = {"messages": [{"role": "user", "content": "<audio>is there a low tone?"},
+                         {"role": "assistant", "content": "yes"}], "audios": ["a.wav"]}
+    long = {"messages": [{"role": "user", "content": "<audio>" + "is there a low tone? " * 20},
+                         {"role": "assistant", "content": "no"}], "audios": ["a.wav"]}
+    twice = {"messages": [{"role": "user", "content": "<audio>hi"}, {"role": "user", "content": "is there?"},
+                          {"role": "assistant", "content": "no"}], "audios": ["a.wav"]}
+    (tmp_path / "c.jsonl").write_text("\n".join(json.dumps(r) for r in [good] * 6 + [long, twice] + [good] * 6))
+    strict = ("{% for m in messages %}{% if loop.index0 > 0 and m['role'] == messages[loop.index0 - 1]['role'] %}"
+              "{{ raise_exception('roles must alternate') }}{% endif %}{{ m['role'] }}: {{ m['content'] }}"
+              "{% if m['role'] == 'assistant' %}{{ eos_token }}{% endif %} {% endfor %}"
+              "{% if add_generation_prompt %}assistant:{% endif %}")
+    raw = _chat_recipe(tmp_path, chat_template=strict)
+    raw["data"].update(train=str(tmp_path / "c.jsonl"), valid="")
+    raw["train"].update(max_steps=2, batch_size=4)
+    trainer = Trainer(from_dict(raw), progress=False)
+    assert [e.split(": ", 1)[0] for e in trainer.bad_examples] == [f"{tmp_path / 'c.jsonl'}:7",
+                                                                    f"{tmp_path / 'c.jsonl'}:8"]
+    assert "longer than the LM's 64" in trainer.bad_examples[0] and "roles must alternate" in trainer.bad_examples[1]
+    trainer.fit()
+    with pytest.raises(TrainingError, match=r"c.jsonl:7: a conversation of \d+ positions"):
+        Trainer(from_dict(raw, ["data.on_error=fail", f"train.output_dir={tmp_path / 'fail'}"]), progress=False)
