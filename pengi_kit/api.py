@@ -569,44 +569,26 @@ class Clap(Pengi):
 
 def _chat_messages(conversation: Sequence[dict[str, Any]]) -> tuple[list[dict[str, str]], list[Any]]:
     """A conversation of :meth:`Pengi.chat` as the chat layout reads it: each message's content one
-    string with ``<audio>`` where a clip goes, and the clips in order."""
-    import base64
-
-    from pengi_kit.data.conversations import AUDIO, check_messages
+    string with ``<audio>`` where a clip goes (:func:`pengi_kit.data.conversations.content_text`),
+    and the clips in order (a clip held in the message as its bytes)."""
+    from pengi_kit.data.conversations import AUDIO, InlineAudio, _Bad, check_messages, content_text
 
     messages: list[dict[str, str]] = []
     clips: list[Any] = []
-    for n, message in enumerate(conversation, start=1):
-        if not isinstance(message, dict) or "role" not in message or "content" not in message:
-            raise ValueError(f"message {n}: expected {{'role': ..., 'content': ...}}, got {message!r}")
-        content = message["content"]
-        if isinstance(content, str):
-            if AUDIO in content:
+    try:
+        for n, message in enumerate(conversation, start=1):
+            if not isinstance(message, dict) or "role" not in message or "content" not in message:
+                raise ValueError(f"message {n}: expected {{'role': ..., 'content': ...}}, got {message!r}")
+            if isinstance(message["content"], str) and AUDIO in message["content"]:
                 raise ValueError(f"message {n}: {AUDIO} in a text; give the clip as a part: "
                                  "{'type': 'audio', 'audio': 'clip.wav'}")
-            messages.append({"role": message["role"], "content": content})
-            continue
-        text = ""
-        for part in content:
-            kind = part.get("type") if isinstance(part, dict) else None
-            if kind == "text":
-                text += part["text"]
-            elif kind == "audio":
-                clips.append(part["audio"])
-                text += AUDIO
-            elif kind == "input_audio":
-                clips.append(io.BytesIO(base64.b64decode(part["input_audio"]["data"])))
-                text += AUDIO
-            else:
-                raise ValueError(f"message {n}: unknown content part {part!r}; use 'text', 'audio' or 'input_audio'")
-        messages.append({"role": message["role"], "content": text})
-    if messages and messages[-1]["role"] == "assistant":
-        raise ValueError("the conversation ends with an assistant turn: end it with the user's turn to answer")
-    try:
+            messages.append({"role": message["role"], "content": content_text(message["content"], n, clips, True)})
+        if messages and messages[-1]["role"] == "assistant":
+            raise ValueError("the conversation ends with an assistant turn: end it with the user's turn to answer")
         check_messages([(m["role"], m["content"]) for m in messages], len(clips), need_answer=False)
-    except Exception as exc:  # noqa: BLE001 - the format checks' one line
-        raise ValueError(str(exc)) from None
-    return messages, clips
+    except _Bad as bad:  # the format checks' one line
+        raise ValueError(str(bad)) from None
+    return messages, [io.BytesIO(c.data) if isinstance(c, InlineAudio) else c for c in clips]
 
 
 def load(path: str | Path, device: str | torch.device = "cpu", num_workers: int | None = None) -> Pengi:

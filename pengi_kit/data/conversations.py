@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from pengi_kit.data.manifest import _Bad, _jsonl_rows, _relative, write_lines
+from pengi_kit.data.manifest import _Bad, _jsonl_rows, _relative, collect, write_lines
 from pengi_kit.errors import ManifestError
 
 __all__ = ["AUDIO", "FORMATS", "Conversation", "InlineAudio", "detect_format", "is_conversation_file",
@@ -150,7 +150,10 @@ def _turns(row: dict[str, Any], key: str, role_key: str, text_key: str) -> list[
     return out
 
 
-def _openai_content(content: Any, n: int, clips: list[InlineAudio]) -> str:
+def content_text(content: Any, n: int, clips: list[Any], objects: bool = False) -> str:
+    """Message ``n``'s content as one string with an :data:`AUDIO` where each clip goes, its clips
+    appended to ``clips``: a string, or OpenAI's list of ``text`` and ``input_audio`` parts (and with
+    ``objects``, :meth:`pengi_kit.api.Pengi.chat`'s ``{"type": "audio", "audio": <clip>}`` parts)."""
     if isinstance(content, str):
         return content
     if not isinstance(content, list):
@@ -172,8 +175,12 @@ def _openai_content(content: Any, n: int, clips: list[InlineAudio]) -> str:
                 raise _Bad(f"message {n}: input_audio has no data")
             clips.append(InlineAudio(data, str(audio.get("format") or "wav")))
             text += AUDIO
+        elif kind == "audio" and objects:
+            clips.append(part.get("audio"))
+            text += AUDIO
         else:
-            raise _Bad(f"message {n}: unknown content part {kind!r}", "use 'text' and 'input_audio' parts")
+            raise _Bad(f"message {n}: unknown content part {kind!r}",
+                       f"use 'text', {'audio, ' if objects else ''}and 'input_audio' parts")
     return text
 
 
@@ -237,7 +244,7 @@ def _parse(row: dict[str, Any], fmt: str, folder: Path, need_answer: bool) -> Co
         for n, turn in enumerate(turns, start=1):
             if not isinstance(turn, dict) or not isinstance(turn.get("role"), str):
                 raise _Bad(f"message {n}: expected an object with a 'role' string and 'content'")
-            messages.append((turn["role"], _openai_content(turn.get("content"), n, audios)))
+            messages.append((turn["role"], content_text(turn.get("content"), n, audios)))
     check_messages(messages, len(audios), need_answer)
     return Conversation(tuple(messages), tuple(audios))
 
@@ -289,27 +296,20 @@ def read_conversations(path: str | Path, on_error: str = "fail", *, format: str 
         raw = path.read_bytes()
     except OSError as exc:
         raise ManifestError(f"{path}: cannot read it: {exc.strerror} (check the path)") from None
-    out: list[Conversation] = []
-    errors: list[str] = []
     fmt = format
-    for line, row in _rows(path, raw):
-        try:
-            if isinstance(row, _Bad):
-                raise row
+
+    def parse(line: int | str, row: dict[str, Any]) -> Conversation:
+        nonlocal fmt
+        if fmt is None:
+            fmt = detect_format(row)
             if fmt is None:
-                fmt = detect_format(row)
-                if fmt is None:
-                    raise ManifestError(f"{path}:{line}: cannot tell the conversation format from the keys "
-                                        f"{sorted(row)}; name it: format = \"llama-factory\" (or "
-                                        f"{', '.join(FORMATS[1:])}) in the recipe's data table")
-            conversation = _parse(row, fmt, path.parent, need_answer)
-            out.append(Conversation(conversation.messages, conversation.audios, line, path))
-        except _Bad as bad:
-            message = f"{path}:{line}: {bad}"
-            if on_error == "fail":
-                raise ManifestError(message) from None
-            errors.append(message)
-    return out, errors
+                raise ManifestError(f"{path}:{line}: cannot tell the conversation format from the keys "
+                                    f"{sorted(row)}; name it: format = \"llama-factory\" (or "
+                                    f"{', '.join(FORMATS[1:])}) in the recipe's data table")
+        conversation = _parse(row, fmt, path.parent, need_answer)
+        return Conversation(conversation.messages, conversation.audios, line, path)
+
+    return collect(path, _rows(path, raw), parse, on_error)
 
 
 def _clip_value(audio: Path | InlineAudio, folder: Path) -> str:

@@ -253,13 +253,16 @@ class MixtureDataset(PengiDataset, Dataset):
     def __len__(self) -> int:
         return self.total
 
-    def durations(self) -> np.ndarray | None:
-        parts = [s.durations() for s in self.sources]
+    def _joined(self, per_source: str) -> np.ndarray | None:
+        """The sources' answers to ``per_source`` end to end; None where one of them does not know."""
+        parts = [getattr(s, per_source)() for s in self.sources]
         return None if any(p is None for p in parts) else np.concatenate(parts)
 
+    def durations(self) -> np.ndarray | None:
+        return self._joined("durations")
+
     def text_lengths(self) -> np.ndarray | None:
-        parts = [s.text_lengths() for s in self.sources]
-        return None if any(p is None for p in parts) else np.concatenate(parts)
+        return self._joined("text_lengths")
 
     def __getitem__(self, draw: int) -> dict[str, Any]:
         copy, index = divmod(draw, self.total)

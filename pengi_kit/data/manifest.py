@@ -106,19 +106,27 @@ def read_manifest(
     from_csv = suffix in _CSV
     defaulted = task is not None or prompt is not None  # rows need neither a prompt nor a task column
     rows = _csv_rows(path, raw, _CSV[suffix], require_text, defaulted) if from_csv else _jsonl_rows(raw)
-    examples: list[Example] = []
+    return collect(path, rows, lambda line, row: _example(row, line, path, from_csv, task, templates or {},
+                                                          require_text, prompt), on_error)
+
+
+def collect(path: Path, rows: Iterable[tuple[Any, dict[str, Any] | _Bad]], parse: Any,
+            on_error: str) -> tuple[list[Any], list[str]]:
+    """``parse(line, row)`` of each row, and one message ``file:line: what (fix)`` per bad one: raised
+    as :class:`ManifestError` with ``on_error="fail"``, collected with ``"skip"``."""
+    out: list[Any] = []
     errors: list[str] = []
     for line, row in rows:
         try:
             if isinstance(row, _Bad):
                 raise row
-            examples.append(_example(row, line, path, from_csv, task, templates or {}, require_text, prompt))
+            out.append(parse(line, row))
         except _Bad as bad:
             message = f"{path}:{line}: {bad}"
             if on_error == "fail":
                 raise ManifestError(message) from None
             errors.append(message)
-    return examples, errors
+    return out, errors
 
 
 def _decode(data: bytes, where: str = "") -> str:

@@ -242,18 +242,31 @@ class ChatModel(PengiModel):
     def sequence_logprobs(self, audio_tokens: Prefix, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                           target_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Each row's summed log-probability of the tokens ``target_mask`` marks (B,), and their count."""
-        rows = self.splice(prefix_rows(audio_tokens), input_ids, attention_mask, target_mask)
+        nll, tokens = self._nll(self.splice(prefix_rows(audio_tokens), input_ids, attention_mask, target_mask))
+        return -nll, tokens
+
+    def _nll(self, rows: list[tuple[torch.Tensor, torch.Tensor]], positions: list[torch.Tensor] | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each sequence's summed negative log-likelihood of its labelled tokens, and their count (B,):
+        ``rows`` of LM inputs (L_i, D) and labels (L_i,), right-padded together; with ``positions``
+        (packed rows, :meth:`packed_nll`), each sequence's position ids and no mask."""
         width = max(len(e) for e, _ in rows)
         embeds = rows[0][0].new_zeros(len(rows), width, rows[0][0].shape[-1])
-        labels = input_ids.new_full((len(rows), width), -100)
+        labels = rows[0][1].new_full((len(rows), width), -100)
         mask = torch.zeros_like(labels)
         for i, (e, m) in enumerate(rows):
             embeds[i, :len(e)], labels[i, :len(m)], mask[i, :len(e)] = e, m, 1
-        logits, _ = self.lm(embeds, mask)
+        if positions is None:
+            logits, _ = self.lm(embeds, mask)
+        else:
+            position = torch.zeros_like(labels)
+            for i, p in enumerate(positions):  # the padding after a row: a sequence of its own
+                position[i] = torch.cat([p, torch.arange(width - len(p), device=p.device)])
+            logits, _ = self.lm(embeds, None, position_ids=position)
         labels = labels[:, 1:]  # position t predicts token t + 1
         nll = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
                               reduction="none").view_as(labels)
-        return -nll.sum(1), (labels != -100).sum(1)
+        return nll.sum(1), (labels != -100).sum(1)
 
     def clip_tokens(self, audio: torch.Tensor, input_ids: torch.Tensor,
                     audio_lengths: torch.Tensor | None = None) -> list[torch.Tensor]:
@@ -289,23 +302,12 @@ class ChatModel(PengiModel):
                 at = len(bins) - 1
             bins[at].append(i)
             room[at] -= len(rows[i][0])
-        first = rows[0][0]
-        embeds = first.new_zeros(len(bins), width, first.shape[-1])
-        labels = input_ids.new_full((len(bins), width), -100)
-        position = torch.zeros_like(labels)
-        for b, members in enumerate(bins):
-            at = 0
-            for i in members:
-                e, m = rows[i]
-                embeds[b, at:at + len(e)], labels[b, at:at + len(m)] = e, m
-                position[b, at:at + len(e)] = torch.arange(len(e), device=labels.device)
-                at += len(e)
-            position[b, at:] = torch.arange(width - at, device=labels.device)  # padding: a sequence of its own
-        logits, _ = self.lm(embeds, None, position_ids=position)
-        labels = labels[:, 1:]
-        nll = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                              reduction="sum")
-        return nll, (labels != -100).sum()
+        packed = [(torch.cat([rows[i][0] for i in members]), torch.cat([rows[i][1] for i in members]))
+                  for members in bins]
+        positions = [torch.cat([torch.arange(len(rows[i][0]), device=input_ids.device) for i in members])
+                     for members in bins]
+        nll, tokens = self._nll(packed, positions)
+        return nll.sum(), tokens.sum()
 
     def forward(self, audio: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 target_mask: torch.Tensor, clip_key: torch.Tensor | None = None,
