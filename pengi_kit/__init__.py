@@ -19,6 +19,7 @@ _API = {
     "Clap": "pengi_kit.api",
     "Clip": "pengi_kit.data.inputs",
     "DESCRIBE_PROMPTS": "pengi_kit.api",
+    "serve": "pengi_kit.server",
     "Decoding": "pengi_kit.decoding",
     "collect_inputs": "pengi_kit.data.inputs",
     "checkpoint_folder": "pengi_kit.checkpoint:folder",

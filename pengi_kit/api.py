@@ -253,16 +253,20 @@ class Pengi:
         return torch.stack([cache[p] for p in prompts])
 
     def _decode(self, prefix: Prefix, cfg: Decoding) -> list[str]:
-        """Generated texts: tidied (special tokens dropped, ends stripped), or with
+        """Generated texts (:meth:`texts`) of a batch of prefixes."""
+        embeds, mask = split_prefix(prefix)
+        # the reference keeps the stop id (GPT-2: a trailing space) in its text
+        return self.texts(decode(self.model.lm, embeds, cfg, prefix_mask=mask,
+                                 keep_stop=cfg.compat == "pengi" and not cfg.stop), cfg)
+
+    def texts(self, rows: Sequence[Sequence[int]], cfg: Decoding) -> list[str]:
+        """The texts of generated token ids: tidied (special tokens dropped, ends stripped), or with
         ``compat="pengi"`` exactly the reference wrapper's strings (:func:`reference_text`)."""
         tok = self.model.lm.tokenizer
-        embeds, mask = split_prefix(prefix)
-        if cfg.compat == "pengi":  # the reference keeps the stop id (GPT-2: a trailing space) in its text
-            rows = decode(self.model.lm, embeds, cfg, prefix_mask=mask, keep_stop=not cfg.stop)
-            texts = [cut_at_stop(reference_text(tok, row), cfg.stop) for row in rows]
+        if cfg.compat == "pengi":
+            texts = [cut_at_stop(reference_text(tok, list(row)), cfg.stop) for row in rows]
         else:
-            texts = tok.batch_decode(decode(self.model.lm, embeds, cfg, prefix_mask=mask), skip_special_tokens=True)
-            texts = [cut_at_stop(t, cfg.stop).strip() for t in texts]
+            texts = [cut_at_stop(t, cfg.stop).strip() for t in tok.batch_decode(rows, skip_special_tokens=True)]
         return [t.capitalize() for t in texts] if cfg.capitalize else texts
 
     def chat(self, conversation: Sequence[dict[str, Any]] | Sequence[Sequence[dict[str, Any]]], *,

@@ -425,6 +425,41 @@ def chat_cmd(checkpoint: str, prompt: str, audios: tuple[str, ...], system: str 
     click.echo(answer)
 
 
+@main.command("serve")
+@click.argument("checkpoint")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; 0.0.0.0 opens the server to other machines (set --api-key).")
+@click.option("--port", default=8000, show_default=True, type=int, help="Port; 0 picks a free one (printed).")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1 ... or auto.")
+@click.option("--max-batch", default=32, show_default=True, type=int,
+              help="Rows decoded together (a choice is a row; a beam search takes beam_size rows).")
+@click.option("--max-queue", default=256, show_default=True, type=int,
+              help="Requests waiting for a row; more are refused with 429 and Retry-After.")
+@click.option("--max-body", default=32 * 2**20, show_default=True, type=int,
+              help="Largest request body in bytes (base64 audio included); larger ones get 413.")
+@click.option("--max-length", default=2048, show_default=True, type=int,
+              help="Positions per row (prompt, audio tokens and generated tokens), at most the LM's.")
+@click.option("--api-key", envvar="PENGI_KIT_API_KEY", default=None,
+              help="Require 'Authorization: Bearer KEY' (all routes but /health). Also read from "
+                   "PENGI_KIT_API_KEY.")
+@click.option("--allow-local-files", is_flag=True,
+              help="Accept audio_url parts with file:// URLs (files on the server's machine).")
+@click.option("--model-name", default=None, help="The model's id in requests and /v1/models. [default: the "
+                                                 "checkpoint folder's name]")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["critical", "error", "warning", "info", "debug"]), help="uvicorn's log level.")
+def serve_cmd(checkpoint: str, **options: Any) -> None:
+    """Serve CHECKPOINT with OpenAI's API (chat completions with audio, embeddings) until
+    Ctrl-C or SIGTERM, which let the requests in flight finish (docs/serving.md):
+
+        pengi-kit serve runs/demo --port 8000
+    """
+    import pengi_kit
+
+    pengi_kit.checkpoint_folder(checkpoint)  # before the model loads
+    pengi_kit.serve(checkpoint, **options)
+
+
 @main.command("describe")
 @click.argument("checkpoint")
 @click.argument("inputs", nargs=-1, required=True)

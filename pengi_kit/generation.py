@@ -39,6 +39,7 @@ from __future__ import annotations
 import inspect
 import math
 import sys
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -566,6 +567,7 @@ class _Request:
         self.width = cfg.beam_size if self.beam else 1
         seed = cfg.seed if cfg.seed is not None else int(torch.seed()) % 2**62
         self.seed = torch.tensor(seed, device=prefix.device)
+        self.group = repr(replace(cfg, seed=None))  # rows of equal options choose their tokens together
         self.slots: list[int] = []
         self.tokens: list[int] = []
         self.beams: _Beams | None = None
@@ -578,10 +580,11 @@ class Stream:
     :meth:`add` queues a row (its prefix and its own :class:`Decoding`: greedy and sampling per
     row, beam search per group of ``beam_size`` rows; not ``compat="pengi"``); each :meth:`step`
     admits the queued rows that fit (their prefixes run together once, padded, and are copied
-    into free slots of the LM's :class:`~pengi_kit.components.hf_causal_lm.SlotCache`), chooses
-    one token for every live row and returns the rows that ended, with their tokens. A finished
-    row's slot goes to the last live row, so the live rows stay first; no step copies the
-    whole cache. A row gets the tokens :func:`generate` gives it (tested by
+    into free slots of the LM's :class:`~pengi_kit.components.hf_causal_lm.SlotCache`; rows
+    given the same prefix tensor share one prefill), chooses one token for every live row and
+    returns the rows that ended, with their tokens. A finished (or :meth:`cancel`-led) row's
+    slot goes to the last live row, so the live rows stay first; no step copies the whole
+    cache. A row gets the tokens :func:`generate` gives it (tested by
     ``pengi_kit.testing.check_batch_invariance`` with rows joining at random steps).
 
     >>> stream = Stream(lm, rows=32, length=1024)                      # doctest: +SKIP
@@ -602,11 +605,23 @@ class Stream:
         self.owners: list[_Request] = []  # the request of each live slot
         self.lengths: list[int] = []  # how far each live slot is filled
         self.logits: torch.Tensor | None = None  # each live slot's next-token logits
+        self.cancelled: set[Any] = set()  # live rows to drop at the next step
+        self.stepped = 0  # rows that chose a token at the last step
 
     @property
     def busy(self) -> bool:
         """Rows wait or run."""
         return bool(self.waiting or self.owners)
+
+    def live(self) -> dict[Any, list[int]]:
+        """The tokens each running row has chosen so far (a beam search's are known when it ends: [])."""
+        return {r.key: list(r.tokens) for r in dict.fromkeys(self.owners)}
+
+    def cancel(self, key: Any) -> None:
+        """Drop row ``key``: a waiting row never joins, a running one frees its slots at the next step."""
+        self.waiting = [r for r in self.waiting if r.key != key]
+        if any(r.key == key for r in self.owners):
+            self.cancelled.add(key)
 
     def add(self, key: Any, prefix: torch.Tensor, cfg: Decoding) -> None:
         """Queue a row: ``prefix`` (P, D) on the LM's device, decoded with ``cfg``; it joins at the
@@ -627,15 +642,17 @@ class Stream:
             free -= joining[-1].width
         if not joining:
             return
-        prefix = _Prefix(*pad_prefixes([r.prefix for r in joining]))
+        distinct = list({id(r.prefix): r.prefix for r in joining}.values())  # a shared prefix runs once
+        run_row = {id(p): i for i, p in enumerate(distinct)}
+        prefix = _Prefix(*pad_prefixes(distinct))
         run = _Runner(self.lm, prefix.rows, prefix.length, prefix)
         logits = run(prefix.embeds)
         rows, slots, lengths = [], [], []
-        for i, request in enumerate(joining):
+        for request in joining:
             request.slots = list(range(len(self.owners), len(self.owners) + request.width))
             if request.beam:
                 request.beams = _Beams(1, request.cfg, request.stop, self.device)
-            rows += [i] * request.width
+            rows += [run_row[id(request.prefix)]] * request.width
             slots += request.slots
             lengths += [len(request.prefix)] * request.width
             self.owners += [request] * request.width
@@ -651,16 +668,20 @@ class Stream:
         self._admit()
         if not self.owners:
             return []
-        n = len(self.owners)
+        n = self.stepped = len(self.owners)
         inputs = torch.empty(n, dtype=torch.long, device=self.device)
-        ended: list[_Request] = []
         requests = list(dict.fromkeys(self.owners))
+        cancelled = [r for r in requests if r.key in self.cancelled]
+        self.cancelled.clear()
+        ended = list(cancelled)
         groups: dict[tuple[int, int], list[_Request]] = {}
         for r in requests:
+            if r in cancelled:
+                continue
             if r.beam:
                 self._beam_step(r, inputs, ended)
             else:
-                groups.setdefault((id(r.cfg), len(r.tokens)), []).append(r)
+                groups.setdefault((r.group, len(r.tokens)), []).append(r)
         for (_, step), group in groups.items():
             cfg, slots = group[0].cfg, [r.slots[0] for r in group]
             history = torch.tensor([r.tokens for r in group], dtype=torch.long, device=self.device).view(len(group), step)
@@ -675,7 +696,7 @@ class Stream:
                     ended.append(r)
             inputs[slots] = chosen
         out = []
-        for r in ended:
+        for r in ended[len(cancelled):]:
             tokens = (_until(r.beams.best(torch.zeros(1, dtype=torch.long, device=self.device))[0].tolist(), r.stop,
                              self.keep_stop) if r.beam else _until(r.tokens, r.stop, self.keep_stop))
             out.append((r.key, tokens))

@@ -140,10 +140,6 @@ class ChatModel(PengiModel):
             check_packing(lm)
         lm.end_of_turn_id = self.template.end_of_turn_id  # what ends a generated answer
         self.prefix_length = audio_mapper.prefix_length  # per clip
-        config = getattr(getattr(lm, "model", None), "config", None)
-        #: the longest sequence the LM takes (learned positions: GPT-2's n_positions; else unbounded)
-        self.max_positions = (int(config.get_text_config().max_position_embeddings)
-                              if config is not None and config.model_type in ("gpt2", "opt", "gpt_neo") else 10**9)
 
     # -------------------------------------------------------------- inputs
     def check_conversation(self, messages: list[dict[str, str]]) -> str | None:

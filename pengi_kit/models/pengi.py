@@ -78,6 +78,10 @@ class PengiModel(Composite):
         # the LM's input before the targets: the mapped prefix, and a chat template's tokens around it
         self.prefix_length = (audio_mapper.prefix_length + (text_mapper.prefix_length if text_mapper else 0)
                               + sum(len(ids) for ids in getattr(lm, "chat_ids", ())))
+        config = getattr(getattr(lm, "model", None), "config", None)
+        #: the longest sequence the LM takes (learned positions: GPT-2's n_positions; else unbounded)
+        self.max_positions = (int(config.get_text_config().max_position_embeddings)
+                              if config is not None and config.model_type in ("gpt2", "opt", "gpt_neo") else 10**9)
 
     # -------------------------------------------------------------- inputs
     def tokenize_prompts(self, prompts: list[str], length: int | None = None) -> dict[str, torch.Tensor]:
