@@ -55,7 +55,14 @@ def serve(checkpoint: str | Path, *, host: str = DEFAULTS["host"], port: int = D
                     ready=f"pengi-kit serve: {name} ({pengi.model.layout if pengi.generates else 'clap'}) on "
                           f"http://{host}:{bound} (max batch {max_batch}, queue {max_queue})")
     config = uvicorn.Config(server.app, log_level=log_level, timeout_graceful_shutdown=None)
-    uvicorn.Server(config).run(sockets=[sock])
+    # uvicorn drains on SIGINT/SIGTERM, then raises the signal again under the handlers it found:
+    # with these, a drained server returns (exit status 0) instead of dying of the signal
+    previous = {s: signal.signal(s, lambda *_: None) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 class Spawned:
