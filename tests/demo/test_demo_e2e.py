@@ -49,3 +49,34 @@ def test_demo_trains_a_model_that_learned(tmp_path):
     assert scores[("captioning", "CIDEr-D")] > 1.0, evaluated.output
     assert re.search(r"^captioning\s+SPICE\s+(unavailable|0\.\d{4})", evaluated.output, re.M), evaluated.output
     assert "| linear probe | accuracy |" in (report / "results.md").read_text()
+
+    # served: 32 concurrent clients (OpenAI's client) get the offline answers, batched together
+    _served_answers_equal_the_offline_ones(out)
+
+
+def _served_answers_equal_the_offline_ones(out):
+    import base64
+    from concurrent.futures import ThreadPoolExecutor
+
+    import openai
+
+    import pengi_kit
+    from pengi_kit.server import spawned
+
+    rows = [json.loads(line) for line in (out / "eval" / "aqa.jsonl").read_text().splitlines()]
+    captions = [json.loads(line) for line in (out / "eval" / "captions.jsonl").read_text().splitlines()]
+    rows = rows[::3][:24] + [{**r, "prompt": "generate audio caption"} for r in captions[:8]]
+    clips = [out / "eval" / r["audio"] for r in rows]
+    offline = pengi_kit.load(out, device="cpu").generate(clips, [r["prompt"] for r in rows])
+    with spawned(out, "--device", "cpu", "--max-batch", "32") as server:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0, timeout=120)
+
+        def ask(i: int) -> str:
+            audio = {"data": base64.b64encode(clips[i].read_bytes()).decode(), "format": "wav"}
+            return client.chat.completions.create(model="demo", messages=[{"role": "user", "content": [
+                {"type": "input_audio", "input_audio": audio}, {"type": "text", "text": rows[i]["prompt"]}]}]
+            ).choices[0].message.content
+
+        with ThreadPoolExecutor(32) as pool:
+            served = list(pool.map(ask, range(len(rows))))
+    assert len(rows) == 32 and served == offline
