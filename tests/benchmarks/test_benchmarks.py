@@ -117,3 +117,13 @@ def test_batching_by_duration_pads_less_and_trains_faster():
     assert float(timed_pad) < 10 < float(fixed_pad), out
     ratio = float(re.search(r"batches by duration: ([0-9.]+)x", out).group(1))
     assert ratio > 1.0, out
+
+
+def test_serving_batches_concurrent_clients_and_keeps_their_answers(untrained_checkpoint):
+    # issue 28: the same requests one at a time and from concurrent clients, through one server
+    out = _run_script("benchmarks/serving.py", "--checkpoint", str(untrained_checkpoint), "--requests", "16",
+                      "--clients", "8")
+    assert "answers equal to the one-at-a-time answers: 16/16" in out, out
+    rows = dict(re.findall(r"^(one at a time|8 concurrent clients)\s+\|\s+([0-9.]+)", out, re.M))
+    assert set(rows) == {"one at a time", "8 concurrent clients"} and all(float(v) > 0 for v in rows.values()), out
+    assert float(re.search(r"throughput ratio \(concurrent / one at a time\): ([0-9.]+)x", out).group(1)) > 0, out
