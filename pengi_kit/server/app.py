@@ -114,10 +114,7 @@ class Server:
             body += part
             if len(body) > self.max_body:
                 raise self._too_large(len(body))
-        try:
-            return json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ApiError(400, f"the body is not valid JSON ({exc}); send a JSON object") from None
+        return await run_in_threadpool(_parse_json, bytes(body))  # megabytes of base64: off the event loop
 
     def _too_large(self, size: int) -> ApiError:
         return ApiError(413, f"the body has {size} bytes or more and this server takes {self.max_body} (--max-body): "
@@ -143,7 +140,7 @@ class Server:
     async def chat(self, request: Request) -> Response:
         start = time.monotonic()
         body = await self._json(request)
-        parsed = parse_chat(body, self.allow_local_files)
+        parsed = await run_in_threadpool(parse_chat, body, self.allow_local_files)  # decodes the base64
         self._check_model(parsed.model)
         if self.scheduler is None:
             raise ApiError(400, "this model (CLAP) embeds audio and text but generates no text: use /v1/embeddings",
@@ -289,6 +286,13 @@ class Server:
         except (PengiKitError, ValueError) as exc:
             raise ApiError(400, str(exc), param="input") from None
         return out
+
+
+def _parse_json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"the body is not valid JSON ({exc}); send a JSON object") from None
 
 
 def _named(exc: Exception, options: dict[str, Any]) -> str | None:

@@ -117,17 +117,19 @@ class Scheduler:
                     items.append(self.inbox.get_nowait())
                 except queue.Empty:
                     break
-            reference: list[Job] = []
-            for item in items:
-                if item is None:
-                    stopping = True
-                elif isinstance(item, tuple):
-                    self._cancel(item[1])
-                else:
-                    self._begin(item, reference)
-            self._reference(reference)
-            if self.stream.busy:
-                self._step()
+            stopping = stopping or None in items
+            try:
+                reference: list[Job] = []
+                for item in items:
+                    if isinstance(item, tuple):
+                        self._cancel(item[1])
+                    elif item is not None:
+                        self._begin(item, reference)
+                self._reference(reference)
+                if self.stream.busy:
+                    self._step()
+            except Exception as exc:  # noqa: BLE001 - a fault fails what runs; the thread goes on
+                self._reset(_internal(exc))
 
     def _begin(self, job: Job, reference: list[Job]) -> None:
         try:
@@ -204,14 +206,7 @@ class Scheduler:
                         self._end(job, i, row)
 
     def _step(self) -> None:
-        try:
-            ended = self.stream.step()
-        except Exception as exc:  # noqa: BLE001 - the running requests fail; the server goes on
-            error = _internal(exc)
-            for job in list(self.jobs.values()) + list(self.waiting.values()):
-                self._fail(job, error)
-            self.stream = Stream(self.pengi.model.lm, rows=self.max_batch, length=self.length)
-            return
+        ended = self.stream.step()
         self.metrics.step(self.stream.stepped)
         live = self.stream.live()
         for job_id in {key[0] for key in live} | {key[0] for key, _ in ended}:
@@ -224,6 +219,12 @@ class Scheduler:
             job = self.jobs.get(job_id)
             if job is not None and job.stream and tokens:
                 job.notify(("text", i, _stable(self.pengi.texts([tokens], job.cfg)[0], job.cfg.stop)))
+
+    def _reset(self, error: ApiError) -> None:
+        """Fail every request that has begun or waits, and start over with an empty stream."""
+        for job in list(self.jobs.values()) + list(self.waiting.values()):
+            self._fail(job, error)
+        self.stream = Stream(self.pengi.model.lm, rows=self.max_batch, length=self.length)
 
     def _end(self, job: Job, choice: int, tokens: list[int]) -> None:
         cfg = job.cfg

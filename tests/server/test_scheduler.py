@@ -24,8 +24,7 @@ def _wav(freq: float, seconds: float = 0.5, rate: int = 16000) -> bytes:
 
 def _job(pengi, data: bytes, prompt: str, events: "queue.Queue", **decoding) -> Job:
     wave = pengi._waveform(io.BytesIO(data), None)
-    return Job([wave], (str(hash(data)),), prompt, pengi.decoding(**decoding), events.put,
-               n=decoding.pop("n", 1) if "n" in decoding else 1)
+    return Job([wave], (str(hash(data)),), prompt, pengi.decoding(**decoding), events.put)
 
 
 def _answers(events: "queue.Queue", jobs: int, timeout: float = 60.0) -> list[tuple]:
@@ -43,8 +42,9 @@ def test_requests_that_join_a_running_decode_get_their_offline_answers(untrained
     clips = [_wav(f) for f in (220, 330, 440, 550, 660, 880, 990)]
     prompts = ["generate audio caption", "this is a sound of"]
     settings = [{"max_new_tokens": 8}, {"method": "beam", "beam_size": 3, "max_new_tokens": 6},
-                {"method": "sample", "seed": 5, "top_k": 10, "max_new_tokens": 8}]
-    cases = [(c, prompts[i % 2], settings[i % 3]) for i, c in enumerate(clips)]
+                {"method": "sample", "seed": 5, "top_k": 10, "max_new_tokens": 8},
+                {"method": "beam", "beam_size": 3, "compat": "pengi", "max_new_tokens": 6}]
+    cases = [(c, prompts[i % 2], settings[i % 4]) for i, c in enumerate(clips)]
     offline = []
     for data, prompt, options in cases:  # each request alone, as `pengi-kit generate` runs it
         offline.append(pengi.generate((pengi._waveform(io.BytesIO(data), None).numpy(), pengi.model.sample_rate),
@@ -141,3 +141,31 @@ def test_a_data_url_is_audio_and_a_local_file_needs_the_flag(tmp_path):
     assert parse_chat({"messages": [{"role": "user", "content": [url]}]}).clips[0].data == b"RIFF"
     local = {"type": "audio_url", "audio_url": {"url": clip.as_uri()}}
     assert parse_chat({"messages": [{"role": "user", "content": [local]}]}, allow_local_files=True).clips == [clip]
+
+
+def test_a_fault_in_the_decoder_fails_what_runs_with_500_and_the_next_request_is_answered(untrained_checkpoint,
+                                                                                           capsys):
+    pengi = pengi_kit.load(untrained_checkpoint, device="cpu")
+    scheduler = Scheduler(pengi, max_batch=4)
+    step, faults = scheduler.stream.step, [RuntimeError("CUDA error: an illegal memory access")]
+
+    def faulty():
+        if faults:
+            raise faults.pop()
+        return step()
+
+    scheduler.stream.step = faulty
+    scheduler.start()
+    try:
+        events = queue.Queue()
+        scheduler.submit(_job(pengi, _wav(440), "x", events, max_new_tokens=4))
+        while (event := events.get(timeout=60))[0] != "error":
+            pass
+        assert event[1].status == 500 and "RuntimeError" in event[1].message and "CUDA" not in event[1].message
+        assert scheduler.queued == 0 and not scheduler.jobs
+        events = queue.Queue()
+        scheduler.submit(_job(pengi, _wav(440), "x", events, max_new_tokens=4))
+        assert _answers(events, 1)[0][3] in ("stop", "length")
+    finally:
+        scheduler.close()
+    assert "illegal memory access" in capsys.readouterr().err  # the details: in the server's log
