@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Install pengi-kit with its test extras and the plugins in plugins/ into .venv, and run
-# the whole test suite: tests/ and each plugin's tests (pyproject.toml's testpaths). A leading
-# --fast runs the fast lane instead: everything but the tests marked slow (-m "not slow"); other
-# arguments go to pytest.
+# the whole test suite: tests/ and each plugin's tests (pyproject.toml's testpaths), on as many
+# workers as cores, up to 4. A leading --fast runs the fast lane instead: everything but the tests
+# marked slow (-m "not slow"); other arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
@@ -15,4 +15,6 @@ if [[ "${1:-}" == "--fast" ]]; then
     shift
     set -- -m "not slow" "$@"
 fi
-.venv/bin/python -m pytest -q "$@"
+# two workers on two cores (pytest-xdist; one torch thread each, tests/conftest.py), a test file per worker at a
+# time (module fixtures such as a started server are built once); PENGI_KIT_TEST_WORKERS=0 runs in one process
+.venv/bin/python -m pytest -q -n "${PENGI_KIT_TEST_WORKERS:-auto}" --maxprocesses 4 --dist loadfile "$@"

@@ -49,6 +49,7 @@ def serve(checkpoint: str | Path, *, host: str = DEFAULTS["host"], port: int = D
     except OSError as exc:
         raise PengiKitError(f"cannot listen on {host}:{port} ({exc.strerror}); choose another --port "
                             "(0 picks a free one)") from None
+    sock.listen(2048)  # from now on connections wait in the backlog, even before uvicorn accepts them
     bound = sock.getsockname()[1]
     server = Server(pengi, name, api_key=api_key, max_body=max_body, allow_local_files=allow_local_files,
                     max_batch=max_batch, max_queue=max_queue, max_length=max_length,

@@ -153,10 +153,9 @@ class Server:
         except (TypeError, ValueError) as exc:
             raise ApiError(400, f"decoding options: {exc}", param=_named(exc, parsed.decoding)) from None
         waves, digests = await run_in_threadpool(self._clips, parsed)
-        loop = asyncio.get_running_loop()
         events: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
         job = Job(waves, digests, parsed.messages if chat_layout else parsed.prompt(), cfg,
-                  lambda event: loop.call_soon_threadsafe(events.put_nowait, event), parsed.n, parsed.stream)
+                  _threadsafe(asyncio.get_running_loop(), events), parsed.n, parsed.stream)
         self.scheduler.submit(job)
         watcher = asyncio.ensure_future(self._watch(request, job, events))
         try:
@@ -286,6 +285,17 @@ class Server:
         except (PengiKitError, ValueError) as exc:
             raise ApiError(400, str(exc), param="input") from None
         return out
+
+
+def _threadsafe(loop: asyncio.AbstractEventLoop, events: asyncio.Queue) -> Callable[[tuple[Any, ...]], None]:
+    """Events from the decoder's thread into ``events`` (dropped once the loop has closed)."""
+    def notify(event: tuple[Any, ...]) -> None:
+        try:
+            loop.call_soon_threadsafe(events.put_nowait, event)
+        except RuntimeError:
+            pass
+
+    return notify
 
 
 def _parse_json(body: bytes) -> Any:

@@ -30,7 +30,7 @@ from pengi_kit.models.pengi import split_prefix
 from pengi_kit.server.metrics import Metrics
 from pengi_kit.server.protocol import ApiError
 
-_CACHED = 256  # audio tokens and prefixes kept, most recently used first
+_CACHED = 64  # audio tokens and prefixes kept, most recently used first
 _ids = itertools.count()
 
 
@@ -178,7 +178,7 @@ class Scheduler:
         for cache in (self.audio, self.prefixes):
             while len(cache) > _CACHED:
                 cache.popitem(last=False)
-        if len(self.prompts) > 4 * _CACHED:
+        if len(self.prompts) > 16 * _CACHED:
             self.prompts.clear()
         return self.prefixes[key]
 

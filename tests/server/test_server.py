@@ -5,9 +5,11 @@ import base64
 import io
 import json
 import signal
+import socket
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -132,24 +134,58 @@ def test_bad_requests_get_a_4xx_in_openai_shape_and_the_server_goes_on(server, c
     assert client.chat.completions.create(model="tiny", messages=_ask(_wav(440))).choices[0].message.content
 
 
-def test_a_client_that_leaves_frees_its_rows_and_a_full_queue_is_429_then_sigterm_drains(untrained_checkpoint):
-    with spawned(untrained_checkpoint, "--device", "cpu", "--max-batch", "1", "--max-queue", "1") as running:
-        long = {"model": untrained_checkpoint.name, "messages": _ask(_wav(440)), "max_tokens": 40,
-                "min_new_tokens": 40}  # the tiny LM has 64 positions: about 18 of prefix and 40 to generate
+def _checkpoint(folder: Path, chat: bool = False, positions: int = 64) -> Path:
+    """A tiny untrained model saved as a checkpoint: greedy, 5 new tokens unless asked."""
+    import torch
+
+    from pengi_kit.checkpoint import save_checkpoint
+    from pengi_kit.model import build_model
+    from pengi_kit.recipe import from_dict
+    from pengi_kit.testing import tiny_recipe
+
+    raw = tiny_recipe(folder / "run")
+    raw["model"]["lm"]["n_positions"] = positions
+    if chat:
+        del raw["model"]["text_mapper"]
+        raw["model"]["layout"] = "chat"
+    raw["generate"] = {"method": "greedy", "max_new_tokens": 5}
+    torch.manual_seed(0)
+    recipe = from_dict(raw)
+    return save_checkpoint(folder / "run" / "checkpoints" / "step-00000001", build_model(recipe), recipe)
+
+
+def _rows(url: str, until: int, seconds: float = 20.0) -> tuple[float, float]:
+    """Poll until ``until`` rows decode and no request waits: (rows, requests waiting)."""
+    deadline = time.monotonic() + seconds
+    while (state := (_metric(url, "pengi_kit_running_rows"), _metric(url, "pengi_kit_queue_depth"))) != (until, 0) \
+            and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return state
+
+
+def test_a_client_that_leaves_frees_its_rows_and_a_full_queue_is_429_then_sigterm_drains(tmp_path):
+    checkpoint = _checkpoint(tmp_path, positions=2048)  # room for answers long enough to watch (~2 s)
+    with spawned(checkpoint, "--device", "cpu", "--max-batch", "1", "--max-queue", "1") as running:
+        long = {"model": checkpoint.name, "messages": _ask(_wav(440)), "max_tokens": 2000, "min_new_tokens": 2000}
         client = openai.OpenAI(base_url=running.url + "/v1", api_key="none", max_retries=0, timeout=60)
-        stream = client.chat.completions.create(model=long["model"], messages=long["messages"], max_tokens=40,
-                                                extra_body={"min_new_tokens": 40}, stream=True)
+        stream = client.chat.completions.create(model=long["model"], messages=long["messages"], max_tokens=2000,
+                                                extra_body={"min_new_tokens": 2000}, stream=True)
         next(iter(stream))  # decoding has begun; then the client goes away
         stream.close()
-        deadline = time.monotonic() + 20
-        while _metric(running.url, "pengi_kit_running_rows") and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert _metric(running.url, "pengi_kit_running_rows") == 0
-        assert _metric(running.url, "pengi_kit_generated_tokens_total") == 0  # it was dropped, not finished
+        assert _rows(running.url, 0) == (0, 0)
+        body = json.dumps(long).encode()
+        address = urllib.parse.urlsplit(running.url)
+        with socket.create_connection((address.hostname, address.port)) as raw:
+            raw.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                        + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            assert _rows(running.url, 1) == (1, 0)
+        # the connection closed mid-answer (not a stream): the row leaves at once
+        assert _rows(running.url, 0) == (0, 0)
+        assert _metric(running.url, "pengi_kit_generated_tokens_total") == 0  # both dropped, neither finished
 
         results: list = []
-        body = json.dumps(long).encode()
-        threads = [threading.Thread(target=lambda: results.append(_post(running.url, body, None)))
+        short = json.dumps({**long, "max_tokens": 100, "min_new_tokens": 100}).encode()
+        threads = [threading.Thread(target=lambda: results.append(_post(running.url, short, None)))
                    for _ in range(8)]
         for thread in threads:
             thread.start()
@@ -163,30 +199,15 @@ def test_a_client_that_leaves_frees_its_rows_and_a_full_queue_is_429_then_sigter
         answer: list = []
         worker = threading.Thread(target=lambda: answer.append(_post(running.url, body, None)))
         worker.start()
-        deadline = time.monotonic() + 20
-        while not _metric(running.url, "pengi_kit_running_rows") and time.monotonic() < deadline:
-            time.sleep(0.02)
+        assert _rows(running.url, 1) == (1, 0)
         running.process.send_signal(signal.SIGTERM)  # drains: the request in flight is answered
         worker.join(120)
-        assert answer and answer[0][0] == 200 and answer[0][2]["usage"]["completion_tokens"] == 40
+        assert answer and answer[0][0] == 200 and answer[0][2]["usage"]["completion_tokens"] == 2000
         assert running.process.wait(60) == 0
 
 
 def test_a_chat_model_answers_about_two_clips_in_one_message(tmp_path):
-    import torch
-
-    from pengi_kit.checkpoint import save_checkpoint
-    from pengi_kit.model import build_model
-    from pengi_kit.recipe import from_dict
-    from pengi_kit.testing import tiny_recipe
-
-    raw = tiny_recipe(tmp_path / "run")
-    del raw["model"]["text_mapper"]
-    raw["model"]["layout"] = "chat"
-    raw["generate"] = {"method": "greedy", "max_new_tokens": 5}
-    torch.manual_seed(0)
-    recipe = from_dict(raw)
-    checkpoint = save_checkpoint(tmp_path / "run" / "checkpoints" / "step-00000001", build_model(recipe), recipe)
+    checkpoint = _checkpoint(tmp_path, chat=True)
     a, b = tmp_path / "a.wav", tmp_path / "b.flac"
     a.write_bytes(_wav(300))
     b.write_bytes(_wav(900, fmt="FLAC"))
