@@ -572,24 +572,12 @@ class Clap(Pengi):
 
 
 def _chat_messages(conversation: Sequence[dict[str, Any]]) -> tuple[list[dict[str, str]], list[Any]]:
-    """A conversation of :meth:`Pengi.chat` as the chat layout reads it: each message's content one
-    string with ``<audio>`` where a clip goes (:func:`pengi_kit.data.conversations.content_text`),
-    and the clips in order (a clip held in the message as its bytes)."""
-    from pengi_kit.data.conversations import AUDIO, InlineAudio, _Bad, check_messages, content_text
+    """A conversation of :meth:`Pengi.chat` as the chat layout reads it
+    (:func:`pengi_kit.data.conversations.api_messages`), a clip held as its bytes opened as a file."""
+    from pengi_kit.data.conversations import InlineAudio, _Bad, api_messages
 
-    messages: list[dict[str, str]] = []
-    clips: list[Any] = []
     try:
-        for n, message in enumerate(conversation, start=1):
-            if not isinstance(message, dict) or "role" not in message or "content" not in message:
-                raise ValueError(f"message {n}: expected {{'role': ..., 'content': ...}}, got {message!r}")
-            if isinstance(message["content"], str) and AUDIO in message["content"]:
-                raise ValueError(f"message {n}: {AUDIO} in a text; give the clip as a part: "
-                                 "{'type': 'audio', 'audio': 'clip.wav'}")
-            messages.append({"role": message["role"], "content": content_text(message["content"], n, clips, True)})
-        if messages and messages[-1]["role"] == "assistant":
-            raise ValueError("the conversation ends with an assistant turn: end it with the user's turn to answer")
-        check_messages([(m["role"], m["content"]) for m in messages], len(clips), need_answer=False)
+        messages, clips = api_messages(list(conversation))
     except _Bad as bad:  # the format checks' one line
         raise ValueError(str(bad)) from None
     return messages, [io.BytesIO(c.data) if isinstance(c, InlineAudio) else c for c in clips]

@@ -33,7 +33,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from pengi_kit.data.manifest import _Bad, _jsonl_rows, _relative, collect, write_lines
 from pengi_kit.errors import ManifestError
@@ -182,6 +182,31 @@ def content_text(content: Any, n: int, clips: list[Any], objects: bool = False) 
             raise _Bad(f"message {n}: unknown content part {kind!r}",
                        f"use 'text', {'audio, ' if objects else ''}and 'input_audio' parts")
     return text
+
+
+def api_messages(conversation: Any, objects: bool = True,
+                 part: Callable[[Any, int], Any] | None = None) -> tuple[list[dict[str, str]], list[Any]]:
+    """A conversation of an API call (:meth:`pengi_kit.api.Pengi.chat`, the server's chat
+    completions) as the chat layout reads it: each message's content one string with an
+    :data:`AUDIO` where a clip goes (:func:`content_text`), and the clips in order. ``part``
+    rewrites each content part first (message number from 1). Raises ``_Bad``, one line."""
+    if not isinstance(conversation, list) or not conversation:
+        raise _Bad("messages must be a non-empty list of {\"role\": ..., \"content\": ...}")
+    messages: list[dict[str, str]] = []
+    clips: list[Any] = []
+    for n, message in enumerate(conversation, start=1):
+        if not isinstance(message, dict) or "role" not in message or "content" not in message:
+            raise _Bad(f"message {n}: expected {{\"role\": ..., \"content\": ...}}, got {str(message)[:80]}")
+        content = message["content"]
+        if isinstance(content, str) and AUDIO in content:
+            raise _Bad(f"message {n}: {AUDIO} in a text", "give each clip as a content part of its own")
+        if part is not None and isinstance(content, list):
+            content = [part(p, n) for p in content]
+        messages.append({"role": message["role"], "content": content_text(content, n, clips, objects)})
+    if messages[-1]["role"] == "assistant":
+        raise _Bad("the conversation ends with an assistant turn", "end it with the user's turn to answer")
+    check_messages([(m["role"], m["content"]) for m in messages], len(clips), need_answer=False)
+    return messages, clips
 
 
 def _af3(row: dict[str, Any], folder: Path) -> tuple[list[tuple[str, str]], list[Path]]:

@@ -158,6 +158,7 @@ class Server:
                   _threadsafe(asyncio.get_running_loop(), events), parsed.n, parsed.stream)
         self.scheduler.submit(job)
         watcher = asyncio.ensure_future(self._watch(request, job, events))
+        streaming = False
         try:
             first = await events.get()
             if first[0] == "error":
@@ -167,8 +168,8 @@ class Server:
             cid, prompt_tokens = completion_id(), first[1]
             headers = {"x-pengi-kit-ignored": ", ".join(parsed.ignored)} if parsed.ignored else {}
             if parsed.stream:
-                watcher.cancel()  # the streaming response watches the client itself
-                return StreamingResponse(self._events(job, events, cid, parsed, prompt_tokens, start),
+                streaming = True  # the stream's generator stops the watcher when it ends
+                return StreamingResponse(self._events(job, events, cid, parsed, prompt_tokens, start, watcher),
                                          media_type="text/event-stream", headers=headers)
             choices: list[dict[str, Any] | None] = [None] * job.n
             while any(c is None for c in choices):
@@ -182,17 +183,18 @@ class Server:
                     choices[i] = {"text": text, "finish_reason": reason, "tokens": tokens}
             return JSONResponse(completion(cid, self.name, choices, prompt_tokens), headers=headers)
         finally:
-            watcher.cancel()
+            if not streaming:
+                watcher.cancel()
 
     async def _watch(self, request: Request, job: Job, events: asyncio.Queue) -> None:
-        """A client that goes away frees its rows at once."""
+        """A client that goes away frees its rows at once (a stream's too, while it waits for text)."""
         while (await request.receive())["type"] != "http.disconnect":
             pass
         self.scheduler.cancel(job)
         events.put_nowait(("gone",))
 
     async def _events(self, job: Job, events: asyncio.Queue, cid: str, parsed: ChatRequest, prompt_tokens: int,
-                      start: float) -> AsyncIterator[str]:
+                      start: float, watcher: asyncio.Future) -> AsyncIterator[str]:
         """Server-sent events: each choice's role, its text as it grows, its end; usage; [DONE]."""
         sent, ended, tokens, status = [""] * job.n, 0, 0, 200
         try:
@@ -200,6 +202,8 @@ class Server:
                 yield _sse(chunk(cid, self.name, i, {"role": "assistant", "content": ""}))
             while ended < job.n:
                 event = await events.get()
+                if event[0] == "gone":
+                    return
                 if event[0] == "error":
                     status = event[1].status
                     yield _sse(event[1].body())
@@ -216,6 +220,7 @@ class Server:
                 yield _sse(chunk(cid, self.name, usage_=usage(prompt_tokens, tokens)))
             yield "data: [DONE]\n\n"
         finally:
+            watcher.cancel()
             if ended < job.n:  # the client went away (or an error): the rows leave
                 self.scheduler.cancel(job)
                 status = 499 if status == 200 else status

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from pengi_kit.data.conversations import AUDIO, InlineAudio, _Bad, check_messages, content_text
+from pengi_kit.data.conversations import AUDIO, InlineAudio, _Bad, api_messages
 from pengi_kit.decoding import Decoding
 
 #: fields of OpenAI's chat completions that do not apply to these models: accepted and ignored
@@ -149,23 +149,8 @@ def parse_chat(body: Any, allow_local_files: bool = False) -> ChatRequest:
 
 
 def _messages(value: Any, allow_local_files: bool) -> tuple[list[dict[str, str]], list[InlineAudio | Path]]:
-    if not isinstance(value, list) or not value:
-        raise ApiError(400, "messages must be a non-empty list of {\"role\": ..., \"content\": ...}", param="messages")
-    messages: list[dict[str, str]] = []
-    clips: list[Any] = []
     try:
-        for n, message in enumerate(value, start=1):
-            if not isinstance(message, dict) or "role" not in message or "content" not in message:
-                raise _Bad(f"message {n}: expected {{\"role\": ..., \"content\": ...}}")
-            content = message["content"]
-            if isinstance(content, str) and AUDIO in content:
-                raise _Bad(f"message {n}: {AUDIO} in a text", "send the clip as an input_audio part")
-            if isinstance(content, list):
-                content = [_audio_url(part, n, allow_local_files) for part in content]
-            messages.append({"role": message["role"], "content": content_text(content, n, clips, objects=True)})
-        if messages[-1]["role"] == "assistant":
-            raise _Bad("the conversation ends with an assistant turn", "end it with the user's turn to answer")
-        check_messages([(m["role"], m["content"]) for m in messages], len(clips), need_answer=False)
+        messages, clips = api_messages(value, part=lambda part, n: _audio_url(part, n, allow_local_files))
     except _Bad as bad:
         raise ApiError(400, str(bad), param="messages") from None
     for clip in clips:

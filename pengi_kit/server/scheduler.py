@@ -221,8 +221,8 @@ class Scheduler:
                 job.notify(("text", i, _stable(self.pengi.texts([tokens], job.cfg)[0], job.cfg.stop)))
 
     def _reset(self, error: ApiError) -> None:
-        """Fail every request that has begun or waits, and start over with an empty stream."""
-        for job in list(self.jobs.values()) + list(self.waiting.values()):
+        """Fail every request that has begun, and start over with an empty stream."""
+        for job in list(self.jobs.values()):
             self._fail(job, error)
         self.stream = Stream(self.pengi.model.lm, rows=self.max_batch, length=self.length)
 

@@ -160,13 +160,15 @@ def test_each_room_imports_only_what_lies_below_it():
     graph = import_graph()
     inside = lambda prefix: [m for m in graph if m == prefix or m.startswith(prefix + ".")]  # noqa: E731
     above_models = ("pengi_kit.convert", "pengi_kit.engine", "pengi_kit.evaluation", "pengi_kit.api",
-                    "pengi_kit.cli", "pengi_kit.demo")
+                    "pengi_kit.cli", "pengi_kit.demo", "pengi_kit.server")
     problems = []
     for module in inside("pengi_kit.models"):  # models know components, data, folders; nothing above
         problems += [f"{module} -> {t}" for t in _reaches(graph, module, above_models)]
     for module in inside("pengi_kit.components") + ["pengi_kit.folders"]:
         problems += [f"{module} -> {t}" for t in _reaches(graph, module, above_models + ("pengi_kit.models",))]
     problems += [f"pengi_kit.folders -> {t}" for t in _reaches(graph, "pengi_kit.folders", ("pengi_kit.components",))]
+    for module in inside("pengi_kit.api") + inside("pengi_kit.engine") + inside("pengi_kit.evaluation"):
+        problems += [f"{module} -> {t}" for t in _reaches(graph, module, ("pengi_kit.server",))]  # serving is on top
     for module in inside("pengi_kit.engine"):  # the trainer builds a model, and knows no concrete one
         problems += [f"{module} -> {t}" for t in _reaches(graph, module, ("pengi_kit.models.",))
                      if t != "pengi_kit.models"]
