@@ -193,7 +193,11 @@ def _audio_url(part: Any, n: int, allow_local_files: bool) -> Any:
 
 
 def check_single_question(request: ChatRequest) -> None:
-    """A Pengi-layout model answers one question about one clip: one user message with one clip."""
+    """A Pengi-layout model answers one question about one clip: one user message with one clip.
+    A system message before it (harnesses send one) is ignored, and listed as ignored."""
+    if request.messages[0]["role"] == "system" and len(request.messages) > 1:
+        del request.messages[0]
+        request.ignored.append("system message")
     roles = [m["role"] for m in request.messages]
     if roles != ["user"] or len(request.clips) != 1:
         raise ApiError(400, f"this model answers one question about one clip (Pengi's layout), and the request has "

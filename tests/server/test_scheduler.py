@@ -169,3 +169,17 @@ def test_a_fault_in_the_decoder_fails_what_runs_with_500_and_the_next_request_is
     finally:
         scheduler.close()
     assert "illegal memory access" in capsys.readouterr().err  # the details: in the server's log
+
+
+def test_a_pengi_layout_request_is_one_question_about_one_clip_and_a_system_message_is_ignored():
+    from pengi_kit.server.protocol import check_single_question
+
+    ask = {"role": "user", "content": [_audio(), {"type": "text", "text": "what is it?"}]}
+    request = parse_chat({"messages": [{"role": "system", "content": "You are a helpful assistant."}, ask]})
+    check_single_question(request)
+    assert request.prompt() == "what is it?" and request.ignored == ["system message"]
+    for messages in ([ask, {"role": "assistant", "content": "a dog"}, ask],
+                     [{"role": "user", "content": [_audio(), _audio(), {"type": "text", "text": "which?"}]}]):
+        with pytest.raises(ApiError) as refused:
+            check_single_question(parse_chat({"messages": messages}))
+        assert refused.value.status == 400 and "one question about one clip" in refused.value.message
