@@ -16,7 +16,8 @@ noise, at an SNR against the speech, gain), drawn
 afresh each epoch from the recordings themselves, with ``--variation pipeline``; the default,
 ``--variation offline``, synthesises a fixed training set of the same kinds of variation (the
 figures in docs/training.md; the pipeline path does not match them yet at the same epochs,
-see the note there). ``--split speaker`` trains on one speaker
+see the note there). ``--fixed-epochs N`` makes the pipeline's first N epochs repeat epoch 0's
+draws (``[data.augment] fixed_epochs``). ``--split speaker`` trains on one speaker
 and tests on the other.
 
 It then runs, through the ``pengi-kit`` CLI (each command is printed):
@@ -179,6 +180,7 @@ noise = {noise}
 noise_prob = 1.0
 snr_db = [0.0, 20.0]
 gain_db = [-18.0, -1.0]
+fixed_epochs = {fixed}
 """
 
 # ---------------------------------------------------------------- the recipes
@@ -289,6 +291,9 @@ def main() -> None:
     parser.add_argument("--variation", choices=["pipeline", "offline"], default="offline",
                         help="training clips synthesised once (the published figures), or varied on the fly by "
                              "[data.augment] from the 20 recordings")
+    parser.add_argument("--fixed-epochs", type=int, default=0,
+                        help="--variation pipeline: the first N epochs repeat epoch 0's draws ([data.augment] "
+                             "fixed_epochs)")
     parser.add_argument("--seed", type=int, default=0, help="of the clips made and of the runs")
     args = parser.parse_args()
     out = args.out.resolve()
@@ -304,7 +309,7 @@ def main() -> None:
     augment = ""
     if args.variation == "pipeline":  # each clip draws one noise source: a background recording or white noise
         augment = AUGMENT.format(noise=json.dumps([str(m[f"background{n}"]) for n in range(len(BACKGROUNDS))]
-                                                  + ["white"]))
+                                                  + ["white"]), fixed=args.fixed_epochs)
     print(f"corpus: {args.train_clips} training draws per epoch ({args.variation}), 200 valid, {args.test_clips} "
           f"test clips (held out by {args.split}) in {time.perf_counter() - t0:.0f} s", flush=True)
     seconds: dict[str, float] = {}

@@ -4,8 +4,9 @@ Models that must hear new voices, rooms and microphones are trained on varied co
 clips, drawn afresh each epoch (NeMo and Lhotse perturb speed and add noise and reverberation,
 PANNs and LAION-CLAP mix clips up). pengi-kit does it to the waveform after loading, for every
 task (Pengi, tagging, contrastive), on the training split only. Each clip's draws come from a
-generator seeded by (seed, source, epoch, copy, example): every epoch differs, any number of
-workers gives the same audio, and a resumed run sees exactly what the uninterrupted one saw.
+generator seeded by (seed, source, epoch, copy, example): every epoch differs (after the first
+``fixed_epochs``, which repeat epoch 0's draws), any number of workers gives the same audio, and a
+resumed run sees exactly what the uninterrupted one saw.
 
 In order: speed (resampling: tempo and pitch together), pitch (a phase vocoder keeps the
 duration), time shift, reverberation (an impulse response from a manifest or folder, or a
@@ -24,7 +25,7 @@ import numpy as np
 
 from pengi_kit.options import option
 
-__all__ = ["Augment", "augment", "active_power", "mix_batch"]
+__all__ = ["Augment", "augment", "active_power", "draw_epoch", "mix_batch"]
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,10 @@ class Augment:
     reverb_prob: float = option(0.5, "Share of the clips that get reverberation.", "[0, 1]")
     mixup: float = option(0.0, "Tagging: mix pairs of clips of a batch and their labels with a weight drawn "
                                 "from Beta(mixup, mixup) (PANNs: 1.0); 0 for none.", ">= 0")
+    fixed_epochs: int = option(0, "The first N epochs repeat epoch 0's examples and draws (shuffled anew; a "
+                                  "stream in epoch 0's order too): a fixed varied set to learn from before fresh "
+                                  "draws every epoch, as a model from scratch may not leave chance on fresh draws "
+                                  "alone; 0: fresh draws from the start.", ">= 0")
 
     def __post_init__(self) -> None:
         if isinstance(self.noise, list) and not all(isinstance(n, str) and n for n in self.noise):
@@ -64,11 +69,14 @@ class Augment:
                 raise ValueError(f"{name}: give [low, high] with low <= high, got {low_high}")
         if self.speed[0] <= 0 or self.rt60[0] <= 0:
             raise ValueError("speed and rt60 must be positive")
+        if self.fixed_epochs < 0:
+            raise ValueError(f"fixed_epochs must be >= 0, got {self.fixed_epochs}")
 
     @property
     def active(self) -> bool:
         """Whether any clip changes (mixup aside, which acts on batches)."""
-        return (self != Augment(mixup=self.mixup))
+        return (self != Augment(mixup=self.mixup, fixed_epochs=self.fixed_epochs))
+
 
     @cached_property
     def _noise_sources(self) -> list[list[Any] | None]:
@@ -83,6 +91,12 @@ class Augment:
     def check(self) -> None:
         """Read the noise and impulse-response sources now (a one-line error names a bad one)."""
         _ = self._noise_sources, self._impulse_responses
+
+
+def draw_epoch(config: Augment | None, epoch: int) -> int:
+    """The epoch whose examples and draws training epoch ``epoch`` uses: epoch 0's during the first
+    ``fixed_epochs`` (a data set's ``set_epoch`` keeps this one)."""
+    return 0 if config is not None and epoch < config.fixed_epochs else epoch
 
 
 def _clips(source: str, where: str) -> list[Any]:

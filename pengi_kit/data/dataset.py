@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset
 
-from pengi_kit.data.augment import Augment, augment
+from pengi_kit.data.augment import Augment, augment, draw_epoch
 from pengi_kit.data.base import PengiDataset
 from pengi_kit.data.collate import clip_key
 from pengi_kit.data.synthetic import PROMPTS_PER_CLIP, SyntheticCorpus
@@ -58,7 +58,7 @@ class SyntheticDataset(PengiDataset, Dataset):
         self.per_clip = PROMPTS_PER_CLIP if task == "pengi" else 1
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.epoch = draw_epoch(self.augment, epoch)
 
     def durations(self) -> np.ndarray:
         return np.full(len(self), self.corpus.clip_seconds)
@@ -96,7 +96,7 @@ class _Clips(PengiDataset, Dataset):
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.epoch = draw_epoch(self.augment, epoch)
 
 
 class ManifestDataset(_Clips):

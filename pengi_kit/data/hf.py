@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
 
-from pengi_kit.data.augment import Augment, augment
+from pengi_kit.data.augment import Augment, augment, draw_epoch
 from pengi_kit.data.collate import clip_key
 from pengi_kit.data.dataset import _Clips
 from pengi_kit.errors import PengiKitError, RecipeError
@@ -222,7 +222,7 @@ class HFStream(HFDataset, IterableDataset):
 
     def configure(self, *, batch_size: int, epoch: int = 0, start_batch: int = 0, rank: int = 0,
                   world_size: int = 1, train: bool = True) -> None:
-        self.batch_size, self.epoch, self.start_batch = batch_size, epoch, start_batch
+        self.batch_size, self.epoch, self.start_batch = batch_size, draw_epoch(self.augment, epoch), start_batch
         self.rank, self.world_size, self.train = rank, world_size, train
 
     def num_examples(self) -> int:

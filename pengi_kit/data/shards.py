@@ -33,7 +33,7 @@ from typing import Any, Iterator
 import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
 
-from pengi_kit.data.augment import Augment, augment
+from pengi_kit.data.augment import Augment, augment, draw_epoch
 from pengi_kit.data.base import PengiDataset
 from pengi_kit.data.collate import clip_key, collate
 from pengi_kit.errors import PengiKitError
@@ -302,11 +302,11 @@ class ShardDataset(PengiDataset, IterableDataset):
     def configure(self, *, batch_size: int, epoch: int = 0, start_batch: int = 0, rank: int = 0,
                   world_size: int = 1, train: bool = True) -> None:
         """``train``: shuffled, every rank the same number of full batches; else in order, all of it."""
-        self.batch_size, self.epoch, self.start_batch = batch_size, epoch, start_batch
+        self.batch_size, self.epoch, self.start_batch = batch_size, draw_epoch(self.augment, epoch), start_batch
         self.rank, self.world_size, self.train = rank, world_size, train
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.epoch = draw_epoch(self.augment, epoch)
 
     def num_examples(self) -> int:
         return sum(self.counts)  # a stream has no length

@@ -109,6 +109,16 @@ def test_draws_follow_example_and_epoch_and_validation_is_untouched(tmp_path):
     valid = build_dataset(recipe, "valid", RATE, 0.5)
     plain_valid = build_dataset(from_dict(tiny_recipe(tmp_path / "plain")), "valid", RATE, 0.5)
     assert np.array_equal(valid[0]["audio"], plain_valid[0]["audio"])
+    raw["data"]["augment"]["fixed_epochs"] = 2  # epochs 0 and 1 repeat epoch 0's draws; epoch 2 is fresh
+    fixed = build_dataset(from_dict(raw), "train", RATE, 0.5)
+    draws = []
+    for epoch in range(3):
+        fixed.set_epoch(epoch)
+        draws.append(fixed[3]["audio"])
+    assert np.array_equal(draws[0], first) and np.array_equal(draws[1], first)
+    fresh = build_dataset(recipe, "train", RATE, 0.5)
+    fresh.set_epoch(2)
+    assert np.array_equal(draws[2], fresh[3]["audio"]) and not np.allclose(draws[2], first)
 
 
 def _losses(run):
