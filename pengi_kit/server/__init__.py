@@ -19,14 +19,10 @@ from typing import Any, Iterator
 
 from pengi_kit.errors import PengiKitError
 
-DEFAULTS: dict[str, Any] = {"host": "127.0.0.1", "port": 8000, "max_batch": 32, "max_queue": 256,
-                            "max_body": 32 * 2**20, "max_length": 2048}
-
-
-def serve(checkpoint: str | Path, *, host: str = DEFAULTS["host"], port: int = DEFAULTS["port"], device: str = "auto",
-          max_batch: int = DEFAULTS["max_batch"], max_queue: int = DEFAULTS["max_queue"],
-          max_body: int = DEFAULTS["max_body"], max_length: int = DEFAULTS["max_length"], api_key: str | None = None,
-          allow_local_files: bool = False, model_name: str | None = None, log_level: str = "info") -> None:
+def serve(checkpoint: str | Path, *, host: str = "127.0.0.1", port: int = 8000, device: str = "auto",
+          max_batch: int = 32, max_queue: int = 256, max_body: int = 32 * 2**20, max_length: int = 2048,
+          api_key: str | None = None, allow_local_files: bool = False, model_name: str | None = None,
+          log_level: str = "info") -> None:
     """Load ``checkpoint`` and serve it on ``host``:``port`` (0: a free port) until SIGINT or
     SIGTERM, which stop taking connections, let the requests in flight finish, then return."""
     try:

@@ -9,7 +9,9 @@ A field the request omits takes the checkpoint's decoding defaults (its recipe's
   names ``method`` or ``beam_size`` too); ``top_p`` alone -> sampling with that nucleus;
 - ``seed``, ``stop`` (a string or a list of them), ``n`` (choice i samples with ``seed + i``);
 - pengi-kit's own options as extra fields: the other fields of :class:`pengi_kit.decoding.Decoding`
-  but ``compile`` (``method``, ``beam_size``, ``compat``, ``top_k``, ``length_penalty`` ...).
+  but ``compile`` (``method``, ``beam_size``, ``compat``, ``top_k``, ``length_penalty`` ...);
+- any other field (OpenAI's ``user``, ``logprobs``, ``tools`` ...: docs/serving.md lists those
+  that do not apply) is ignored, and named in the response's ``x-pengi-kit-ignored`` header.
 """
 from __future__ import annotations
 
@@ -25,20 +27,13 @@ from urllib.parse import unquote, urlparse
 from pengi_kit.data.conversations import AUDIO, InlineAudio, _Bad, api_messages
 from pengi_kit.decoding import Decoding
 
-#: fields of OpenAI's chat completions that do not apply to these models: accepted and ignored
-IGNORED = ("user", "logprobs", "top_logprobs", "frequency_penalty", "presence_penalty", "logit_bias",
-           "response_format", "tools", "tool_choice", "parallel_tool_calls", "functions", "function_call",
-           "metadata", "store", "service_tier", "modalities", "audio", "prediction", "reasoning_effort",
-           "web_search_options", "verbosity", "prompt_cache_key", "safety_identifier")
 #: pengi-kit's decoding options a request may set as extra fields
 EXTRA_OPTIONS = tuple(f.name for f in fields(Decoding)
                       if f.name not in ("compile", "temperature", "top_p", "seed", "stop"))  # those: OpenAI's own
 AUDIO_FORMATS = ("wav", "mp3", "flac", "ogg")
 MAX_CHOICES = 16
 
-_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
-                405: "invalid_request_error", 413: "invalid_request_error", 429: "rate_limit_error",
-                500: "server_error", 503: "server_error"}
+_ERROR_TYPES = {401: "authentication_error", 429: "rate_limit_error", 500: "server_error"}  # else invalid_request
 
 
 class ApiError(Exception):
