@@ -77,7 +77,6 @@ class Augment:
         """Whether any clip changes (mixup aside, which acts on batches)."""
         return (self != Augment(mixup=self.mixup, fixed_epochs=self.fixed_epochs))
 
-
     @cached_property
     def _noise_sources(self) -> list[list[Any] | None]:
         """Each noise source's clips (None: white noise)."""

@@ -184,12 +184,13 @@ def content_text(content: Any, n: int, clips: list[Any], objects: bool = False) 
     return text
 
 
-def api_messages(conversation: Any, objects: bool = True,
+def api_messages(conversation: Any,
                  part: Callable[[Any, int], Any] | None = None) -> tuple[list[dict[str, str]], list[Any]]:
     """A conversation of an API call (:meth:`pengi_kit.api.Pengi.chat`, the server's chat
     completions) as the chat layout reads it: each message's content one string with an
-    :data:`AUDIO` where a clip goes (:func:`content_text`), and the clips in order. ``part``
-    rewrites each content part first (message number from 1). Raises ``_Bad``, one line."""
+    :data:`AUDIO` where a clip goes (:func:`content_text`, ``audio`` parts of objects taken),
+    and the clips in order. ``part`` rewrites each content part first (message number from 1).
+    Raises ``_Bad``, one line."""
     if not isinstance(conversation, list) or not conversation:
         raise _Bad("messages must be a non-empty list of {\"role\": ..., \"content\": ...}")
     messages: list[dict[str, str]] = []
@@ -202,7 +203,7 @@ def api_messages(conversation: Any, objects: bool = True,
             raise _Bad(f"message {n}: {AUDIO} in a text", "give each clip as a content part of its own")
         if part is not None and isinstance(content, list):
             content = [part(p, n) for p in content]
-        messages.append({"role": message["role"], "content": content_text(content, n, clips, objects)})
+        messages.append({"role": message["role"], "content": content_text(content, n, clips, objects=True)})
     if messages[-1]["role"] == "assistant":
         raise _Bad("the conversation ends with an assistant turn", "end it with the user's turn to answer")
     check_messages([(m["role"], m["content"]) for m in messages], len(clips), need_answer=False)
