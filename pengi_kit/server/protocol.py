@@ -118,8 +118,9 @@ def parse_chat(body: Any, allow_local_files: bool = False) -> ChatRequest:
         if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
             raise ApiError(400, f"stop must be a non-empty string or a list of them, got {body['stop']!r}", param="stop")
         decoding["stop"] = stop
+    types = {f.name: f.type for f in fields(Decoding)}
     for name, value in decoding.items():  # the rest is checked by Decoding itself; here only the types
-        expected = {f.name: f.type for f in fields(Decoding)}.get(name, "")
+        expected = types.get(name, "")
         if "int" in expected and "float" not in expected and not _is_int(value) and value is not None:
             raise ApiError(400, f"{name} must be an integer, got {value!r}", param=name)
         if expected == "float" and not (_is_int(value) or isinstance(value, float)):

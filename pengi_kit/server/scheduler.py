@@ -208,14 +208,17 @@ class Scheduler:
     def _step(self) -> None:
         ended = self.stream.step()
         self.metrics.step(self.stream.stepped)
-        live = self.stream.live()
-        for job_id in {key[0] for key in live} | {key[0] for key, _ in ended}:
-            if job_id in self.jobs:
-                self._started(self.jobs[job_id])
+        unplaced = {r.key[0] for r in self.stream.waiting}  # rows still waiting for a slot
+        with self.lock:
+            begun = [job_id for job_id in self.waiting if job_id in self.jobs and job_id not in unplaced]
+        for job_id in begun:
+            self._started(self.jobs[job_id])
         for (job_id, i), tokens in ended:
             if job_id in self.jobs:
                 self._end(self.jobs[job_id], i, tokens)
-        for (job_id, i), tokens in live.items():
+        if not any(job.stream for job in self.jobs.values()):
+            return
+        for (job_id, i), tokens in self.stream.live().items():  # streamed requests: their text so far
             job = self.jobs.get(job_id)
             if job is not None and job.stream and tokens:
                 job.notify(("text", i, _stable(self.pengi.texts([tokens], job.cfg)[0], job.cfg.stop)))
