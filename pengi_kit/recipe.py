@@ -141,7 +141,8 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "on_error": Field(str, "skip", "A bad clip or manifest line: 'skip' (reported) or 'fail'.", ("skip", "fail")),
         "num_workers": Field(int, 0, "DataLoader worker processes (results are the same for any number).",
                              range=">= 0"),
-        "bucket_batches": Field(int, 50, "Batches per pool sorted by target-text length (less padding); 0: off.",
+        "bucket_batches": Field(int, 50, "Batches per pool sorted by target-text length, in steps of 16 characters "
+                                "(less padding; task = 'pengi' only); 0: off.",
                                 range=">= 0"),
         "max_seconds": Field(float, 3600.0, "A clip or segment longer than this is bad input (reported).", range="> 0"),
         "augment": Field(dict, {}, "Augmentation of the training clips, drawn afresh each epoch: the table "

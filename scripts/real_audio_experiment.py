@@ -117,14 +117,14 @@ def make_corpus(audio_dir: Path, out: Path, sizes: dict[str, int], split_by: str
     if split_by == "speaker":
         speakers = {"train": ["george"], "valid": ["george"], "test": ["jackson"]}
     manifests = {}
-    if variation == "pipeline":
+    if variation in ("pipeline", "none"):
         sizes = {split: n for split, n in sizes.items() if split != "train"}
         manifests["train"] = _clean_training_rows(recordings, speakers["train"], out, seed)
         for n, (name, b) in enumerate(zip(BACKGROUNDS, backgrounds)):  # one noise source each, as offline
             manifests[f"background{n}"] = out / f"background{n}.jsonl"
             write_manifest(manifests[f"background{n}"], [
                 {"audio": audio_dir / name, "text": "background", "start": 0.0, "end": round(0.7 * len(b) / RATE, 3)}])
-    for i, (split, n) in enumerate(sizes.items(), start=1 if variation == "pipeline" else 0):
+    for i, (split, n) in enumerate(sizes.items(), start=0 if variation == "offline" else 1):
         rng = np.random.default_rng([seed, i])
         # training clips take their background from the first 70% of each recording, the others from the rest
         parts = [b[: int(0.7 * len(b))] if split == "train" else b[int(0.7 * len(b)):] for b in backgrounds]
@@ -288,9 +288,9 @@ def main() -> None:
     parser.add_argument("--test-clips", type=int, default=500)
     parser.add_argument("--pengi-epochs", type=int, default=8)
     parser.add_argument("--tagger-epochs", type=int, default=20)
-    parser.add_argument("--variation", choices=["pipeline", "offline"], default="offline",
-                        help="training clips synthesised once (the published figures), or varied on the fly by "
-                             "[data.augment] from the 20 recordings")
+    parser.add_argument("--variation", choices=["pipeline", "offline", "none"], default="offline",
+                        help="training clips synthesised once (the published figures), varied on the fly by "
+                             "[data.augment] from the 20 recordings, or those recordings as they are")
     parser.add_argument("--fixed-epochs", type=int, default=0,
                         help="--variation pipeline: the first N epochs repeat epoch 0's draws ([data.augment] "
                              "fixed_epochs)")
@@ -305,7 +305,7 @@ def main() -> None:
                     args.seed, args.variation)
     recordings = len(m["train"].read_text().splitlines())
     # the pipeline's rows are the recordings: drawn as often as the offline set has clips, in every epoch
-    weight = round(args.train_clips / recordings, 3) if args.variation == "pipeline" else 1.0
+    weight = round(args.train_clips / recordings, 3) if args.variation != "offline" else 1.0
     augment = ""
     if args.variation == "pipeline":  # each clip draws one noise source: a background recording or white noise
         augment = AUGMENT.format(noise=json.dumps([str(m[f"background{n}"]) for n in range(len(BACKGROUNDS))]

@@ -12,19 +12,17 @@ shift
 venv=".venv-$mode"
 python3 -m venv "$venv"
 "$venv/bin/python" -m pip install -q --upgrade pip
-plugins=(-e plugins/pengi-kit-timm -e plugins/pengi-kit-openclip -e plugins/pengi-kit-plugin-template)
+plugins=(-e plugins/pengi-kit-timm -e plugins/pengi-kit-openclip -e plugins/pengi-kit-plugin-template -e plugins/pengi-kit-vggish)
 case "$mode" in
   newest)
     "$venv/bin/python" -m pip install -q --upgrade --upgrade-strategy eager -e ".[test]" "${plugins[@]}" ;;
   lowest)
-    # every `name>=floor` of the dependencies and the test extra, pinned at its floor
-    python3 - > "$venv/floors.txt" <<'PY'
-import re, tomllib
-project = tomllib.load(open("pyproject.toml", "rb"))["project"]
-for requirement in [*project["dependencies"], *project["optional-dependencies"]["test"]]:
-    print(re.sub(r">=", "==", requirement.split(";")[0].strip()))
-PY
-    "$venv/bin/python" -m pip install -q -c "$venv/floors.txt" -e ".[test]" "${plugins[@]}" ;;
+    # each direct dependency (pengi-kit's, its test extra's, the plugins') at the lowest release its
+    # range allows: uv's lowest-direct resolution (pip has none, and a floor such as webdataset>=0.2
+    # names no release of its own)
+    "$venv/bin/python" -m pip install -q uv
+    "$venv/bin/python" -m uv pip install -q --python "$venv/bin/python" --resolution lowest-direct \
+        -e ".[test]" "${plugins[@]}" ;;
   *)
     echo "usage: scripts/versions.sh newest|lowest [pytest arguments]" >&2; exit 2 ;;
 esac

@@ -18,6 +18,18 @@ def _fresh_plugins():
     plugins.reset()
 
 
+@pytest.fixture
+def learning_seed(request, record_property):
+    """The seed of a learning test (marked ``learning``): its corpora, its torch seed and its
+    recipe's seed follow it. 0 unless PENGI_KIT_TEST_SEED says; scripts/learning_spread.py reruns
+    the learning tests over several seeds and prints the spread of each figure they record
+    (``record_property``), from which each test's threshold is set well inside."""
+    assert request.node.get_closest_marker("learning"), "learning_seed is for tests marked learning"
+    seed = int(os.environ.get("PENGI_KIT_TEST_SEED", "0"))
+    record_property("seed", seed)
+    return seed
+
+
 @pytest.fixture(scope="session")
 def untrained_checkpoint(tmp_path_factory):
     """A tiny untrained model saved as a run's checkpoint (``<run>/checkpoints/step-00000000``),

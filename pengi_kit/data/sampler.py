@@ -17,7 +17,11 @@ One epoch's batches are a pure function of ``(seed, epoch, num_replicas, rank)``
 3. *Buckets.* With target-text ``lengths``, each pool of ``pool_batches`` global
    batches is sorted by length and cut into global batches, and the batches of the
    epoch are shuffled again: batches hold texts of similar length (little padding),
-   yet their order stays random.
+   yet their order stays random. Lengths are compared in steps of :data:`LENGTH_STEP`
+   characters (a few tokens of padding at most): texts within a step stay in random order,
+   so short answers whose length follows their class ("one", "three"; "yes", "no") are
+   not sorted into batches of one class, which a classifier, and BatchNorm's batch
+   statistics above all, learn badly from.
 4. *Ranks.* Rank ``r`` takes slice ``r`` of every global batch, as DistributedSampler
    would, so every rank runs the same number of steps.
 
@@ -73,6 +77,9 @@ class _EpochSampler(Sampler[list[int]]):
 
     def __len__(self) -> int:
         return max(0, self.batches_per_epoch - self.start_batch)
+
+
+LENGTH_STEP = 16  # characters: lengths within a step count as equal when bucketing
 
 
 class BucketBatchSampler(_EpochSampler):
@@ -151,7 +158,7 @@ class BucketBatchSampler(_EpochSampler):
         pools = []
         for start in range(0, len(draws), self.pool_batches * width):
             pool = draws[start : start + self.pool_batches * width]
-            pools.append(pool[np.argsort(self.lengths[pool % self.total], kind="stable")])
+            pools.append(pool[np.argsort(self.lengths[pool % self.total] // LENGTH_STEP, kind="stable")])
         batches = np.concatenate(pools).reshape(count, width)
         return batches[rng.permutation(count)]
 

@@ -41,14 +41,16 @@ def _train(raw: dict, tmp_path) -> list[dict]:
     return [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_a_saved_dataset_with_an_audio_column_trains_and_validates(tmp_path):
-    rows = _pengi_rows(24, 0)
+@pytest.mark.learning
+def test_a_saved_dataset_with_an_audio_column_trains_and_validates(tmp_path, learning_seed, record_property):
+    rows = _pengi_rows(24, learning_seed)
     rows["audio"][5] = {"bytes": b"RIFF\x00\x00\x00\x00WAVEnot audio", "path": "broken.wav"}
     ds = datasets.Dataset.from_dict(rows).cast_column("audio", datasets.Audio())
     datasets.DatasetDict({"train": ds, "test": ds.select(range(8))}).save_to_disk(str(tmp_path / "hf"))
     table = {"manifest": str(tmp_path / "hf"), "split": "train", "columns": {"text": "caption"},
              "prompt": "this is a sound of"}
     raw = tiny_recipe(tmp_path / "run", train={"max_steps": 8, "eval_every": 4})
+    raw["seed"] = learning_seed
     raw["data"].update(train=[table], valid=[{**table, "split": "test"}])
     recipe = from_dict(raw)
     data = build_dataset(recipe, "train", 16000, 0.5)
@@ -57,6 +59,7 @@ def test_a_saved_dataset_with_an_audio_column_trains_and_validates(tmp_path):
     assert data[5] == {"error": data[5]["error"]} and data[5]["error"].startswith(f"{tmp_path / 'hf'}:row 5: ")
     metrics = _train(raw, tmp_path)
     losses = [m["loss"] for m in metrics if "loss" in m]
+    record_property("loss, last step / first", losses[-1] / losses[0])
     assert len(losses) == 8 and losses[-1] < losses[0]
     assert sum("valid_loss" in m for m in metrics) == 2
     # a dataset of several splits needs one named; a missing column is named with those there are
@@ -74,8 +77,9 @@ def test_a_saved_dataset_with_an_audio_column_trains_and_validates(tmp_path):
     assert len(parquet) == 24 and np.array_equal(parquet[3]["audio"], data[3]["audio"])
 
 
-def test_conversations_with_a_list_of_audio_train_in_the_chat_layout(tmp_path):
-    rng = np.random.default_rng(1)
+@pytest.mark.learning
+def test_conversations_with_a_list_of_audio_train_in_the_chat_layout(tmp_path, learning_seed, record_property):
+    rng = np.random.default_rng(1 + learning_seed)
     rows = {"messages": [], "audios": []}
     for i in range(16):
         a, b = KINDS[i % 2], KINDS[(i // 2) % 2]
@@ -87,6 +91,7 @@ def test_conversations_with_a_list_of_audio_train_in_the_chat_layout(tmp_path):
     assert isinstance(ds.features["audios"].feature, datasets.Audio)  # an Audio list, as the hub keeps them
     ds.save_to_disk(str(tmp_path / "chat"))
     raw = tiny_recipe(tmp_path / "run", train={"max_steps": 6})
+    raw["seed"] = learning_seed
     del raw["model"]["text_mapper"]
     raw["model"]["layout"] = "chat"
     raw["data"].update(train=str(tmp_path / "chat"), valid="")
@@ -98,6 +103,7 @@ def test_conversations_with_a_list_of_audio_train_in_the_chat_layout(tmp_path):
     batch = collate([data[i] for i in range(4)])
     assert len(batch["conversations"]) == 3 and batch["audio"].shape == (6, 8000) and len(batch["errors"]) == 1
     losses = [m["loss"] for m in _train(raw, tmp_path) if "loss" in m]
+    record_property("loss, last step / first", losses[-1] / losses[0])
     assert len(losses) == 6 and losses[-1] < losses[0]
     raw["model"]["layout"] = "prefix"
     raw["model"]["text_mapper"] = {"name": "transformer", "prefix_length": 16, "num_layers": 1, "num_heads": 2}

@@ -10,19 +10,23 @@ from pengi_kit.cli import main
 pytestmark = pytest.mark.slow  # the whole demo, about 3 minutes on 2 cores: not in the fast lane
 
 
-def test_demo_trains_a_model_that_learned(tmp_path):
+@pytest.mark.learning
+def test_demo_trains_a_model_that_learned(tmp_path, learning_seed, record_property):
     out = tmp_path / "demo"
     result = CliRunner().invoke(main, [
-        "demo", "-s", f"train.output_dir='{out}'", "-s", f"model.audio_encoder.pretrained='{out / 'tagger' / 'encoder'}'",
-        "-s", "data.synthetic_valid_size=60"])
+        "demo", "-s", f"seed={learning_seed}", "-s", f"train.output_dir='{out}'",
+        "-s", f"model.audio_encoder.pretrained='{out / 'tagger' / 'encoder'}'", "-s", "data.synthetic_valid_size=60"])
     assert result.exit_code == 0, result.output
     accuracy = dict(re.findall(r"^\s+(caption|classification|yes/no|count)\s+([0-9.]+)$", result.output, re.M))
+    for task in ("classification", "yes/no"):
+        record_property(f"demo: {task}", float(accuracy[task]))
     # chance: 1/6 for the class, 1/2 for yes/no (and 0 for exact answers that repeat the kind)
     assert float(accuracy["classification"]) >= 0.8, result.output
     assert float(accuracy["yes/no"]) >= 0.7, result.output
     assert (out / "example.wav").is_file()
     # the tagger went through the general pretraining: a tagging run with its exported encoder folder
     tagger = [json.loads(line) for line in (out / "tagger" / "metrics.jsonl").read_text().splitlines()]
+    record_property("tagger: valid_f1", [r["valid_f1"] for r in tagger if "valid_f1" in r][-1])
     assert [r["valid_f1"] for r in tagger if "valid_f1" in r][-1] >= 0.8, tagger
     assert (out / "tagger" / "encoder" / "component.json").is_file()
     generated = CliRunner().invoke(main, ["generate", str(out), str(out / "example.wav"),
@@ -37,6 +41,9 @@ def test_demo_trains_a_model_that_learned(tmp_path):
     assert evaluated.exit_code == 0, evaluated.output
     scores = {(t["name"], m): v for t in json.loads((report / "results.json").read_text())["tasks"]
               for m, v in t["metrics"].items()}
+    for (task, metric), value in scores.items():
+        if isinstance(value, float):
+            record_property(f"{task}: {metric}", value)
     assert scores[("zero-shot classification (generate)", "accuracy")] >= 0.8, evaluated.output
     assert scores[("zero-shot classification (likelihood)", "accuracy")] >= 0.8, evaluated.output
     assert scores[("question answering", "accuracy (yes/no)")] >= 0.7, evaluated.output

@@ -61,9 +61,11 @@ def _rows(run):
 
 
 @pytest.mark.slow
-def test_a_contrastive_clap_trained_on_the_synthetic_corpus_retrieves_and_classifies(tmp_path, clips):
+@pytest.mark.learning
+def test_a_contrastive_clap_trained_on_the_synthetic_corpus_retrieves_and_classifies(tmp_path, clips, learning_seed,
+                                                                                     record_property):
     run = tmp_path / "clap"
-    Trainer(from_dict(_contrastive(run, 150)), progress=False).fit()
+    Trainer(from_dict({**_contrastive(run, 300), "seed": learning_seed}), progress=False).fit()
     folder = run / "clap"  # exported by the trainer after the final checkpoint
     scores = {}
     for task, manifest in (("retrieval", "captions"), ("classification", "classification")):
@@ -72,10 +74,14 @@ def test_a_contrastive_clap_trained_on_the_synthetic_corpus_retrieves_and_classi
                                            "--device", "cpu"])
         assert result.exit_code == 0, result.output
         scores.update(json.loads((tmp_path / task / "results.json").read_text())["tasks"][0]["metrics"])
-    # 60 held-out clips: chance is 1/6 for the class (zero-shot: "this is a sound of <class>"), 10/60 at R@10
-    assert scores["accuracy"] >= 0.45, scores
-    assert scores["text-to-audio R@10"] >= 0.4 and scores["audio-to-text R@10"] >= 0.4, scores
-    assert scores["text-to-audio mAP@10"] >= 0.12, scores  # chance: about 0.05
+    for figure in ("accuracy", "text-to-audio R@10", "audio-to-text R@10", "text-to-audio mAP@10"):
+        record_property(figure, scores[figure])
+    # 60 held-out clips: chance is 1/6 for the class (zero-shot: "this is a sound of <class>"), 10/60 at R@10,
+    # about 0.05 for mAP@10. Seeds 0-4 (scripts/learning_spread.py): accuracy 0.47-0.85, R@10 0.47-0.87 (text to
+    # audio) and 0.47-0.78 (audio to text), mAP@10 0.15-0.26; at 150 steps one seed of five was at chance
+    assert scores["accuracy"] >= 0.35, scores
+    assert scores["text-to-audio R@10"] >= 0.3 and scores["audio-to-text R@10"] >= 0.3, scores
+    assert scores["text-to-audio mAP@10"] >= 0.1, scores
 
     # the run's checkpoint and the exported folder embed alike ...
     texts = ["a low tone", "this is a sound of click train"]
@@ -92,9 +98,10 @@ def test_a_contrastive_clap_trained_on_the_synthetic_corpus_retrieves_and_classi
 
 
 @pytest.mark.slow
-def test_a_tagger_pretrained_from_scratch_makes_a_pengi_that_listens(tmp_path, clips):
-    tagger = from_dict(_tagging(tmp_path / "tagger", 60, valid=str(clips / "classification.jsonl"),
-                                train="synthetic"))
+@pytest.mark.learning
+def test_a_tagger_pretrained_from_scratch_makes_a_pengi_that_listens(tmp_path, clips, learning_seed, record_property):
+    tagger = from_dict({**_tagging(tmp_path / "tagger", 150, valid=str(clips / "classification.jsonl"),
+                                   train="synthetic"), "seed": learning_seed})
     Trainer(tagger, progress=False).fit()
     assert tagger["pretrain"]["classes"] == sorted(KINDS)  # the labels found, recorded in the checkpoints
     assert ckpt.read_recipe(ckpt.resolve(tmp_path / "tagger"))["pretrain"]["classes"] == sorted(KINDS)
@@ -104,17 +111,24 @@ def test_a_tagger_pretrained_from_scratch_makes_a_pengi_that_listens(tmp_path, c
     # stage two: a small Pengi on the frozen tagger, trained on the manifest of classification rows
     run = tmp_path / "pengi"
     raw = tiny_recipe(run, audio_encoder={**ENCODER, "pretrained": str(encoder), "trainable": False},
-                      projection_dropout=0.0, train={"max_steps": 250, "batch_size": 16, "log_every": 50,
-                                                     "eval_every": 250})
+                      projection_dropout=0.0, train={"max_steps": 500, "batch_size": 16, "log_every": 50,
+                                                     "eval_every": 100})
     raw["data"] = {"train": str(clips / "probe_train.jsonl"), "valid": str(clips / "classification.jsonl")}
     raw["optim"] = {"lr": 3e-3, "warmup_steps": 5}
+    raw["seed"] = learning_seed
     Trainer(from_dict(raw), progress=False).fit()
     listening = [r["listening"] for r in _rows(run) if "listening" in r]
+    record_property("listening, last validation", listening[-1])
+    # seeds 0-4: listening 2.7-4.7 nats, held-out accuracy 0.70-0.97, listening in evaluate 2.2-4.4. The Pengi
+    # leaves its plateau between steps 200 and 300 (at 250 steps with a 60-step tagger, four seeds of five failed)
     assert listening and listening[-1] > 4 * LISTENING_THRESHOLD, listening
     pengi = pengi_kit.load(run)
     accuracy = evaluate(pengi, "classification", clips / "classification.jsonl").metrics["accuracy"]
-    assert accuracy >= 0.6  # held-out clips: chance 1/6, the most frequent class 0.33
-    assert evaluate(pengi, "listening", clips / "classification.jsonl").metrics["listening"] > LISTENING_THRESHOLD
+    record_property("held-out accuracy", accuracy)
+    assert accuracy >= 0.5  # held-out clips: chance 1/6, the most frequent class 0.33
+    heard = evaluate(pengi, "listening", clips / "classification.jsonl").metrics["listening"]
+    record_property("listening, evaluate", heard)
+    assert heard > LISTENING_THRESHOLD
 
 
 def test_tagging_from_a_manifest_resumes_exactly(tmp_path, clips):

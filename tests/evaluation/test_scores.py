@@ -56,12 +56,14 @@ def test_retrieval_by_hand():
     assert out["mAP@10"] == pytest.approx((0.5 + 0.75) / 2)
 
 
-def test_linear_probe_learns_a_separable_problem():
-    g = torch.Generator().manual_seed(0)
+@pytest.mark.learning
+def test_linear_probe_learns_a_separable_problem(learning_seed, record_property):
+    g = torch.Generator().manual_seed(learning_seed)
     centers = torch.randn(3, 8, generator=g) * 3
     y = torch.arange(90) % 3
     x = centers[y] + torch.randn(90, 8, generator=g)
     predict = fit_logistic_regression(x[:60], torch.nn.functional.one_hot(y[:60], 3).float(), multi_label=False)
+    record_property("held-out accuracy", accuracy(predict(x[60:]), y[60:]))
     assert accuracy(predict(x[60:]), y[60:]) >= 0.95
 
 

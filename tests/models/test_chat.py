@@ -103,7 +103,9 @@ def test_the_chat_layout_has_no_prompt_branch_and_conversations_need_it(tmp_path
 
 
 @pytest.mark.slow
-def test_the_chat_walkthrough_learns_a_question_about_two_clips_and_listens(tmp_path, monkeypatch):
+@pytest.mark.learning
+def test_the_chat_walkthrough_learns_a_question_about_two_clips_and_listens(tmp_path, monkeypatch, learning_seed,
+                                                                             record_property):
     """docs/training.md's walk-through, with the shipped recipes: are two clips of the same kind?
     Each clip alone says nothing (half the pairs are of one kind), so only a model that reads
     both answers well above chance. The encoder is first pretrained as a tagger of the clips'
@@ -116,11 +118,12 @@ def test_the_chat_walkthrough_learns_a_question_about_two_clips_and_listens(tmp_
 
     monkeypatch.chdir(tmp_path)
     for split, pairs, seed in (("train", 300, 0), ("valid", 40, 1), ("test", 100, 2)):
-        write_pair_task(f"chat_data/{split}", pairs, seed)
-    Trainer(load_recipe("pretrain/pair_tagger"), progress=False).fit()
-    Trainer(load_recipe("demo_chat"), progress=False).fit()
+        write_pair_task(f"chat_data/{split}", pairs, seed + 3 * learning_seed)
+    Trainer(load_recipe("pretrain/pair_tagger", [f"seed={learning_seed}"]), progress=False).fit()
+    Trainer(load_recipe("demo_chat", [f"seed={learning_seed}"]), progress=False).fit()
     run = tmp_path / "runs" / "demo_chat"
     last = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if "listening" in line][-1]
+    record_property("listening, last validation", last["listening"])
     assert last["listening"] > 1.0, last  # nats per answer lost when each clip's audio is another clip's
 
     pengi = pengi_kit.load(run)
@@ -131,13 +134,16 @@ def test_the_chat_walkthrough_learns_a_question_about_two_clips_and_listens(tmp_
                                                    {"type": "text", "text": SAME_KIND}]}] for a, b in clips]
     answers = pengi.chat(conversations)
     accuracy = sum(got == want for got, want in zip(answers, truth)) / len(test)
+    record_property("held-out accuracy, two clips", accuracy)
     assert accuracy >= 0.85, (accuracy, answers[:10])
     assert pengi.chat(conversations[:8], batch_size=1) == answers[:8]  # the same tokens at any batch size
     # the one-clip questions through generate (the prompt as one user turn)
     kinds = tmp_path / "chat_data" / "test" / "kinds.jsonl"
     rows = [json.loads(line) for line in kinds.read_text().splitlines()]
     said = pengi.generate([str(kinds.parent / r["audio"]) for r in rows], WHAT_KIND)
-    assert sum(k == r["text"] for k, r in zip(said, rows)) / len(rows) >= 0.9
+    kinds_accuracy = sum(k == r["text"] for k, r in zip(said, rows)) / len(rows)
+    record_property("held-out accuracy, one clip", kinds_accuracy)
+    assert kinds_accuracy >= 0.9
     # and from the command line, with the clips placed by <audio>
     n = truth.index("yes")
     out = subprocess.run([sys.executable, "-m", "pengi_kit", "chat", str(run), "--audio", clips[n][0], "--audio",
