@@ -1,6 +1,6 @@
 """Spoken digits in real-world conditions: Pengi from scratch against the two-stage path.
 
-One command (about 12 minutes on 2 CPU cores)::
+One command (about 8.5 minutes on one CPU core, ``OMP_NUM_THREADS=1``)::
 
     python scripts/real_audio_experiment.py --out runs/real_audio
 
@@ -12,13 +12,13 @@ speech, humpback whale song, a trumpet) or white noise at 0-20 dB SNR, the backg
 from the last 30% of each recording. The training clips get the same kinds of variation on
 the fly, from the data pipeline's augmentation (``[data.augment]``, docs/data.md: speed,
 shift, room reverberation, background from the first 70% of one of the recordings or white
-noise, at an SNR against the speech, gain), drawn
-afresh each epoch from the recordings themselves, with ``--variation pipeline``; the default,
-``--variation offline``, synthesises a fixed training set of the same kinds of variation (the
-figures in docs/training.md; the pipeline path does not match them yet at the same epochs,
-see the note there). ``--fixed-epochs N`` makes the pipeline's first N epochs repeat epoch 0's
-draws (``[data.augment] fixed_epochs``). ``--split speaker`` trains on one speaker
-and tests on the other.
+noise, at an SNR against the speech, gain), drawn afresh each epoch from the 20 recordings
+themselves (``--variation pipeline``, the default). ``--variation offline`` synthesises a fixed
+training set of the same kinds of variation instead (what this script did before the pipeline
+had augmentation), and ``--variation none`` trains on the 20 recordings as they are.
+``--fixed-epochs N`` makes the pipeline's first N epochs repeat epoch 0's draws
+(``[data.augment] fixed_epochs``). ``--split speaker`` trains on one speaker and tests on the
+other. The figures are in docs/training.md.
 
 It then runs, through the ``pengi-kit`` CLI (each command is printed):
 
@@ -288,9 +288,9 @@ def main() -> None:
     parser.add_argument("--test-clips", type=int, default=500)
     parser.add_argument("--pengi-epochs", type=int, default=8)
     parser.add_argument("--tagger-epochs", type=int, default=20)
-    parser.add_argument("--variation", choices=["pipeline", "offline", "none"], default="offline",
-                        help="training clips synthesised once (the published figures), varied on the fly by "
-                             "[data.augment] from the 20 recordings, or those recordings as they are")
+    parser.add_argument("--variation", choices=["pipeline", "offline", "none"], default="pipeline",
+                        help="training clips varied on the fly by [data.augment] from the 20 recordings, "
+                             "synthesised once, or those recordings as they are")
     parser.add_argument("--fixed-epochs", type=int, default=0,
                         help="--variation pipeline: the first N epochs repeat epoch 0's draws ([data.augment] "
                              "fixed_epochs)")

@@ -376,8 +376,9 @@ def test_lora_trains_adapters_only_learns_and_exports_merged(tmp_path, learning_
     assert len(lm_keys) == 2 * 4 * 2 and all("lora_" in k for k in lm_keys)  # A and B, q/k/v/o, two layers
     # it learned: held-out accuracy well above chance (1/3), and the adapters carry part of it. Over seeds
     # 0-4 (scripts/learning_spread.py: every torch seed and both corpora reseeded) this reached 0.958-1.0,
-    # and the adapters' gain in log-likelihood 0.39-0.85 (the tagger trained to a target, 400 steps); at
-    # 200 steps one seed of five said one kind never (0.667), which is what failed on other machines
+    # and the adapters' gain in log-likelihood 0.18-1.22 nats (the tagger trained to a target, 400 steps); at
+    # 200 steps, with batches sorted by answer length, one seed of five never said one kind (0.667), which
+    # is what failed on other machines
     pengi = pengi_kit.load(tmp_path / "run")
     clips = [data / r["audio"] for r in held_out]
     texts = pengi.generate(clips, "this is a sound of", method="greedy", max_new_tokens=4)
@@ -392,7 +393,7 @@ def test_lora_trains_adapters_only_learns_and_exports_merged(tmp_path, learning_
                 param.zero_()
     unadapted = pengi.log_likelihood(clips, "this is a sound of", KINDS)[torch.arange(len(clips)), right].mean()
     record_property("log-likelihood gain of the adapters", float(score - unadapted))
-    assert score > unadapted + 0.1, (score, unadapted)
+    assert score > unadapted + 0.05, (score, unadapted)
     pengi = pengi_kit.load(tmp_path / "run")
     # merged export: no adapters, no lora table, the same text
     result = CliRunner().invoke(main, ["export", str(ckpt), "--out", str(tmp_path / "merged")])

@@ -105,6 +105,7 @@ def test_whisper_two_stage_learns_and_answers_a_clip_alike_in_any_batch(tmp_path
                               max_new_tokens=4)
         accuracy = sum(s == c.primary for s, c in zip(said, clips)) / len(clips)
         record_property(f"{mapper['name']}: held-out accuracy", accuracy)
+        # seeds 0-4: 0.75-0.95 (qformer), 0.78-0.97 (downsample); listening at least 2.0 nats (chance 1/6)
         assert accuracy >= 0.5, (mapper["name"], accuracy, said[:6])
         alone = pengi.generate(varied, "this is a sound of", method="greedy", max_new_tokens=4, batch_size=1)
         together = pengi.generate(varied, "this is a sound of", method="greedy", max_new_tokens=4, batch_size=8)

@@ -20,9 +20,10 @@ def test_demo_trains_a_model_that_learned(tmp_path, learning_seed, record_proper
     accuracy = dict(re.findall(r"^\s+(caption|classification|yes/no|count)\s+([0-9.]+)$", result.output, re.M))
     for task in ("classification", "yes/no"):
         record_property(f"demo: {task}", float(accuracy[task]))
-    # chance: 1/6 for the class, 1/2 for yes/no (and 0 for exact answers that repeat the kind)
+    # chance: 1/6 for the class, 1/2 for yes/no (and 0 for exact answers that repeat the kind). Seeds 0-4
+    # (scripts/learning_spread.py): classification 0.92-0.98, yes/no 0.73-0.99, the tagger's F1 0.99-1.0
     assert float(accuracy["classification"]) >= 0.8, result.output
-    assert float(accuracy["yes/no"]) >= 0.7, result.output
+    assert float(accuracy["yes/no"]) >= 0.65, result.output
     assert (out / "example.wav").is_file()
     # the tagger went through the general pretraining: a tagging run with its exported encoder folder
     tagger = [json.loads(line) for line in (out / "tagger" / "metrics.jsonl").read_text().splitlines()]
@@ -44,14 +45,16 @@ def test_demo_trains_a_model_that_learned(tmp_path, learning_seed, record_proper
     for (task, metric), value in scores.items():
         if isinstance(value, float):
             record_property(f"{task}: {metric}", value)
+    # seeds 0-4: zero-shot classification 0.92-0.98 both ways, yes/no 0.73-0.99, linear probe 0.88-0.95
     assert scores[("zero-shot classification (generate)", "accuracy")] >= 0.8, evaluated.output
     assert scores[("zero-shot classification (likelihood)", "accuracy")] >= 0.8, evaluated.output
-    assert scores[("question answering", "accuracy (yes/no)")] >= 0.7, evaluated.output
-    assert scores[("linear probe", "accuracy")] >= 0.8, evaluated.output
-    # the questions as multiple choice (MMAU's layout): 0.81 by both the official match and likelihood
-    assert scores[("multiple choice", "accuracy (official)")] >= 0.6, evaluated.output
-    assert scores[("multiple choice", "accuracy (likelihood)")] >= 0.6, evaluated.output
-    # retrieval by likelihood beats chance (1/40 at R@1) by far
+    assert scores[("question answering", "accuracy (yes/no)")] >= 0.65, evaluated.output
+    assert scores[("linear probe", "accuracy")] >= 0.75, evaluated.output
+    # the questions as multiple choice (MMAU's layout): seeds 0-4 gave 0.66-0.86 by the official match and
+    # 0.62-0.87 by likelihood
+    assert scores[("multiple choice", "accuracy (official)")] >= 0.5, evaluated.output
+    assert scores[("multiple choice", "accuracy (likelihood)")] >= 0.5, evaluated.output
+    # retrieval by likelihood beats chance (1/40 at R@1) by far: 0.50-0.60 over seeds 0-4; CIDEr-D 4.5-5.5
     assert scores[("retrieval (likelihood)", "text-to-audio R@1")] >= 0.2, evaluated.output
     assert scores[("captioning", "CIDEr-D")] > 1.0, evaluated.output
     assert re.search(r"^captioning\s+SPICE\s+(unavailable|0\.\d{4})", evaluated.output, re.M), evaluated.output

@@ -124,7 +124,10 @@ def test_the_chat_walkthrough_learns_a_question_about_two_clips_and_listens(tmp_
     run = tmp_path / "runs" / "demo_chat"
     last = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if "listening" in line][-1]
     record_property("listening, last validation", last["listening"])
-    assert last["listening"] > 1.0, last  # nats per answer lost when each clip's audio is another clip's
+    # seeds 0-4 (scripts/learning_spread.py): listening 3.1-6.1 nats per answer lost when each clip's audio is
+    # another clip's, held-out accuracy 1.0 on both questions (with batches sorted by answer length, two seeds
+    # of five were below 0.85 and 0.9)
+    assert last["listening"] > 1.0, last
 
     pengi = pengi_kit.load(run)
     test = json.loads((tmp_path / "chat_data" / "test" / "conversations.json").read_text())
