@@ -41,7 +41,7 @@ def run(seed: int, xml: Path, pytest_args: list[str]) -> list[tuple[str, str, st
                     f"--junitxml={xml}", *pytest_args], cwd=ROOT, env=env, check=False)
     found = []
     for case in ET.parse(xml).iter("testcase"):
-        test = f"{case.get('classname', '').rsplit('.', 1)[-1]}::{case.get('name')}"
+        test = f"{case.get('classname', '').replace('.', '/')}.py::{case.get('name')}"
         for prop in case.iter("property"):
             if prop.get("name") != "seed":
                 found.append((test, prop.get("name"), prop.get("value")))
@@ -68,13 +68,13 @@ def main() -> None:
             print(f"== seed {seed}", flush=True)
             for test, figure, value in run(seed, Path(tmp) / f"seed-{seed}.xml", args.pytest_args):
                 table[test, figure][seed] = value
-    print(f"\n{'test':70} {'figure':36} " + " ".join(f"{s:>7}" for s in args.seeds) + "      min      max")
-    for (test, figure), values in sorted(table.items()):
-        cells = [values.get(s, "-") for s in args.seeds]
-        numbers = [n for n in map(_number, values.values()) if n is not None]
-        spread = f"{min(numbers):8.3f} {max(numbers):8.3f}" if numbers else ""
-        print(f"{test[-70:]:70} {figure[:36]:36} " + " ".join(f"{c[:7]:>7}" for c in cells) + f" {spread}")
-
+    print(f"\n{'figure':44} " + " ".join(f"{'seed ' + str(s):>8}" for s in args.seeds) + "      min      max")
+    for test in sorted({test for test, _ in table}):
+        print(test)
+        for (_, figure), values in sorted(item for item in table.items() if item[0][0] == test):
+            numbers = [n for n in map(_number, values.values()) if n is not None]
+            spread = f"{min(numbers):8.3f} {max(numbers):8.3f}" if numbers else ""
+            print(f"  {figure[:42]:42} " + " ".join(f"{values.get(s, '-')[:8]:>8}" for s in args.seeds) + f" {spread}")
 
 if __name__ == "__main__":
     main()
