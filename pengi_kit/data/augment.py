@@ -56,8 +56,7 @@ class Augment:
                                 "from Beta(mixup, mixup) (PANNs: 1.0); 0 for none.", ">= 0")
     fixed_epochs: int = option(0, "The first N epochs repeat epoch 0's examples and draws (shuffled anew; a "
                                   "stream in epoch 0's order too): a fixed varied set to learn from before fresh "
-                                  "draws every epoch, as a model from scratch may not leave chance on fresh draws "
-                                  "alone; 0: fresh draws from the start.", ">= 0")
+                                  "draws every epoch; 0: fresh draws from the start.", ">= 0")
 
     def __post_init__(self) -> None:
         if isinstance(self.noise, list) and not all(isinstance(n, str) and n for n in self.noise):
