@@ -23,7 +23,8 @@ def learning_seed(request, record_property):
     """The seed of a learning test (marked ``learning``): its corpora, its torch seed and its
     recipe's seed follow it. 0 unless PENGI_KIT_TEST_SEED says; scripts/learning_spread.py reruns
     the learning tests over several seeds and prints the spread of each figure they record
-    (``record_property``), from which each test's threshold is set well inside."""
+    (``record_property``, as plain floats: test workers send them to the main process), from which
+    each test's threshold is set well inside."""
     assert request.node.get_closest_marker("learning"), "learning_seed is for tests marked learning"
     seed = int(os.environ.get("PENGI_KIT_TEST_SEED", "0"))
     record_property("seed", seed)

@@ -383,7 +383,7 @@ def test_lora_trains_adapters_only_learns_and_exports_merged(tmp_path, learning_
     clips = [data / r["audio"] for r in held_out]
     texts = pengi.generate(clips, "this is a sound of", method="greedy", max_new_tokens=4)
     accuracy = np.mean([t == r["text"] for t, r in zip(texts, held_out)])
-    record_property("held-out accuracy", accuracy)
+    record_property("held-out accuracy", float(accuracy))
     assert accuracy >= 0.75, (accuracy, texts)
     right = torch.tensor([KINDS.index(r["text"]) for r in held_out])
     score = pengi.log_likelihood(clips, "this is a sound of", KINDS)[torch.arange(len(clips)), right].mean()

@@ -104,7 +104,7 @@ def test_whisper_two_stage_learns_and_answers_a_clip_alike_in_any_batch(tmp_path
         said = pengi.generate([(c.audio, 16000) for c in clips], "this is a sound of", method="greedy",
                               max_new_tokens=4)
         accuracy = sum(s == c.primary for s, c in zip(said, clips)) / len(clips)
-        record_property(f"{mapper['name']}: held-out accuracy", accuracy)
+        record_property(f"{mapper['name']}: held-out accuracy", float(accuracy))
         # seeds 0-4: 0.75-0.95 (qformer), 0.78-0.97 (downsample); listening at least 2.0 nats (chance 1/6)
         assert accuracy >= 0.5, (mapper["name"], accuracy, said[:6])
         alone = pengi.generate(varied, "this is a sound of", method="greedy", max_new_tokens=4, batch_size=1)
@@ -114,7 +114,7 @@ def test_whisper_two_stage_learns_and_answers_a_clip_alike_in_any_batch(tmp_path
         torch.testing.assert_close(pengi.log_likelihood(varied, "this is a sound of", kinds, batch_size=16), one,
                                    atol=1e-5, rtol=0)
         heard = pengi.listening(varied, [(i, "this is a sound of", clips[i].primary) for i in range(16)], batch_size=4)
-        record_property(f"{mapper['name']}: listening", heard["listening"])
+        record_property(f"{mapper['name']}: listening", float(heard["listening"]))
         assert heard["listening"] > 0.5, (mapper["name"], heard)  # the answers hang on the audio
 
 

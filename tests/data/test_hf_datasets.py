@@ -59,7 +59,7 @@ def test_a_saved_dataset_with_an_audio_column_trains_and_validates(tmp_path, lea
     assert data[5] == {"error": data[5]["error"]} and data[5]["error"].startswith(f"{tmp_path / 'hf'}:row 5: ")
     metrics = _train(raw, tmp_path)
     losses = [m["loss"] for m in metrics if "loss" in m]
-    record_property("loss, last step / first", losses[-1] / losses[0])
+    record_property("loss, last step / first", float(losses[-1] / losses[0]))
     assert len(losses) == 8 and losses[-1] < losses[0]  # seeds 0-4: the last is 0.74-0.78 of the first
     assert sum("valid_loss" in m for m in metrics) == 2
     # a dataset of several splits needs one named; a missing column is named with those there are
@@ -103,7 +103,7 @@ def test_conversations_with_a_list_of_audio_train_in_the_chat_layout(tmp_path, l
     batch = collate([data[i] for i in range(4)])
     assert len(batch["conversations"]) == 3 and batch["audio"].shape == (6, 8000) and len(batch["errors"]) == 1
     losses = [m["loss"] for m in _train(raw, tmp_path) if "loss" in m]
-    record_property("loss, last step / first", losses[-1] / losses[0])
+    record_property("loss, last step / first", float(losses[-1] / losses[0]))
     assert len(losses) == 6 and losses[-1] < losses[0]  # seeds 0-4: the last is 0.76-0.80 of the first
     raw["model"]["layout"] = "prefix"
     raw["model"]["text_mapper"] = {"name": "transformer", "prefix_length": 16, "num_layers": 1, "num_heads": 2}

@@ -27,7 +27,7 @@ def test_demo_trains_a_model_that_learned(tmp_path, learning_seed, record_proper
     assert (out / "example.wav").is_file()
     # the tagger went through the general pretraining: a tagging run with its exported encoder folder
     tagger = [json.loads(line) for line in (out / "tagger" / "metrics.jsonl").read_text().splitlines()]
-    record_property("tagger: valid_f1", [r["valid_f1"] for r in tagger if "valid_f1" in r][-1])
+    record_property("tagger: valid_f1", float([r["valid_f1"] for r in tagger if "valid_f1" in r][-1]))
     assert [r["valid_f1"] for r in tagger if "valid_f1" in r][-1] >= 0.8, tagger
     assert (out / "tagger" / "encoder" / "component.json").is_file()
     generated = CliRunner().invoke(main, ["generate", str(out), str(out / "example.wav"),
@@ -44,7 +44,7 @@ def test_demo_trains_a_model_that_learned(tmp_path, learning_seed, record_proper
               for m, v in t["metrics"].items()}
     for (task, metric), value in scores.items():
         if isinstance(value, float):
-            record_property(f"{task}: {metric}", value)
+            record_property(f"{task}: {metric}", float(value))
     # seeds 0-4: zero-shot classification 0.92-0.98 both ways, yes/no 0.73-0.99, linear probe 0.88-0.95
     assert scores[("zero-shot classification (generate)", "accuracy")] >= 0.8, evaluated.output
     assert scores[("zero-shot classification (likelihood)", "accuracy")] >= 0.8, evaluated.output

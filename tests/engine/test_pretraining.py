@@ -75,7 +75,7 @@ def test_a_contrastive_clap_trained_on_the_synthetic_corpus_retrieves_and_classi
         assert result.exit_code == 0, result.output
         scores.update(json.loads((tmp_path / task / "results.json").read_text())["tasks"][0]["metrics"])
     for figure in ("accuracy", "text-to-audio R@10", "audio-to-text R@10", "text-to-audio mAP@10"):
-        record_property(figure, scores[figure])
+        record_property(figure, float(scores[figure]))
     # 60 held-out clips: chance is 1/6 for the class (zero-shot: "this is a sound of <class>"), 10/60 at R@10,
     # about 0.05 for mAP@10. Seeds 0-4 (scripts/learning_spread.py): accuracy 0.47-0.85, R@10 0.47-0.87 (text to
     # audio) and 0.47-0.78 (audio to text), mAP@10 0.15-0.26; at 150 steps one seed of five was at chance
@@ -118,16 +118,16 @@ def test_a_tagger_pretrained_from_scratch_makes_a_pengi_that_listens(tmp_path, c
     raw["seed"] = learning_seed
     Trainer(from_dict(raw), progress=False).fit()
     listening = [r["listening"] for r in _rows(run) if "listening" in r]
-    record_property("listening, last validation", listening[-1])
+    record_property("listening, last validation", float(listening[-1]))
     # seeds 0-4: listening 6.6-7.6 nats, held-out accuracy 0.93-1.0, listening in evaluate 5.5-7.2 (at 250 steps
     # with a 60-step tagger and batches sorted by answer length, four seeds of five failed)
     assert listening and listening[-1] > 4 * LISTENING_THRESHOLD, listening
     pengi = pengi_kit.load(run)
     accuracy = evaluate(pengi, "classification", clips / "classification.jsonl").metrics["accuracy"]
-    record_property("held-out accuracy", accuracy)
+    record_property("held-out accuracy", float(accuracy))
     assert accuracy >= 0.75  # held-out clips: chance 1/6, the most frequent class 0.33
     heard = evaluate(pengi, "listening", clips / "classification.jsonl").metrics["listening"]
-    record_property("listening, evaluate", heard)
+    record_property("listening, evaluate", float(heard))
     assert heard > LISTENING_THRESHOLD
 
 

@@ -63,7 +63,7 @@ def test_linear_probe_learns_a_separable_problem(learning_seed, record_property)
     y = torch.arange(90) % 3
     x = centers[y] + torch.randn(90, 8, generator=g)
     predict = fit_logistic_regression(x[:60], torch.nn.functional.one_hot(y[:60], 3).float(), multi_label=False)
-    record_property("held-out accuracy", accuracy(predict(x[60:]), y[60:]))
+    record_property("held-out accuracy", float(accuracy(predict(x[60:]), y[60:])))
     assert accuracy(predict(x[60:]), y[60:]) >= 0.95  # seeds 0-4: 1.0 (the classes are 3 sigma apart)
 
 

@@ -123,7 +123,7 @@ def test_the_chat_walkthrough_learns_a_question_about_two_clips_and_listens(tmp_
     Trainer(load_recipe("demo_chat", [f"seed={learning_seed}"]), progress=False).fit()
     run = tmp_path / "runs" / "demo_chat"
     last = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if "listening" in line][-1]
-    record_property("listening, last validation", last["listening"])
+    record_property("listening, last validation", float(last["listening"]))
     # seeds 0-4 (scripts/learning_spread.py): listening 3.1-6.1 nats per answer lost when each clip's audio is
     # another clip's, held-out accuracy 1.0 on both questions (with batches sorted by answer length, two seeds
     # of five were below 0.85 and 0.9)
@@ -137,7 +137,7 @@ def test_the_chat_walkthrough_learns_a_question_about_two_clips_and_listens(tmp_
                                                    {"type": "text", "text": SAME_KIND}]}] for a, b in clips]
     answers = pengi.chat(conversations)
     accuracy = sum(got == want for got, want in zip(answers, truth)) / len(test)
-    record_property("held-out accuracy, two clips", accuracy)
+    record_property("held-out accuracy, two clips", float(accuracy))
     assert accuracy >= 0.85, (accuracy, answers[:10])
     assert pengi.chat(conversations[:8], batch_size=1) == answers[:8]  # the same tokens at any batch size
     # the one-clip questions through generate (the prompt as one user turn)
@@ -145,7 +145,7 @@ def test_the_chat_walkthrough_learns_a_question_about_two_clips_and_listens(tmp_
     rows = [json.loads(line) for line in kinds.read_text().splitlines()]
     said = pengi.generate([str(kinds.parent / r["audio"]) for r in rows], WHAT_KIND)
     kinds_accuracy = sum(k == r["text"] for k, r in zip(said, rows)) / len(rows)
-    record_property("held-out accuracy, one clip", kinds_accuracy)
+    record_property("held-out accuracy, one clip", float(kinds_accuracy))
     assert kinds_accuracy >= 0.9
     # and from the command line, with the clips placed by <audio>
     n = truth.index("yes")
