@@ -108,6 +108,7 @@ class Trainable(Protocol):
 
     sample_rate: int
     clip_seconds: float | None
+    text_targets: bool  # the loss is over target text an LM pads: the loader may bucket batches by its length
 
     def batch_inputs(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """A collated batch -> ``forward``'s inputs: CPU tensors, every one batch-first."""

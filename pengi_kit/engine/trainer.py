@@ -194,8 +194,7 @@ class Trainer:
         self.loader = TrainLoader(self.train_data, self.batch_size, seed=recipe["seed"], rank=self.dist.rank,
                                   world_size=self.dist.world_size, num_workers=data["num_workers"],
                                   pin_memory=self.dist.device.type == "cuda",
-                                  # a tagger's or a CLAP's text is no LM target to pad: batches are not sorted by it
-                                  bucket_batches=data["bucket_batches"] if recipe["task"] == "pengi" else 0,
+                                  bucket_batches=data["bucket_batches"] if self.model.text_targets else 0,
                                   mixup=data["augment"]["mixup"], batch_seconds=recipe["train"]["batch_seconds"])
         self.steps_per_epoch = len(self.loader)
         if self.steps_per_epoch == 0:

@@ -163,6 +163,8 @@ class Composite(nn.Module):
         return torch.zeros(n, int(self.sample_rate * seconds), device=device)
 
     # -------------------------------------------------------------- the engine's protocol
+    text_targets = False  # a tagger's or a CLAP's text is no LM target to pad: batches are not sorted by it
+
     @staticmethod
     def loss_units(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Clips: one loss term each (on the inputs' device, where the trainer sums it over processes)."""

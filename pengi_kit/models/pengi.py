@@ -58,6 +58,7 @@ class PengiModel(Composite):
     """
 
     layout = "prefix"  # how audio and text reach the LM (models/chat.py: "chat")
+    text_targets = True  # the loss is over answers the LM pads: batches may be bucketed by their length
 
     def __init__(self, audio_encoder: nn.Module, audio_mapper: nn.Module, text_mapper: nn.Module | None,
                  lm: nn.Module, text_encoder: nn.Module | None = None, projection_dim: int = 1024,
