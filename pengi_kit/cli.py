@@ -97,7 +97,7 @@ def validate_cmd(recipe: str, overrides: tuple[str, ...]) -> None:
     click.echo(f"ok: {recipe} ({parts})")
 
 
-@main.group("recipes", invoke_without_command=True)
+@main.group("recipes", invoke_without_command=True, subcommand_metavar="[COMMAND] [ARGS]...")  # optional: it lists
 @click.pass_context
 def recipes_group(ctx: click.Context) -> None:
     """List the recipes that ship with pengi-kit (usable by name from any directory: pengi-kit
@@ -677,10 +677,11 @@ def import_cmd(fmt: str, source: str, out: str, lm: str | None, text_encoder: st
     """Import a published checkpoint (Pengi, PANNs, LAION-CLAP, Microsoft CLAP/CLAPCap, or a
     plugin's format) of FORMAT, one of the formats listed below.
 
-    SOURCE is the downloaded file, or a published tag (panns cnn14-32k, cnn14-16k; laion-clap
-    630k-audioset-best, music-audioset; ms-clap 2022, 2023; ms-clapcap 2023), which is downloaded
-    into the cache ($PENGI_KIT_CACHE, default ~/.cache/pengi-kit) and checked against its
-    publisher's checksum first. Every key of SOURCE is mapped or knowingly ignored (see
+    SOURCE is the downloaded file, or a published tag (pengi base, base_no_text_enc; panns
+    cnn14-32k, cnn14-16k; laion-clap 630k-audioset-best, music-audioset; ms-clap 2022, 2023;
+    ms-clapcap 2023), which is downloaded into the cache ($PENGI_KIT_CACHE, default
+    ~/.cache/pengi-kit) and checked against its publisher's checksum first (Pengi's: its md5 is
+    printed, to compare with the record's). Every key of SOURCE is mapped or knowingly ignored (see
     docs/checkpoints.md).
     """
     import pengi_kit

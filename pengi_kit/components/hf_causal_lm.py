@@ -356,6 +356,11 @@ class _StaticLayer(StaticLayer):
         # sized for all rows even when the prefix runs on fewer (one per clip, not per beam)
         super().lazy_initialization(key_states[:1].expand(self.rows, -1, -1, -1),
                                     value_states[:1].expand(self.rows, -1, -1, -1))
+        if not torch.compiler.is_compiling():
+            # inputs at a fixed address but not guarded by it, so the next batch's cache reuses the
+            # compiled step (torch before 2.10 guards them by default, and retraces)
+            for buffer in (self.keys, self.values, self.cumulative_length):
+                torch._dynamo.mark_static_address(buffer, guard=False)
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any,
                **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:

@@ -26,13 +26,14 @@ __all__ = ["PUBLISHED", "Published", "cache_dir", "fetch", "find"]
 class Published:
     """One published checkpoint file: the importer ``format`` and its ``tag``, where it is, the
     publisher's checksum (``"md5:..."`` or ``"sha256:..."``), its size in bytes, its licence, and
-    where these facts come from."""
+    where these facts come from. A checksum or size not yet read from the publisher is None: such
+    a file is downloaded unchecked, and its md5 printed to compare with the publisher's."""
 
     format: str
     tag: str
     url: str
-    checksum: str
-    size: int
+    checksum: str | None
+    size: int | None
     licence: str
     source: str
 
@@ -43,14 +44,18 @@ class Published:
         return unquote(self.url.rsplit("/", 1)[-1].split("?")[0])
 
 
-_ZENODO_PANNS = "https://zenodo.org/record/3987831/files"
+_ZENODO_PANNS, _ZENODO_PENGI = "https://zenodo.org/record/3987831/files", "https://zenodo.org/records/8387083/files"
 _HF_LAION, _HF_MSCLAP = "https://huggingface.co/lukewys/laion_clap/resolve/main", \
     "https://huggingface.co/microsoft/msclap/resolve/main"
 # Checksums are the publishers' own where they publish one (Zenodo: md5; the Hugging Face hub: the
-# sha256 of the file's LFS pointer); ``source`` says where each value was read. Pengi's base.pth and
-# base_no_text_enc.pth (zenodo.org/record/8387083) are not listed yet: their md5 and size were not
-# verified here; import them from a downloaded file.
+# sha256 of the file's LFS pointer); ``source`` says where each value was read. Pengi's record could
+# not be reached where this table was written: its files have no checksum or size here yet.
+_PENGI_SOURCE = "Zenodo record 8387083 (its md5 is listed there; not yet recorded here)"
 PUBLISHED: list[Published] = [
+    Published("pengi", "base", f"{_ZENODO_PENGI}/base.pth?download=1", None, None,
+              "as Zenodo record 8387083 states", _PENGI_SOURCE),
+    Published("pengi", "base_no_text_enc", f"{_ZENODO_PENGI}/base_no_text_enc.pth?download=1", None, None,
+              "as Zenodo record 8387083 states", _PENGI_SOURCE),
     Published("panns", "cnn14-32k", f"{_ZENODO_PANNS}/Cnn14_mAP%3D0.431.pth?download=1",
               "md5:541141fa2ee191a88f24a3219fff024e", 327428481, "CC-BY-4.0 (weights), MIT (code)",
               "Zenodo record 3987831's md5, as recorded in Labbeti/dcase2022task6a nn/urls.py"),
@@ -97,8 +102,10 @@ def fetch(entry: Published, *, cache: Path | None = None, progress: bool | None 
     """The cached file of ``entry``, downloaded first when it is not there: into a ``.part`` file
     that a later call resumes (an HTTP range request) after a cut connection, then checked
     against the publisher's checksum and renamed into place. A wrong checksum removes the download
-    and raises; a failed download keeps what arrived and raises one line with the URL."""
-    from pengi_kit.progress import bar
+    and raises; a failed download keeps what arrived and raises one line with the URL. Without a
+    recorded checksum the file's md5 is printed, to compare with the publisher's; without a
+    recorded size the server's Content-Length tells a cut download."""
+    from pengi_kit.progress import bar, say
 
     folder = (cache or cache_dir()) / entry.format
     target = folder / entry.filename
@@ -109,11 +116,15 @@ def fetch(entry: Published, *, cache: Path | None = None, progress: bool | None 
     have = part.stat().st_size if part.exists() else 0
     request = urllib.request.Request(entry.url, headers={"Range": f"bytes={have}-"} if have else {})
     fix = f"download it by hand from {entry.url} and pass the file's path"
+    total = entry.size
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             if have and response.status != 206:  # the server ignored the range: start over
                 have = 0
-            progress_bar = bar(entry.size, f"downloading {entry.filename}", "B", initial=have, enabled=progress)
+            announced = response.headers.get("Content-Length")
+            if total is None and announced:  # a size not recorded: the server's word
+                total = have + int(announced)
+            progress_bar = bar(total, f"downloading {entry.filename}", "B", initial=have, enabled=progress)
             with open(part, "ab" if have else "wb") as out:
                 for block in iter(lambda: response.read(1 << 20), b""):
                     out.write(block)
@@ -122,18 +133,22 @@ def fetch(entry: Published, *, cache: Path | None = None, progress: bool | None 
     except (urllib.error.URLError, http.client.HTTPException, OSError, TimeoutError) as exc:
         reason = getattr(exc, "reason", exc)
         got = part.stat().st_size if part.exists() else 0
-        kept = f"; {got} of {entry.size} bytes kept, run it again to resume" if got else ""
+        kept = f"; {got}{f' of {total}' if total else ''} bytes kept, run it again to resume" if got else ""
         raise ConversionError(f"cannot download {entry.format} '{entry.tag}' from {entry.url} ({reason}){kept}; "
                               f"or {fix}") from None
     size = part.stat().st_size
-    if size < entry.size:
-        raise ConversionError(f"the download of {entry.url} stopped at {size} of {entry.size} bytes; run it again "
+    if total and size < total:
+        raise ConversionError(f"the download of {entry.url} stopped at {size} of {total} bytes; run it again "
                               f"to resume, or {fix}")
-    algorithm, expected = entry.checksum.split(":", 1)
-    actual = _digest(part, algorithm)
-    if actual != expected:
-        part.unlink()
-        raise ConversionError(f"{entry.url}: {algorithm} {actual} is not the publisher's {expected}; the download "
-                              f"was removed (run it again, or {fix})")
+    if entry.checksum is None:
+        say(f"warning: {entry.format} '{entry.tag}' was downloaded unchecked: pengi-kit records no checksum for "
+            f"{entry.filename} yet; its md5 is {_digest(part, 'md5')}, compare it with {entry.source}")
+    else:
+        algorithm, expected = entry.checksum.split(":", 1)
+        actual = _digest(part, algorithm)
+        if actual != expected:
+            part.unlink()
+            raise ConversionError(f"{entry.url}: {algorithm} {actual} is not the publisher's {expected}; the "
+                                  f"download was removed (run it again, or {fix})")
     os.replace(part, target)
     return target

@@ -3,7 +3,7 @@ differ in length by up to 3x get the same tokens and scores alone and in batches
 for every registered causal LM and for GPT-2, Llama, Qwen2 and Qwen3 configurations."""
 import pytest
 import torch
-from test_causal_lm import ARCHITECTURES, D, tiny_lm
+from test_causal_lm import ARCHITECTURES, D, ending_lm, tiny_lm
 
 from pengi_kit.generation import Decoding, generate, pad_prefixes, score
 from pengi_kit.plugins import registry
@@ -19,8 +19,8 @@ def _prefixes(dim, seed=0):
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
 def test_every_architecture_is_batch_invariant(architecture):
-    lm = tiny_lm(architecture)
     prefixes = _prefixes(D)
+    lm = ending_lm(architecture, [p[None] for p in prefixes])
     greedy = [generate(lm, p[None], Decoding(method="greedy", max_new_tokens=8))[0] for p in prefixes]
     assert len({len(t) for t in greedy}) >= 2 and len({tuple(t) for t in greedy}) == len(LENGTHS)  # rows differ, end apart
     check_batch_invariance(lm, prefixes)

@@ -5,6 +5,7 @@ import json
 import tomllib
 from dataclasses import asdict, fields
 
+import click
 import numpy as np
 import pytest
 import soundfile as sf
@@ -68,7 +69,8 @@ def test_show_with_a_seed_override(tmp_path):
 
 @pytest.mark.parametrize("command", ["generate", "describe", "evaluate"])
 def test_the_decoding_flags_are_the_fields(command):
-    params = [p for p in main.commands[command].params if (p.help or "").endswith("[recipe: [generate]]")]
+    options = [p for p in main.commands[command].params if isinstance(p, click.Option)]
+    params = [p for p in options if (p.help or "").endswith("[recipe: [generate]]")]
     assert [p.name for p in params] == FIELDS
     help_text = CliRunner().invoke(main, [command, "--help"]).stdout
     assert all(f"--{name.replace('_', '-')}" in help_text for name in FIELDS)

@@ -98,8 +98,11 @@ def _is_path(pretrained: str) -> bool:
 
 
 def _check_local_weights(model: nn.Module, path: Path) -> None:
-    """timm loads adapted weights non-strictly; check that the file held the whole architecture."""
-    weights = timm.models.load_state_dict(str(path))
+    """That the file holds the whole architecture of ``model`` (its head aside)."""
+    try:
+        weights = timm.models.load_state_dict(str(path))
+    except Exception as exc:  # noqa: BLE001 - whatever the reader raises, the file holds no weights
+        raise WeightsError(f"{path}: cannot be read as weights ({_first_line(exc)})") from None
     classifier = model.pretrained_cfg.get("classifier") or ()
     heads = (classifier,) if isinstance(classifier, str) else tuple(classifier)
 
@@ -126,13 +129,14 @@ def create_backbone(model_name: str, pretrained: str | None, **kwargs: Any) -> n
         if not path.is_file():
             raise WeightsError(f"{path}: weights file not found; give a local timm weights file or a timm "
                                f"pretrained tag such as '{model_name}.<tag>'")
+        # first the file's keys against the architecture's: timm adapts weights non-strictly
+        _check_local_weights(timm.create_model(model_name, pretrained=False, **kwargs), path)
         try:
-            model = timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay={"file": str(path)},
-                                      **kwargs)
+            # a state dict; only big_vision's .npz takes the architecture's own loader (custom_load)
+            overlay = {"file": str(path), "custom_load": path.suffix == ".npz"}
+            return timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
         except RuntimeError as exc:  # unreadable, or tensors of the wrong shape
             raise WeightsError(f"{path}: cannot be loaded into {model_name} ({_first_line(exc)})") from None
-        _check_local_weights(model, path)
-        return model
     arch, dot, tag = pretrained.partition(".")
     if not dot:
         arch, tag = model_name, pretrained
