@@ -521,6 +521,14 @@ def _check_consistency(recipe: dict[str, Any]) -> None:
     if recipe["data"]["augment"]["mixup"] and recipe["task"] != "tagging":
         raise RecipeError(f"data.augment.mixup: mixes labels, which task '{recipe['task']}' does not have; "
                           "use it for task = 'tagging', or set it to 0")
+    if train["strategy"] == "fsdp" and train["precision"] == "bf16" and train["activation_checkpointing"]:
+        import transformers
+
+        if tuple(int(x) for x in transformers.__version__.split(".")[:2]) < (5, 23):
+            raise RecipeError(f"train.activation_checkpointing with strategy 'fsdp' in bf16 needs transformers "
+                              f">= 5.23 (installed: {transformers.__version__}, whose checkpointing recomputes each "
+                              "block with FSDP's hooks inside, in mixed dtypes); upgrade transformers, or use fp32 "
+                              "or ddp")
     model = recipe["model"]
     if recipe["task"] in TASK_SLOTS:
         if train["strategy"] == "fsdp":

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Test pengi-kit against the newest versions its dependency ranges allow (`newest`) or against the
 # lower bounds pyproject.toml declares (`lowest`), each in a virtual environment of its own
-# (.venv-newest, .venv-lowest), with the fast lane of the tests. Not part of .ci/run: run it on
-# purpose before raising a floor or refreshing constraints.txt. Other arguments go to pytest.
+# (.venv-newest, .venv-lowest), with the whole suite as scripts/test.sh runs it (the slow tests find
+# what the fast lane does not: FSDP, servers, wheels). Not part of .ci/run: run it on purpose before
+# raising a floor or refreshing constraints.txt. Other arguments go to pytest.
 #   bash scripts/versions.sh newest
-#   bash scripts/versions.sh lowest -x
+#   bash scripts/versions.sh lowest -m "not slow" -x
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:?usage: scripts/versions.sh newest|lowest [pytest arguments]}
@@ -27,4 +28,4 @@ case "$mode" in
     echo "usage: scripts/versions.sh newest|lowest [pytest arguments]" >&2; exit 2 ;;
 esac
 "$venv/bin/python" -m pip list --format=freeze | grep -iE "^(torch|transformers|peft|numpy|tokenizers|safetensors)=" || true
-"$venv/bin/python" -m pytest -q -m "not slow" "$@"
+"$venv/bin/python" -m pytest -q -n "${PENGI_KIT_TEST_WORKERS:-auto}" --maxprocesses 4 --dist loadfile "$@"

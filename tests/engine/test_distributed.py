@@ -16,7 +16,8 @@ from safetensors.torch import load_file
 
 import pengi_kit
 from pengi_kit import checkpoint as ckpt
-from pengi_kit.recipe import dumps
+from pengi_kit.errors import RecipeError
+from pengi_kit.recipe import dumps, from_dict
 from pengi_kit.testing import tiny_recipe
 from workers import train_two  # tests/engine is on sys.path (basenames)
 
@@ -117,7 +118,16 @@ def test_fsdp_trains_as_ddp_does_and_accumulates_gradients_alike(tmp_path):
     assert _losses(tmp_path / "fsdp") == pytest.approx(_losses(tmp_path / "ddp"), abs=1e-5)
 
 
-def test_fsdp_bf16_checkpoints_are_sharded_and_resume_exactly(tmp_path):
+def test_fsdp_bf16_checkpoints_are_sharded_and_resume_exactly(tmp_path, monkeypatch):
+    import transformers
+
+    with monkeypatch.context() as old:  # before 5.23 the recomputation runs FSDP's hooks again: refused
+        old.setattr(transformers, "__version__", "5.22.2")
+        train = {"strategy": "fsdp", "precision": "bf16", "activation_checkpointing": True}
+        with pytest.raises(RecipeError, match=r"needs transformers >= 5.23 \(installed: 5.22.2"):
+            from_dict(tiny_recipe(tmp_path / "unused", train=train))
+    if tuple(int(x) for x in transformers.__version__.split(".")[:2]) < (5, 23):
+        pytest.skip(f"transformers {transformers.__version__}: FSDP in bf16 with activation checkpointing needs 5.23")
     raw = tiny_recipe(tmp_path / "unused", train={"max_steps": 4, "save_every": 2, "strategy": "fsdp",
                                                   "precision": "bf16", "activation_checkpointing": True})
     (tmp_path / "r.toml").write_text(dumps(raw))
