@@ -76,5 +76,6 @@ def main() -> None:
             spread = f"{min(numbers):8.3f} {max(numbers):8.3f}" if numbers else ""
             print(f"  {figure[:42]:42} " + " ".join(f"{values.get(s, '-')[:8]:>8}" for s in args.seeds) + f" {spread}")
 
+
 if __name__ == "__main__":
     main()
